@@ -1,0 +1,17 @@
+//! Compiles the protocol definitions in `proto/` with `protox` (a pure-Rust
+//! protobuf compiler), so a fresh machine needs only cargo, never `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/csce438.proto",
+        "proto/coordinator.proto",
+        "proto/replica.proto",
+        "proto/synchronizer.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Settings shared by every process: the knobs of SPEC §1 and the partitioning
+//! rule.
+//!
+//! Every knob is a long flag with an environment-variable fallback, so tests and
+//! benchmarks can shrink the periods without touching the public short flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default heartbeat period of servers and synchronizers.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 10_000;
+/// Default period of the synchronizers' full diff-and-push cycle.
+pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 30_000;
+/// Default number of clusters.
+pub const DEFAULT_CLUSTERS: u32 = 3;
+
+/// The knobs that servers, synchronizers and the coordinator share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Knobs {
+    /// Heartbeat period in milliseconds; a process is declared failed after two
+    /// missed heartbeats.
+    #[arg(long = "heartbeat-ms", env = "SNS_HEARTBEAT_MS", default_value_t = DEFAULT_HEARTBEAT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_ms: u64,
+    /// Period of the synchronizers' full diff-and-push cycle, in milliseconds.
+    #[arg(long = "sync-interval-ms", env = "SNS_SYNC_INTERVAL_MS", default_value_t = DEFAULT_SYNC_INTERVAL_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub sync_interval_ms: u64,
+    /// Root of the data directories.
+    #[arg(long = "data-dir", env = "SNS_DATA_DIR", default_value = "./cluster_data")]
+    pub data_dir: PathBuf,
+}
+
+impl Knobs {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+    pub fn sync_interval(&self) -> Duration {
+        Duration::from_millis(self.sync_interval_ms)
+    }
+    /// The failure window: two missed heartbeats.
+    pub fn failure_window(&self) -> Duration {
+        2 * self.heartbeat()
+    }
+}
+
+/// The cluster a user lives in: `((id - 1) % n) + 1`.
+pub fn cluster_of(user: u64, clusters: u32) -> u32 {
+    let n = u64::from(clusters.max(1));
+    ((user.saturating_sub(1) % n) + 1) as u32
+}
+
+/// Parses a user id as the protocol spells it: a positive decimal integer
+/// without sign or spaces. Anything else is not a user.
+pub fn parse_user(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    match s.parse::<u64>() {
+        Ok(0) | Err(_) => None,
+        Ok(id) => Some(id),
+    }
+}
+
+/// Directory of one server: `<data>/cluster_<c>/server_<s>/`.
+pub fn server_dir(data_dir: &std::path::Path, cluster: u32, server: u32) -> PathBuf {
+    data_dir
+        .join(format!("cluster_{cluster}"))
+        .join(format!("server_{server}"))
+}
+
+/// Directory of one cluster: `<data>/cluster_<c>/`.
+pub fn cluster_dir(data_dir: &std::path::Path, cluster: u32) -> PathBuf {
+    data_dir.join(format!("cluster_{cluster}"))
+}
+
+/// Initialises `env_logger` with `info` as the default level for daemons.
+pub fn init_daemon_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+}
+
+/// Turns clap's error into SPEC §1's behaviour: a one-line reason and usage on
+/// stderr, exit status 2 (help and version still print and exit 0).
+pub fn parse_args<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(v) => v,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    std::process::exit(0);
+                }
+                _ => {
+                    let text = e.to_string();
+                    let reason = text
+                        .lines()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("invalid arguments")
+                        .trim_start_matches("error: ");
+                    let cmd = T::command();
+                    let mut cmd = cmd;
+                    let usage = cmd.render_usage();
+                    eprintln!("error: {reason}");
+                    eprintln!("{usage}");
+                    std::process::exit(2);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitioning() {
+        assert_eq!(cluster_of(1, 3), 1);
+        assert_eq!(cluster_of(2, 3), 2);
+        assert_eq!(cluster_of(3, 3), 3);
+        assert_eq!(cluster_of(4, 3), 1);
+        assert_eq!(cluster_of(7, 1), 1);
+    }
+
+    #[test]
+    fn user_ids() {
+        assert_eq!(parse_user("12"), Some(12));
+        for bad in ["", "0", "-1", "+1", "1a", " 1", "abc", "99999999999999999999999"] {
+            assert_eq!(parse_user(bad), None, "{bad:?}");
+        }
+    }
+}
