@@ -4,6 +4,7 @@
 //! its part and the invariants it keeps.
 
 pub mod config;
+pub mod model;
 pub mod timefmt;
 
 /// Generated gRPC code.

@@ -1,0 +1,39 @@
+//! Rules about user input that the client and the server both enforce.
+
+/// Longest post, in bytes of UTF-8.
+pub const MAX_POST_BYTES: usize = 255;
+
+/// Checks a post's text: one line of at most 255 bytes of UTF-8 without
+/// control characters, and not empty. The error says why, for a person.
+pub fn validate_post(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err("a post cannot be empty".into());
+    }
+    if text.len() > MAX_POST_BYTES {
+        return Err(format!(
+            "a post is at most {MAX_POST_BYTES} bytes; this one has {}",
+            text.len()
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("a post is one line without control characters".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn posts() {
+        assert!(validate_post("hello world").is_ok());
+        assert!(validate_post(&"é".repeat(127)).is_ok());
+        assert!(validate_post(&"a".repeat(255)).is_ok());
+        assert!(validate_post(&"a".repeat(256)).is_err());
+        assert!(validate_post("").is_err());
+        assert!(validate_post("two\nlines").is_err());
+        assert!(validate_post("tab\there").is_err());
+        assert!(validate_post("nul\0").is_err());
+    }
+}
