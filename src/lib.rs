@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod model;
+pub mod storage;
 pub mod timefmt;
 
 /// Generated gRPC code.
