@@ -6,6 +6,7 @@
 pub mod config;
 pub mod model;
 pub mod storage;
+pub mod store;
 pub mod timefmt;
 
 /// Generated gRPC code.

@@ -1,0 +1,254 @@
+//! One server directory as a state machine of write operations.
+//!
+//! A [`Store`] owns the incremental views ([`Tail`]s) of the files of one
+//! directory and applies the write operations of the protocol to them: a new
+//! user, a follow or unfollow event, a post. The master applies each client
+//! write here, then mirrors the same operation to its slave, which applies it
+//! here too; a synchronizer applies what other clusters send it to each
+//! directory of its cluster through the same code. So every writer of a
+//! directory follows one set of rules:
+//!
+//! * **Idempotent.** Applying an operation that is already stored changes
+//!   nothing: users are a set; a follow event is identified by
+//!   `(user, time)`; a post by `(author, time)`, and since one author's posts
+//!   are always appended in time order, "already stored" is "not later than the
+//!   author's latest post in that file". Retries, re-sent batches and replays
+//!   after a restart are therefore safe.
+//! * **Deterministic.** The result depends only on the operations and the
+//!   directory's contents, never on the clock or on who applies them, so master
+//!   and slave end up with the same records.
+//! * **Fan-out on write, local only.** A post goes to the timeline of every
+//!   follower who lives in this cluster and was following the author at the
+//!   post's time. Followers in other clusters get it from the synchronizers.
+
+use crate::config::cluster_of;
+use crate::proto::tinysns::{FollowOp, PostOp, WriteOp, write_op};
+use crate::storage::{
+    self, AuthorClock, FollowEvent, FollowLog, Post, Tail, UserSet, followers_file,
+    following_file, posts_file, timeline_file, users_file,
+};
+use crate::timefmt::Nanos;
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub struct Store {
+    dir: PathBuf,
+    cluster: u32,
+    clusters: u32,
+    users: Tail<UserSet>,
+    following: HashMap<u64, Tail<FollowLog>>,
+    followers: HashMap<u64, Tail<FollowLog>>,
+    posts: HashMap<u64, Tail<AuthorClock>>,
+    timelines: HashMap<u64, Tail<AuthorClock>>,
+}
+
+fn view<'a, S: storage::Fold>(
+    map: &'a mut HashMap<u64, Tail<S>>,
+    user: u64,
+    path: impl FnOnce() -> PathBuf,
+) -> &'a mut Tail<S> {
+    map.entry(user).or_insert_with(|| Tail::new(path()))
+}
+
+impl Store {
+    /// Opens (creating if needed) the directory and repairs torn records.
+    pub fn open(dir: &Path, cluster: u32, clusters: u32) -> io::Result<Store> {
+        std::fs::create_dir_all(dir)?;
+        for f in storage::repair_dir(dir)? {
+            log::warn!("{}: cut off a torn last record", f.display());
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            cluster,
+            clusters,
+            users: Tail::new(users_file(dir)),
+            following: HashMap::new(),
+            followers: HashMap::new(),
+            posts: HashMap::new(),
+            timelines: HashMap::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether `user` lives in this store's cluster.
+    pub fn is_local(&self, user: u64) -> bool {
+        cluster_of(user, self.clusters) == self.cluster
+    }
+
+    /// Every known user, ascending.
+    pub fn users(&mut self) -> io::Result<&BTreeSet<u64>> {
+        self.users.refresh()?;
+        Ok(&self.users.state.0)
+    }
+
+    /// The follow history of `user`'s followers (current view).
+    pub fn followers(&mut self, user: u64) -> io::Result<&FollowLog> {
+        let dir = &self.dir;
+        let t = view(&mut self.followers, user, || followers_file(dir, user));
+        t.refresh()?;
+        Ok(&t.state)
+    }
+
+    /// The follow history of the users `user` follows (current view).
+    pub fn following(&mut self, user: u64) -> io::Result<&FollowLog> {
+        let dir = &self.dir;
+        let t = view(&mut self.following, user, || following_file(dir, user));
+        t.refresh()?;
+        Ok(&t.state)
+    }
+
+    /// Applies one operation. Returns the users whose timeline got a post.
+    pub fn apply(&mut self, op: &WriteOp) -> io::Result<Vec<u64>> {
+        match &op.op {
+            Some(write_op::Op::AddUser(a)) => {
+                self.add_user(a.user)?;
+                Ok(Vec::new())
+            }
+            Some(write_op::Op::Follow(f)) => {
+                self.follow(f)?;
+                Ok(Vec::new())
+            }
+            Some(write_op::Op::Post(p)) => self.post(p),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub fn add_user(&mut self, user: u64) -> io::Result<bool> {
+        self.users
+            .append_with(|s| (!s.0.contains(&user)).then(|| format!("{user}\n")))
+    }
+
+    /// Records a follow event on whichever sides live in this cluster: the
+    /// follower's `_following` file and the followee's `_followers` file.
+    pub fn follow(&mut self, f: &FollowOp) -> io::Result<()> {
+        let dir = self.dir.clone();
+        if self.is_local(f.follower) {
+            let e = FollowEvent {
+                user: f.followee,
+                follow: f.follow,
+                time: f.time_ns,
+            };
+            view(&mut self.following, f.follower, || {
+                following_file(&dir, f.follower)
+            })
+            .append_with(|s| (!s.has(e.user, e.time)).then(|| e.encode()))?;
+        }
+        if self.is_local(f.followee) {
+            let e = FollowEvent {
+                user: f.follower,
+                follow: f.follow,
+                time: f.time_ns,
+            };
+            view(&mut self.followers, f.followee, || {
+                followers_file(&dir, f.followee)
+            })
+            .append_with(|s| (!s.has(e.user, e.time)).then(|| e.encode()))?;
+        }
+        Ok(())
+    }
+
+    /// Stores a post by a local author and fans it out to local followers.
+    pub fn post(&mut self, p: &PostOp) -> io::Result<Vec<u64>> {
+        let post = Post {
+            author: p.author,
+            time: p.time_ns,
+            text: p.text.clone(),
+        };
+        let dir = self.dir.clone();
+        view(&mut self.posts, p.author, || posts_file(&dir, p.author))
+            .append_with(|s| (!s.has(post.author, post.time)).then(|| post.encode()))?;
+        let followers = self.followers(p.author)?;
+        let targets: Vec<u64> = followers
+            .users()
+            .filter(|f| followers.at(*f, p.time_ns))
+            .collect();
+        let targets: Vec<u64> = targets.into_iter().filter(|f| self.is_local(*f)).collect();
+        self.deliver(&post, &targets)
+    }
+
+    /// Appends `post` to the timelines of `targets` that do not have it yet.
+    /// Returns the users whose timeline changed.
+    pub fn deliver(&mut self, post: &Post, targets: &[u64]) -> io::Result<Vec<u64>> {
+        let mut changed = Vec::new();
+        let dir = self.dir.clone();
+        for &t in targets {
+            let wrote = view(&mut self.timelines, t, || timeline_file(&dir, t))
+                .append_with(|s| (!s.has(post.author, post.time)).then(|| post.encode()))?;
+            if wrote {
+                changed.push(t);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The latest time of any post of `author` stored here (0 if none).
+    pub fn latest_post(&mut self, author: u64) -> io::Result<Nanos> {
+        let dir = self.dir.clone();
+        let t = view(&mut self.posts, author, || posts_file(&dir, author));
+        t.refresh()?;
+        Ok(t.state.latest(author))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::tinysns::AddUser;
+
+    fn op(o: write_op::Op) -> WriteOp {
+        WriteOp { op: Some(o) }
+    }
+
+    #[test]
+    fn fan_out_respects_follow_time_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), 1, 3).unwrap();
+        let ops = vec![
+            op(write_op::Op::AddUser(AddUser { user: 1 })),
+            op(write_op::Op::AddUser(AddUser { user: 4 })),
+            op(write_op::Op::Post(PostOp {
+                author: 1,
+                time_ns: 5,
+                text: "before".into(),
+            })),
+            op(write_op::Op::Follow(FollowOp {
+                follower: 4,
+                followee: 1,
+                time_ns: 10,
+                follow: true,
+            })),
+            // a remote follower (cluster 2): recorded, but not fanned out to
+            op(write_op::Op::Follow(FollowOp {
+                follower: 2,
+                followee: 1,
+                time_ns: 11,
+                follow: true,
+            })),
+            op(write_op::Op::Post(PostOp {
+                author: 1,
+                time_ns: 20,
+                text: "after".into(),
+            })),
+        ];
+        for round in 0..2 {
+            for o in &ops {
+                s.apply(o).unwrap();
+            }
+            let tl = std::fs::read_to_string(timeline_file(dir.path(), 4)).unwrap();
+            assert_eq!(tl.matches("W after").count(), 1, "round {round}");
+            assert!(!tl.contains("before"));
+            assert!(!timeline_file(dir.path(), 2).exists());
+            let users = std::fs::read_to_string(users_file(dir.path())).unwrap();
+            assert_eq!(users, "1\n4\n");
+        }
+        assert_eq!(
+            s.followers(1).unwrap().current().into_iter().collect::<Vec<_>>(),
+            vec![2, 4]
+        );
+        assert!(!following_file(dir.path(), 2).exists());
+    }
+}
