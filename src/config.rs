@@ -112,6 +112,23 @@ pub fn parse_args<T: clap::Parser>() -> T {
     }
 }
 
+/// Completes on Ctrl-C or SIGTERM: the daemons' shutdown future.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    log::info!("shutting down");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

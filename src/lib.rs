@@ -3,10 +3,14 @@
 //! See `docs/design.md` for the design; each module's documentation explains
 //! its part and the invariants it keeps.
 
+pub mod client;
 pub mod config;
+pub mod coordinator;
 pub mod model;
+pub mod server;
 pub mod storage;
 pub mod store;
+pub mod synchronizer;
 pub mod timefmt;
 
 /// Generated gRPC code.

@@ -249,10 +249,9 @@ fn last_boundary(f: &mut File, len: u64, format: Format) -> io::Result<u64> {
             .windows(term.len())
             .rposition(|w| w == term)
             .map(|p| start + (p + term.len()) as u64)
+            && pos <= len
         {
-            if pos <= len {
-                return Ok(pos);
-            }
+            return Ok(pos);
         }
         carry = buf[..term.len().saturating_sub(1).min(buf.len())].to_vec();
         end = start;
@@ -538,7 +537,7 @@ impl Fold for UserSet {
 
 /// A `_following` or `_followers` file: every event per other user, in time
 /// order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct FollowLog {
     events: HashMap<u64, Vec<(Nanos, bool)>>,
 }

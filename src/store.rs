@@ -43,11 +43,11 @@ pub struct Store {
     timelines: HashMap<u64, Tail<AuthorClock>>,
 }
 
-fn view<'a, S: storage::Fold>(
-    map: &'a mut HashMap<u64, Tail<S>>,
+fn view<S: storage::Fold>(
+    map: &mut HashMap<u64, Tail<S>>,
     user: u64,
     path: impl FnOnce() -> PathBuf,
-) -> &'a mut Tail<S> {
+) -> &mut Tail<S> {
     map.entry(user).or_insert_with(|| Tail::new(path()))
 }
 
@@ -214,6 +214,7 @@ mod tests {
                 author: 1,
                 time_ns: 5,
                 text: "before".into(),
+                post_id: 0,
             })),
             op(write_op::Op::Follow(FollowOp {
                 follower: 4,
@@ -232,6 +233,7 @@ mod tests {
                 author: 1,
                 time_ns: 20,
                 text: "after".into(),
+                post_id: 0,
             })),
         ];
         for round in 0..2 {

@@ -1,0 +1,57 @@
+//! `synchronizer -h <coordHost> -k <coordPort> -p <port> -i <synchronizerId>`
+
+use clap::Parser;
+use tinysns::config::{self, Knobs};
+
+/// A Tiny SNS follower synchronizer: carries users, follows and posts between
+/// its cluster and the others.
+#[derive(Parser, Debug)]
+#[command(disable_help_flag = true)]
+struct Cli {
+    /// Coordinator host.
+    #[arg(short = 'h')]
+    coord_host: String,
+    /// Coordinator port.
+    #[arg(short = 'k')]
+    coord_port: u16,
+    /// Port to listen on.
+    #[arg(short = 'p')]
+    port: u16,
+    /// Synchronizer id, which is the id of the cluster it serves.
+    #[arg(short = 'i', value_parser = clap::value_parser!(u32).range(1..))]
+    id: u32,
+    /// Host name that other synchronizers use to reach this one.
+    #[arg(long = "host", env = "SNS_HOST", default_value = "127.0.0.1")]
+    host: String,
+    #[command(flatten)]
+    knobs: Knobs,
+    /// Print help.
+    #[arg(long = "help", action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli: Cli = config::parse_args();
+    config::init_daemon_logging();
+    let listener = match tokio::net::TcpListener::bind(("0.0.0.0", cli.port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on port {}: {e}", cli.port);
+            std::process::exit(1);
+        }
+    };
+    let opts = tinysns::synchronizer::Options {
+        id: cli.id,
+        coordinator: format!("{}:{}", cli.coord_host, cli.coord_port),
+        host: cli.host,
+        port: cli.port,
+        heartbeat: cli.knobs.heartbeat(),
+        sync_interval: cli.knobs.sync_interval(),
+        data_dir: cli.knobs.data_dir,
+    };
+    if let Err(e) = tinysns::synchronizer::run(listener, opts, config::shutdown_signal()).await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
