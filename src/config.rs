@@ -27,7 +27,11 @@ pub struct Knobs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub sync_interval_ms: u64,
     /// Root of the data directories.
-    #[arg(long = "data-dir", env = "SNS_DATA_DIR", default_value = "./cluster_data")]
+    #[arg(
+        long = "data-dir",
+        env = "SNS_DATA_DIR",
+        default_value = "./cluster_data"
+    )]
     pub data_dir: PathBuf,
 }
 
@@ -95,11 +99,16 @@ pub fn parse_args<T: clap::Parser>() -> T {
                 }
                 _ => {
                     let text = e.to_string();
+                    // clap's message runs over several lines (the reason,
+                    // then e.g. the missing flags); fold it into one.
                     let reason = text
                         .lines()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("invalid arguments")
-                        .trim_start_matches("error: ");
+                        .map(str::trim)
+                        .take_while(|l| !l.starts_with("Usage:"))
+                        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let reason = reason.trim_start_matches("error: ");
                     let cmd = T::command();
                     let mut cmd = cmd;
                     let usage = cmd.render_usage();
@@ -145,7 +154,16 @@ mod tests {
     #[test]
     fn user_ids() {
         assert_eq!(parse_user("12"), Some(12));
-        for bad in ["", "0", "-1", "+1", "1a", " 1", "abc", "99999999999999999999999"] {
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "1a",
+            " 1",
+            "abc",
+            "99999999999999999999999",
+        ] {
             assert_eq!(parse_user(bad), None, "{bad:?}");
         }
     }

@@ -264,6 +264,13 @@ impl Table {
         let moved = previous
             .as_ref()
             .is_some_and(|e| e.hostname != hostname || e.port != info.port);
+        // Registrations, returns and address changes are logged at info;
+        // plain heartbeats only at debug.
+        let verb = match (&previous, moved) {
+            (None, _) => "registered",
+            (Some(_), true) => "moved",
+            (Some(_), false) => "is back",
+        };
         self.entries.insert(
             key,
             Entry {
@@ -277,17 +284,7 @@ impl Table {
 
         if kind == Kind::Synchronizer {
             if !was_alive || moved {
-                log::info!(
-                    "{what} {} at {hostname}:{}",
-                    if previous.is_none() {
-                        "registered"
-                    } else if moved {
-                        "moved"
-                    } else {
-                        "is back"
-                    },
-                    info.port
-                );
+                log::info!("{what} {} at {hostname}:{}", verb, info.port);
             } else {
                 log::debug!("heartbeat from {what}");
             }
@@ -313,13 +310,7 @@ impl Table {
         if !was_alive || moved {
             log::info!(
                 "{what} {} at {hostname}:{} as {} (epoch {})",
-                if previous.is_none() {
-                    "registered"
-                } else if moved {
-                    "moved"
-                } else {
-                    "is back"
-                },
+                verb,
                 info.port,
                 role.as_str_name(),
                 self.epoch(cluster)
@@ -458,12 +449,11 @@ impl Table {
                 .max_by_key(|(k, e)| (e.last, std::cmp::Reverse(k.2)))
                 .map(|(k, _)| k);
             if let Some(key) = candidate {
-                self.make_master(key, false);
                 log::info!(
-                    "cluster {cluster}: promoted server {} to master (epoch {})",
-                    key.2,
-                    self.epoch(cluster)
+                    "cluster {cluster} has no alive master: promoting slave server {}",
+                    key.2
                 );
+                self.make_master(key, false);
             }
         }
     }

@@ -43,8 +43,8 @@ use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::replica_client::ReplicaClient;
 use crate::proto::tinysns::replica_server::{Replica, ReplicaServer};
 use crate::proto::tinysns::{
-    AddUser, ApplyReply, ApplyRequest, FollowOp, HeartbeatRequest, JoinRequest, Kind, PostOp,
-    Role, ServerInfo, WriteOp, write_op,
+    AddUser, ApplyReply, ApplyRequest, FollowOp, HeartbeatRequest, JoinRequest, Kind, PostOp, Role,
+    ServerInfo, WriteOp, write_op,
 };
 use crate::storage::{self, FollowLog, Post, timeline_file};
 use crate::store::Store;
@@ -109,10 +109,16 @@ pub async fn run(
         match coordinator.heartbeat(req).await {
             Ok(r) => break r.into_inner(),
             Err(e) if e.code() == tonic::Code::InvalidArgument => {
-                return Err(format!("the coordinator refused to register us: {}", e.message()).into());
+                return Err(
+                    format!("the coordinator refused to register us: {}", e.message()).into(),
+                );
             }
             Err(e) => {
-                log::warn!("cannot reach the coordinator at {}: {}", opts.coordinator, e.message());
+                log::warn!(
+                    "cannot reach the coordinator at {}: {}",
+                    opts.coordinator,
+                    e.message()
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(opts.heartbeat);
             }
@@ -157,7 +163,11 @@ pub async fn run(
             shutdown,
         )
         .await?;
-    log::info!("server {} of cluster {} stopped", node.opts.server_id, node.opts.cluster);
+    log::info!(
+        "server {} of cluster {} stopped",
+        node.opts.server_id,
+        node.opts.cluster
+    );
     Ok(())
 }
 
@@ -227,7 +237,9 @@ impl Node {
                 s.expires = Instant::now() + self.lease;
                 Ok(user)
             }
-            _ => Err(Status::unauthenticated(format!("user {user} is not logged in"))),
+            _ => Err(Status::unauthenticated(format!(
+                "user {user} is not logged in"
+            ))),
         }
     }
 
@@ -278,7 +290,8 @@ impl Node {
 
     async fn on_heartbeat(&self, reply: crate::proto::tinysns::HeartbeatReply) {
         let role = Role::try_from(reply.role).unwrap_or(Role::None);
-        let old = Role::try_from(self.role.swap(role as i32, Ordering::SeqCst)).unwrap_or(Role::None);
+        let old =
+            Role::try_from(self.role.swap(role as i32, Ordering::SeqCst)).unwrap_or(Role::None);
         self.epoch.fetch_max(reply.epoch, Ordering::SeqCst);
         if old != role {
             log::info!(
@@ -289,10 +302,12 @@ impl Node {
                 reply.epoch
             );
         }
-        let peer = reply
-            .peer
-            .filter(|p| p.alive)
-            .map(|p| (Role::try_from(p.role).unwrap_or(Role::None), format!("{}:{}", p.hostname, p.port)));
+        let peer = reply.peer.filter(|p| p.alive).map(|p| {
+            (
+                Role::try_from(p.role).unwrap_or(Role::None),
+                format!("{}:{}", p.hostname, p.port),
+            )
+        });
         match (role, peer) {
             (Role::Master, Some((Role::Slave, addr))) => self.mirror.set_slave_if_none(&addr),
             (Role::Slave, Some((Role::Master, addr))) => {
@@ -334,7 +349,11 @@ impl Node {
         }
     }
 
-    async fn heartbeat_loop(self: Arc<Self>, mut coordinator: CoordinatorClient<Channel>, info: ServerInfo) {
+    async fn heartbeat_loop(
+        self: Arc<Self>,
+        mut coordinator: CoordinatorClient<Channel>,
+        info: ServerInfo,
+    ) {
         let mut tick = tokio::time::interval(self.opts.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -347,7 +366,11 @@ impl Node {
             };
             match coordinator.heartbeat(req).await {
                 Ok(r) => self.on_heartbeat(r.into_inner()).await,
-                Err(e) => log::warn!("heartbeat to {} failed: {}", self.opts.coordinator, e.message()),
+                Err(e) => log::warn!(
+                    "heartbeat to {} failed: {}",
+                    self.opts.coordinator,
+                    e.message()
+                ),
             }
         }
     }
@@ -357,26 +380,27 @@ impl Node {
     fn watch_directory(self: Arc<Self>) -> Result<notify::RecommendedWatcher, BoxError> {
         use notify::Watcher;
         let node = self.clone();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(ev) => {
-                if ev.need_rescan() {
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                Ok(ev) => {
+                    if ev.need_rescan() {
+                        node.wake_all();
+                    }
+                    let users: Vec<u64> = ev
+                        .paths
+                        .iter()
+                        .filter_map(|p| match storage::FileKind::parse(p) {
+                            Some(storage::FileKind::Timeline(u)) => Some(u),
+                            _ => None,
+                        })
+                        .collect();
+                    node.wake(&users);
+                }
+                Err(e) => {
+                    log::warn!("directory watch error: {e}; waking every timeline");
                     node.wake_all();
                 }
-                let users: Vec<u64> = ev
-                    .paths
-                    .iter()
-                    .filter_map(|p| match storage::FileKind::parse(p) {
-                        Some(storage::FileKind::Timeline(u)) => Some(u),
-                        _ => None,
-                    })
-                    .collect();
-                node.wake(&users);
-            }
-            Err(e) => {
-                log::warn!("directory watch error: {e}; waking every timeline");
-                node.wake_all();
-            }
-        })?;
+            })?;
         watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
         Ok(watcher)
     }
@@ -410,7 +434,10 @@ impl Node {
                             ops: batch.iter().map(|(op, _)| op.clone()).collect(),
                         };
                         if let Err(e) = c.apply(req).await {
-                            log::warn!("slave {addr} did not take a mirrored write ({}); going on alone", e.message());
+                            log::warn!(
+                                "slave {addr} did not take a mirrored write ({}); going on alone",
+                                e.message()
+                            );
                             let mut s = lock(&self.mirror.slave);
                             if s.as_deref() == Some(addr.as_str()) {
                                 *s = None;
@@ -480,8 +507,9 @@ impl SnsService for ClientApi {
         let node = &self.0;
         node.require_master()?;
         let req = req.into_inner();
-        let user = parse_user(&req.username)
-            .ok_or_else(|| Status::invalid_argument(format!("invalid user id {:?}", req.username)))?;
+        let user = parse_user(&req.username).ok_or_else(|| {
+            Status::invalid_argument(format!("invalid user id {:?}", req.username))
+        })?;
         let home = cluster_of(user, node.clusters);
         if home != node.opts.cluster {
             return Err(Status::failed_precondition(format!(
@@ -496,7 +524,9 @@ impl SnsService for ClientApi {
                 && s.expires > now
                 && s.token != req.session
             {
-                return Err(Status::already_exists(format!("user {user} is already logged in")));
+                return Err(Status::already_exists(format!(
+                    "user {user} is already logged in"
+                )));
             }
             sessions.insert(
                 user,
@@ -537,7 +567,10 @@ impl SnsService for ClientApi {
             .iter()
             .map(u64::to_string)
             .collect();
-        Ok(Response::new(ListReply { all_users, followers }))
+        Ok(Response::new(ListReply {
+            all_users,
+            followers,
+        }))
     }
 
     async fn follow(&self, req: Request<SnsRequest>) -> Result<Response<Reply>, Status> {
@@ -571,7 +604,11 @@ impl SnsService for ClientApi {
 }
 
 impl ClientApi {
-    async fn follow_or_unfollow(&self, req: SnsRequest, follow: bool) -> Result<Response<Reply>, Status> {
+    async fn follow_or_unfollow(
+        &self,
+        req: SnsRequest,
+        follow: bool,
+    ) -> Result<Response<Reply>, Status> {
         let node = &self.0;
         let user = node.caller(&req.username, &req.session)?;
         let target = argument(&req)?;
@@ -588,8 +625,16 @@ impl ClientApi {
             }
             let following = store.following(user).map_err(storage_error)?;
             match (follow, following.contains(target)) {
-                (true, true) => return Err(Status::already_exists(format!("already following {target}"))),
-                (false, false) => return Err(Status::failed_precondition(format!("not following {target}"))),
+                (true, true) => {
+                    return Err(Status::already_exists(format!(
+                        "already following {target}"
+                    )));
+                }
+                (false, false) => {
+                    return Err(Status::failed_precondition(format!(
+                        "not following {target}"
+                    )));
+                }
                 _ => {}
             }
             let time_ns = clock.next_after(following.max_time());
@@ -619,12 +664,19 @@ fn post_message(p: &Post) -> Message {
 /// Whether `p` belongs on the screen of someone with this follow history: its
 /// author is followed now, and it was posted after the follow began.
 fn shown(following: &FollowLog, p: &Post) -> bool {
-    following.since(p.author).is_some_and(|since| p.time > since)
+    following
+        .since(p.author)
+        .is_some_and(|since| p.time > since)
 }
 
 /// Sends the last 20 posts of `user`'s timeline, then every new one, until
 /// the client goes away.
-async fn deliver(node: Arc<Node>, user: u64, mut changes: watch::Receiver<u64>, tx: mpsc::Sender<Result<Message, Status>>) {
+async fn deliver(
+    node: Arc<Node>,
+    user: u64,
+    mut changes: watch::Receiver<u64>,
+    tx: mpsc::Sender<Result<Message, Status>>,
+) {
     let path = timeline_file(&node.dir, user);
     let following = |node: &Node| -> Result<FollowLog, Status> {
         let mut store = lock(&node.store);
@@ -632,7 +684,8 @@ async fn deliver(node: Arc<Node>, user: u64, mut changes: watch::Receiver<u64>, 
     };
     let result = async {
         let f = following(&node)?;
-        let last = storage::last_posts(&path, 20, |p| shown(&f, p), |_| false).map_err(storage_error)?;
+        let last =
+            storage::last_posts(&path, 20, |p| shown(&f, p), |_| false).map_err(storage_error)?;
         let mut posts = last.posts;
         posts.sort_by_key(|p| p.time);
         let mut offset = last.end;
@@ -669,7 +722,12 @@ async fn deliver(node: Arc<Node>, user: u64, mut changes: watch::Receiver<u64>, 
 
 /// Stores the posts a client sends on its timeline stream and acknowledges
 /// each once stored (and mirrored).
-async fn receive(node: Arc<Node>, user: u64, mut inbound: Streaming<Message>, tx: mpsc::Sender<Result<Message, Status>>) {
+async fn receive(
+    node: Arc<Node>,
+    user: u64,
+    mut inbound: Streaming<Message>,
+    tx: mpsc::Sender<Result<Message, Status>>,
+) {
     loop {
         let msg = match inbound.message().await {
             Ok(Some(m)) => m,

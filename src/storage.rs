@@ -526,7 +526,10 @@ pub struct UserSet(pub BTreeSet<u64>);
 
 impl Fold for UserSet {
     fn apply(&mut self, record: &[u8]) {
-        match std::str::from_utf8(record).ok().and_then(crate::config::parse_user) {
+        match std::str::from_utf8(record)
+            .ok()
+            .and_then(crate::config::parse_user)
+        {
             Some(u) => {
                 self.0.insert(u);
             }
@@ -666,15 +669,24 @@ mod tests {
             time: 5,
         };
         let enc = e.encode();
-        assert_eq!(FollowEvent::decode(&enc.as_bytes()[..enc.len() - 1]), Some(e));
+        assert_eq!(
+            FollowEvent::decode(&enc.as_bytes()[..enc.len() - 1]),
+            Some(e)
+        );
         assert_eq!(Post::decode(b"garbage"), None);
         assert_eq!(FollowEvent::decode(b"* 1 x"), None);
     }
 
     #[test]
     fn file_kinds() {
-        assert_eq!(FileKind::parse(Path::new("/a/u12_timeline.txt")), Some(FileKind::Timeline(12)));
-        assert_eq!(FileKind::parse(Path::new("all_users.txt")), Some(FileKind::Users));
+        assert_eq!(
+            FileKind::parse(Path::new("/a/u12_timeline.txt")),
+            Some(FileKind::Timeline(12))
+        );
+        assert_eq!(
+            FileKind::parse(Path::new("all_users.txt")),
+            Some(FileKind::Users)
+        );
         assert_eq!(FileKind::parse(Path::new("u0_posts.txt")), None);
         assert_eq!(FileKind::parse(Path::new("u1_other.txt")), None);
     }
@@ -686,7 +698,9 @@ mod tests {
     fn torn_record_cut_at_every_byte() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("u1_timeline.txt");
-        let posts: Vec<Post> = (1..=3).map(|i| post(i, i as i64 * 1000, "text é")).collect();
+        let posts: Vec<Post> = (1..=3)
+            .map(|i| post(i, i as i64 * 1000, "text é"))
+            .collect();
         let full: String = posts.iter().map(Post::encode).collect();
         let bounds: Vec<usize> = posts
             .iter()
@@ -700,9 +714,14 @@ mod tests {
             repair(&path).unwrap();
             let kept = bounds.iter().filter(|b| **b <= cut).count();
             let data = std::fs::read(&path).unwrap();
-            assert_eq!(data.len(), if kept == 0 { 0 } else { bounds[kept - 1] }, "cut {cut}");
+            assert_eq!(
+                data.len(),
+                if kept == 0 { 0 } else { bounds[kept - 1] },
+                "cut {cut}"
+            );
             let mut tail: Tail<AuthorClock> = Tail::new(path.clone());
-            tail.append_with(|_| Some(post(9, 9, "after").encode())).unwrap();
+            tail.append_with(|_| Some(post(9, 9, "after").encode()))
+                .unwrap();
             let last = last_posts(&path, 10, |_| true, |_| false).unwrap().posts;
             assert_eq!(last.len(), kept + 1, "cut {cut}");
             assert_eq!(last[..kept], posts[..kept]);
@@ -756,7 +775,9 @@ mod tests {
         assert_eq!(last.len(), 20);
         assert_eq!(last[0].time, 981);
         assert_eq!(last[19].time, 1000);
-        let only2 = last_posts(&path, 5, |p| p.author == 2, |_| false).unwrap().posts;
+        let only2 = last_posts(&path, 5, |p| p.author == 2, |_| false)
+            .unwrap()
+            .posts;
         assert!(only2.iter().all(|p| p.author == 2));
         assert_eq!(only2.len(), 5);
         repair(&path).unwrap();
@@ -764,7 +785,10 @@ mod tests {
         let (rest, _) = read_from(&path, off).unwrap();
         let (recs, _) = split_records(&rest, Format::Records);
         assert_eq!(recs.len(), 10);
-        assert_eq!(offset_after(&path, 5000).unwrap(), std::fs::metadata(&path).unwrap().len());
+        assert_eq!(
+            offset_after(&path, 5000).unwrap(),
+            std::fs::metadata(&path).unwrap().len()
+        );
     }
 
     #[test]

@@ -24,8 +24,8 @@
 use crate::config::cluster_of;
 use crate::proto::tinysns::{FollowOp, PostOp, WriteOp, write_op};
 use crate::storage::{
-    self, AuthorClock, FollowEvent, FollowLog, Post, Tail, UserSet, followers_file,
-    following_file, posts_file, timeline_file, users_file,
+    self, AuthorClock, FollowEvent, FollowLog, Post, Tail, UserSet, followers_file, following_file,
+    posts_file, timeline_file, users_file,
 };
 use crate::timefmt::Nanos;
 use std::collections::{BTreeSet, HashMap};
@@ -248,7 +248,11 @@ mod tests {
             assert_eq!(users, "1\n4\n");
         }
         assert_eq!(
-            s.followers(1).unwrap().current().into_iter().collect::<Vec<_>>(),
+            s.followers(1)
+                .unwrap()
+                .current()
+                .into_iter()
+                .collect::<Vec<_>>(),
             vec![2, 4]
         );
         assert!(!following_file(dir.path(), 2).exists());

@@ -45,8 +45,8 @@ use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::synchronizer_client::SynchronizerClient;
 use crate::proto::tinysns::synchronizer_server::{Synchronizer, SynchronizerServer};
 use crate::proto::tinysns::{
-    Empty, FollowBatch, FollowOp, HeartbeatRequest, Kind, PostBatch, PostOp, PushReply,
-    RemotePost, ServerInfo, UserBatch, UserRequest,
+    Empty, FollowBatch, FollowOp, HeartbeatRequest, Kind, PostBatch, PostOp, PushReply, RemotePost,
+    ServerInfo, UserBatch, UserRequest,
 };
 use crate::storage::{self, FileKind, FollowEvent, FollowLog, Post, Tail};
 use crate::store::Store;
@@ -110,10 +110,16 @@ pub async fn run(
         match coordinator.heartbeat(req).await {
             Ok(r) => break r.into_inner().clusters,
             Err(e) if e.code() == tonic::Code::InvalidArgument => {
-                return Err(format!("the coordinator refused to register us: {}", e.message()).into());
+                return Err(
+                    format!("the coordinator refused to register us: {}", e.message()).into(),
+                );
             }
             Err(e) => {
-                log::warn!("cannot reach the coordinator at {}: {}", opts.coordinator, e.message());
+                log::warn!(
+                    "cannot reach the coordinator at {}: {}",
+                    opts.coordinator,
+                    e.message()
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(opts.heartbeat);
             }
@@ -195,7 +201,11 @@ enum Event {
     Rescan,
     /// A remote user started following `author` at `since`: re-send the
     /// author's posts since then to `peer`.
-    Rewind { author: u64, peer: u32, since: Nanos },
+    Rewind {
+        author: u64,
+        peer: u32,
+        since: Nanos,
+    },
 }
 
 struct Shared {
@@ -212,7 +222,10 @@ impl Shared {
     }
 
     /// Applies `f` to every server directory of the cluster that exists now.
-    fn each_store(&self, mut f: impl FnMut(&mut Store) -> std::io::Result<()>) -> Result<(), Status> {
+    fn each_store(
+        &self,
+        mut f: impl FnMut(&mut Store) -> std::io::Result<()>,
+    ) -> Result<(), Status> {
         let root = cluster_dir(&self.opts.data_dir, self.opts.id);
         let dirs: Vec<PathBuf> = match std::fs::read_dir(&root) {
             Ok(rd) => rd
@@ -305,7 +318,11 @@ impl Synchronizer for Receiver {
             if crate::model::validate_post(&p.text).is_err() || p.author == 0 {
                 return Err(Status::invalid_argument("malformed post"));
             }
-            let targets: Vec<u64> = rp.targets.into_iter().filter(|t| shared.is_local(*t)).collect();
+            let targets: Vec<u64> = rp
+                .targets
+                .into_iter()
+                .filter(|t| shared.is_local(*t))
+                .collect();
             posts.push((
                 Post {
                     author: p.author,
@@ -431,8 +448,15 @@ impl Sender {
                 }
             }
             Event::Rescan => self.mark_all_dirty(),
-            Event::Rewind { author, peer, since } => {
-                let c = self.cursors.entry((FileKind::Posts(author), peer)).or_default();
+            Event::Rewind {
+                author,
+                peer,
+                since,
+            } => {
+                let c = self
+                    .cursors
+                    .entry((FileKind::Posts(author), peer))
+                    .or_default();
                 if since < c.mark {
                     log::debug!("re-sending posts of {author} since {since} to cluster {peer}");
                     *c = Cursor {
@@ -456,8 +480,12 @@ impl Sender {
     }
 
     fn mark_all_dirty(&mut self) {
-        let Some(src) = self.source.clone() else { return };
-        let Ok(rd) = std::fs::read_dir(&src) else { return };
+        let Some(src) = self.source.clone() else {
+            return;
+        };
+        let Ok(rd) = std::fs::read_dir(&src) else {
+            return;
+        };
         for e in rd.filter_map(|e| e.ok()) {
             if let Some(kind) = FileKind::parse(&e.path())
                 && self.is_source(kind)
@@ -470,12 +498,19 @@ impl Sender {
     async fn full_cycle(&mut self) {
         self.refresh_topology().await;
         self.mark_all_dirty();
+        log::debug!("full cycle: {} files to check", self.dirty.len());
     }
 
     /// Asks the coordinator for the cluster's master and for the peers.
     async fn refresh_topology(&mut self) {
         let me = self.shared.opts.id;
-        match self.coordinator.get_server(UserRequest { user_id: u64::from(me) }).await {
+        match self
+            .coordinator
+            .get_server(UserRequest {
+                user_id: u64::from(me),
+            })
+            .await
+        {
             Ok(r) => {
                 let s = r.into_inner();
                 let dir = server_dir(&self.shared.opts.data_dir, me, s.server_id);
@@ -507,7 +542,10 @@ impl Sender {
                                     .connect_timeout(self.rpc_timeout)
                                     .timeout(self.rpc_timeout)
                                     .connect_lazy();
-                                log::info!("peer synchronizer of cluster {} at {addr}", s.cluster_id);
+                                log::info!(
+                                    "peer synchronizer of cluster {} at {addr}",
+                                    s.cluster_id
+                                );
                                 self.peers.insert(s.cluster_id, SynchronizerClient::new(ch));
                                 self.peer_addrs.insert(s.cluster_id, addr);
                                 // A new peer may need everything: look again.
@@ -566,7 +604,9 @@ impl Sender {
     }
 
     async fn push_users(&mut self, peer: u32) -> Result<(), BoxError> {
-        let Some(path) = self.source_path(FileKind::Users) else { return Ok(()) };
+        let Some(path) = self.source_path(FileKind::Users) else {
+            return Ok(());
+        };
         let (bytes, end) = storage::read_from(&path, self.users_offset)?;
         if end < self.users_offset {
             // The file shrank: read it again from the start.
@@ -577,7 +617,9 @@ impl Sender {
         self.users_offset = end;
         let (lines, _) = storage::split_records(&bytes, storage::Format::Lines);
         for line in lines {
-            if let Some(u) = std::str::from_utf8(line).ok().and_then(crate::config::parse_user)
+            if let Some(u) = std::str::from_utf8(line)
+                .ok()
+                .and_then(crate::config::parse_user)
                 && self.shared.is_local(u)
                 && !self.local_users.contains(&u)
             {
@@ -622,7 +664,9 @@ impl Sender {
 
     async fn push_follows(&mut self, user: u64, peer: u32) -> Result<(), BoxError> {
         let kind = FileKind::Following(user);
-        let Some(path) = self.source_path(kind) else { return Ok(()) };
+        let Some(path) = self.source_path(kind) else {
+            return Ok(());
+        };
         let clusters = self.shared.clusters;
         loop {
             let offset = self.offset_of(kind, peer, &path)?;
@@ -636,7 +680,9 @@ impl Sender {
             let mut consumed = 0u64;
             for r in records.iter().take(BATCH) {
                 consumed += r.len() as u64 + 1;
-                let Some(e) = FollowEvent::decode(r) else { continue };
+                let Some(e) = FollowEvent::decode(r) else {
+                    continue;
+                };
                 last = last.max(e.time);
                 if cluster_of(e.user, clusters) == peer {
                     events.push(FollowOp {
@@ -663,7 +709,9 @@ impl Sender {
 
     async fn push_posts(&mut self, author: u64, peer: u32) -> Result<(), BoxError> {
         let kind = FileKind::Posts(author);
-        let Some(path) = self.source_path(kind) else { return Ok(()) };
+        let Some(path) = self.source_path(kind) else {
+            return Ok(());
+        };
         let Some(followers_path) = self.source_path(FileKind::Followers(author)) else {
             return Ok(());
         };
@@ -772,18 +820,17 @@ fn load_positions(path: &Path) -> Result<HashMap<(FileKind, u32), Cursor>, BoxEr
                 .ok()
                 .zip(mark.parse().ok())
                 .map(|(p, m)| ((FileKind::Users, p), m)),
-            [kind @ ("following" | "posts"), user, peer, mark] => {
-                crate::config::parse_user(user).zip(peer.parse().ok()).zip(mark.parse().ok()).map(
-                    |((u, p), m)| {
-                        let k = if *kind == "posts" {
-                            FileKind::Posts(u)
-                        } else {
-                            FileKind::Following(u)
-                        };
-                        ((k, p), m)
-                    },
-                )
-            }
+            [kind @ ("following" | "posts"), user, peer, mark] => crate::config::parse_user(user)
+                .zip(peer.parse().ok())
+                .zip(mark.parse().ok())
+                .map(|((u, p), m)| {
+                    let k = if *kind == "posts" {
+                        FileKind::Posts(u)
+                    } else {
+                        FileKind::Following(u)
+                    };
+                    ((k, p), m)
+                }),
             _ => None,
         };
         match parsed {
@@ -791,7 +838,9 @@ fn load_positions(path: &Path) -> Result<HashMap<(FileKind, u32), Cursor>, BoxEr
                 cursors.insert(key, Cursor { mark, offset: None });
             }
             None => {
-                return Err(format!("{}:{}: malformed line {line:?}", path.display(), n + 1).into());
+                return Err(
+                    format!("{}:{}: malformed line {line:?}", path.display(), n + 1).into(),
+                );
             }
         }
     }

@@ -8,7 +8,9 @@ fn smoke_two_clusters() {
     let mut b = Client::logged_in(sys.coord_port, 2);
     let mut c = Client::logged_in(sys.coord_port, 4);
     assert_eq!(c.command("FOLLOW 1"), "Command completed successfully");
-    wait_until("user 2 known in cluster 1", || read(&sys.server_dir(1, 1).join("all_users.txt")).contains("2\n"));
+    wait_until("user 2 known in cluster 1", || {
+        read(&sys.server_dir(1, 1).join("all_users.txt")).contains("2\n")
+    });
     assert_eq!(b.command("FOLLOW 1"), "Command completed successfully");
     c.enter_timeline();
     b.enter_timeline();

@@ -63,7 +63,7 @@ async fn main() -> ExitCode {
     match coordinator::run(listener, opts, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            // One line on stderr (where the log goes too) is enough.
             eprintln!("coordinator: {e}");
             ExitCode::from(1)
         }

@@ -6,7 +6,7 @@ use tinysns::config::{self, Knobs};
 /// A Tiny SNS server: serves the clients of one cluster as its master, or
 /// mirrors the master as its slave.
 #[derive(Parser, Debug)]
-#[command(disable_help_flag = true)]
+#[command(name = "server", disable_help_flag = true)]
 struct Cli {
     /// Cluster id (1..=number of clusters).
     #[arg(short = 'c', value_parser = clap::value_parser!(u32).range(1..))]

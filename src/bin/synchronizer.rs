@@ -6,7 +6,7 @@ use tinysns::config::{self, Knobs};
 /// A Tiny SNS follower synchronizer: carries users, follows and posts between
 /// its cluster and the others.
 #[derive(Parser, Debug)]
-#[command(disable_help_flag = true)]
+#[command(name = "synchronizer", disable_help_flag = true)]
 struct Cli {
     /// Coordinator host.
     #[arg(short = 'h')]

@@ -118,15 +118,22 @@ impl System {
         cmd.env("SNS_HEARTBEAT_MS", self.heartbeat_ms.to_string())
             .env("SNS_SYNC_INTERVAL_MS", self.sync_ms.to_string())
             .env("SNS_DATA_DIR", self.data_dir())
-            .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG")
+                    .unwrap_or_else(|_| "info,tinysns::synchronizer=debug".into()),
+            )
             .stdin(Stdio::null());
         cmd
     }
 
     fn spawn(&mut self, name: &str, mut cmd: Command) {
-        let log = std::fs::File::create(self.data_dir().join(format!("{name}.log"))).expect("log file");
+        let log =
+            std::fs::File::create(self.data_dir().join(format!("{name}.log"))).expect("log file");
         cmd.stdout(Stdio::null()).stderr(log);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         self.procs.insert(
             name.to_string(),
             Proc {
@@ -191,7 +198,11 @@ impl System {
         wait_until(&format!("server {s} of cluster {c} to be {role:?}"), || {
             self.table().is_some_and(|t| {
                 t.servers.iter().any(|e| {
-                    e.kind == 0 && e.cluster_id == c && e.server_id == s && e.alive && e.role == role as i32
+                    e.kind == 0
+                        && e.cluster_id == c
+                        && e.server_id == s
+                        && e.alive
+                        && e.role == role as i32
                 })
             })
         });
@@ -206,9 +217,17 @@ impl System {
             self.table()
                 .is_some_and(|t| t.servers.iter().filter(|e| e.alive).count() >= expected)
         });
-        let masters: Vec<String> = self.procs.keys().filter(|n| n.starts_with("server_")).cloned().collect();
+        let masters: Vec<String> = self
+            .procs
+            .keys()
+            .filter(|n| n.starts_with("server_"))
+            .cloned()
+            .collect();
         for c in 1..=self.clusters {
-            let members: Vec<&String> = masters.iter().filter(|n| n.starts_with(&format!("server_{c}_"))).collect();
+            let members: Vec<&String> = masters
+                .iter()
+                .filter(|n| n.starts_with(&format!("server_{c}_")))
+                .collect();
             if members.len() < 2 {
                 continue;
             }
@@ -237,10 +256,17 @@ pub struct Client {
 impl Client {
     pub fn start(coord_port: u16, user: u64, env: &[(&str, &str)]) -> Client {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_client"));
-        cmd.args(["-h", "127.0.0.1", "-k", &coord_port.to_string(), "-u", &user.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-k",
+            &coord_port.to_string(),
+            "-u",
+            &user.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -332,7 +358,8 @@ impl Client {
     /// Runs a command and returns the first reply line.
     pub fn command(&mut self, cmd: &str) -> String {
         self.send(cmd);
-        self.next_line().unwrap_or_else(|| panic!("no reply to {cmd:?}; saw {:#?}", self.seen))
+        self.next_line()
+            .unwrap_or_else(|| panic!("no reply to {cmd:?}; saw {:#?}", self.seen))
     }
 
     pub fn enter_timeline(&mut self) {

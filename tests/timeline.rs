@@ -1,0 +1,290 @@
+//! Timelines end to end: the last-20 and only-after-following rules, live
+//! delivery inside a cluster and across clusters, a cluster without a
+//! synchronizer, master and slave holding the same records, and synchronizer
+//! restarts that duplicate nothing.
+
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Posts `texts` from a client already in timeline mode and waits until the
+/// author's posts file on the master holds `total` posts.
+fn post_all(sys: &System, author: &mut Client, user: u64, texts: &[String], total: usize) {
+    for t in texts {
+        author.send(t);
+    }
+    let c = ((user - 1) % u64::from(sys.clusters)) as u32 + 1;
+    let path = sys.server_dir(c, 1).join(format!("u{user}_posts.txt"));
+    wait_until(&format!("{total} posts by {user}"), || {
+        posts_in(&path).len() >= total
+    });
+}
+
+fn texts(prefix: &str, range: std::ops::RangeInclusive<u32>) -> Vec<String> {
+    range.map(|i| format!("{prefix} {i}")).collect()
+}
+
+/// Every record of every file in a directory, sorted, per file name.
+fn records(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir).expect("server dir").flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".txt") {
+            continue;
+        }
+        let text = read(&e.path());
+        let sep = if name.ends_with("_timeline.txt") || name.ends_with("_posts.txt") {
+            "\n\n"
+        } else {
+            "\n"
+        };
+        let mut recs: Vec<String> = text
+            .split(sep)
+            .filter(|r| !r.is_empty())
+            .map(String::from)
+            .collect();
+        recs.sort();
+        out.insert(name, recs);
+    }
+    out
+}
+
+fn assert_no_duplicates(dir: &Path) {
+    for (name, recs) in records(dir) {
+        let mut d = recs.clone();
+        d.dedup();
+        assert_eq!(
+            d.len(),
+            recs.len(),
+            "duplicate records in {}/{name}",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn last_20_posts_and_only_after_following() {
+    let sys = System::full(3);
+    let mut author = Client::logged_in(sys.coord_port, 1);
+    let mut local = Client::logged_in(sys.coord_port, 4); // cluster 1
+    let mut remote = Client::logged_in(sys.coord_port, 2); // cluster 2
+    author.enter_timeline();
+    post_all(&sys, &mut author, 1, &texts("before", 1..=5), 5);
+
+    assert_eq!(local.command("FOLLOW 1"), "Command completed successfully");
+    wait_until("user 1 to reach cluster 2", || {
+        read(&sys.server_dir(2, 1).join("all_users.txt"))
+            .lines()
+            .any(|l| l == "1")
+    });
+    assert_eq!(remote.command("FOLLOW 1"), "Command completed successfully");
+    post_all(&sys, &mut author, 1, &texts("after", 1..=25), 30);
+
+    let want: Vec<String> = texts("after", 6..=25);
+    wait_until("25 posts in the remote timeline", || {
+        posts_in(&sys.server_dir(2, 1).join("u2_timeline.txt")).len() == 25
+    });
+    for follower in [&mut local, &mut remote] {
+        follower.enter_timeline();
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            let line = follower.next_line().expect("a post");
+            let (head, text) = line.split_once(" >> ").expect("post format");
+            assert!(head.starts_with("1 ("), "{line}");
+            got.push(text.to_string());
+        }
+        assert_eq!(got, want);
+    }
+    // Nothing more is shown until a new post comes, and that one is next.
+    author.send("fresh");
+    for follower in [&mut local, &mut remote] {
+        let line = follower.next_line().expect("the new post");
+        assert!(line.ends_with(" >> fresh"), "{line}");
+    }
+    // The author's own posts are not echoed back to the author.
+    let mut other = Client::logged_in(sys.coord_port, 7);
+    assert_eq!(other.command("FOLLOW 1"), "Command completed successfully");
+    assert_eq!(author.seen.iter().filter(|l| l.contains(">>")).count(), 0);
+}
+
+#[test]
+fn live_delivery_and_identical_replicas() {
+    let sys = System::full(3);
+    let users = [1u64, 2, 3, 4];
+    let mut clients: Vec<Client> = users
+        .iter()
+        .map(|u| Client::logged_in(sys.coord_port, *u))
+        .collect();
+    wait_until("every user in every cluster", || {
+        (1..=3).all(|c| {
+            let all = read(&sys.server_dir(c, 1).join("all_users.txt"));
+            users
+                .iter()
+                .all(|u| all.lines().any(|l| l == u.to_string()))
+        })
+    });
+    // Everyone follows everyone.
+    for (i, c) in clients.iter_mut().enumerate() {
+        for u in users {
+            if u != users[i] {
+                assert_eq!(
+                    c.command(&format!("FOLLOW {u}")),
+                    "Command completed successfully"
+                );
+            }
+        }
+    }
+    assert_eq!(clients[0].command("LIST"), "Command completed successfully");
+    assert_eq!(
+        clients[0].next_line().as_deref(),
+        Some("All users: 1, 2, 3, 4")
+    );
+    assert!(
+        clients[0]
+            .next_line()
+            .is_some_and(|l| l.starts_with("Followers:"))
+    );
+    // Followers of user 1 come from three clusters.
+    wait_until("followers of 1 from other clusters", || {
+        read(&sys.server_dir(1, 1).join("u1_followers.txt"))
+            .lines()
+            .count()
+            == 3
+    });
+    assert_eq!(clients[0].command("LIST"), "Command completed successfully");
+    assert_eq!(
+        clients[0].next_line().as_deref(),
+        Some("All users: 1, 2, 3, 4")
+    );
+    assert_eq!(
+        clients[0].next_line().as_deref(),
+        Some("Followers: 2, 3, 4")
+    );
+
+    for c in clients.iter_mut() {
+        c.enter_timeline();
+    }
+    for (i, u) in users.iter().enumerate() {
+        clients[i].send(&format!("hello from {u}"));
+        for (j, other) in clients.iter_mut().enumerate() {
+            if i != j {
+                let line = other.next_line().expect("a live post");
+                assert!(line.starts_with(&format!("{u} (")), "{line}");
+                assert!(line.ends_with(&format!(" >> hello from {u}")), "{line}");
+            }
+        }
+    }
+    // Master and slave hold the same records, each once.
+    for c in 1..=3 {
+        wait_until(
+            &format!("cluster {c}'s slave to hold what the master holds"),
+            || records(&sys.server_dir(c, 1)) == records(&sys.server_dir(c, 2)),
+        );
+        assert_no_duplicates(&sys.server_dir(c, 1));
+        let tl = posts_in(&sys.server_dir(c, 2).join(format!("u{c}_timeline.txt")));
+        assert_eq!(tl.len(), 3, "cluster {c}: {tl:?}");
+    }
+}
+
+#[test]
+fn a_cluster_works_without_a_synchronizer() {
+    let mut sys = System::new(3, 200, 30_000);
+    sys.start_server(1, 1);
+    sys.wait_for_role(1, 1, tinysns::proto::tinysns::Role::Master);
+    sys.start_server(1, 2);
+    sys.wait_for_all();
+    let mut a = Client::logged_in(sys.coord_port, 1);
+    let mut b = Client::logged_in(sys.coord_port, 4);
+    assert_eq!(b.command("FOLLOW 1"), "Command completed successfully");
+    b.enter_timeline();
+    a.enter_timeline();
+    a.send("no synchronizer needed");
+    let line = b.next_line().expect("live post");
+    assert!(line.ends_with(" >> no synchronizer needed"), "{line}");
+    assert_eq!(
+        posts_in(&sys.server_dir(1, 2).join("u4_timeline.txt")).len(),
+        1
+    );
+}
+
+#[test]
+fn synchronizer_restarts_duplicate_nothing() {
+    let mut sys = System::new(3, 200, 300);
+    for c in 1..=3 {
+        sys.start_server(c, 1);
+        sys.wait_for_role(c, 1, tinysns::proto::tinysns::Role::Master);
+        sys.start_server(c, 2);
+        sys.start_synchronizer(c);
+    }
+    sys.wait_for_all();
+    let mut a = Client::logged_in(sys.coord_port, 1);
+    let mut b = Client::logged_in(sys.coord_port, 2);
+    wait_until("user 1 in cluster 2", || {
+        read(&sys.server_dir(2, 1).join("all_users.txt"))
+            .lines()
+            .any(|l| l == "1")
+    });
+    assert_eq!(b.command("FOLLOW 1"), "Command completed successfully");
+    wait_until("the follow to reach cluster 1", || {
+        read(&sys.server_dir(1, 1).join("u1_followers.txt")).contains("+ 2 ")
+    });
+    a.enter_timeline();
+    post_all(&sys, &mut a, 1, &texts("round one", 1..=3), 3);
+    let tl = sys.server_dir(2, 1).join("u2_timeline.txt");
+    wait_until("round one delivered", || posts_in(&tl).len() == 3);
+
+    for round in 0..2 {
+        for c in 1..=3 {
+            sys.kill(&format!("synchronizer_{c}"));
+        }
+        // Written while no synchronizer runs: carried after the restart.
+        post_all(
+            &sys,
+            &mut a,
+            1,
+            &[format!("while down {round}")],
+            4 + round * 2,
+        );
+        for c in 1..=3 {
+            sys.start_synchronizer(c);
+        }
+        post_all(
+            &sys,
+            &mut a,
+            1,
+            &[format!("after restart {round}")],
+            5 + round * 2,
+        );
+        wait_until("everything delivered once", || {
+            posts_in(&tl).len() == 5 + round * 2
+        });
+    }
+    // Let several full cycles run over the same history.
+    let log = sys.data_dir().join("synchronizer_1.log");
+    let cycles = |p: &Path| read(p).matches("full cycle").count();
+    let before = cycles(&log);
+    wait_until("three more full cycles", || cycles(&log) >= before + 3);
+    for c in 1..=3 {
+        for s in 1..=2 {
+            assert_no_duplicates(&sys.server_dir(c, s));
+        }
+    }
+    let got: Vec<String> = posts_in(&tl).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(
+        got,
+        vec![
+            "round one 1",
+            "round one 2",
+            "round one 3",
+            "while down 0",
+            "after restart 0",
+            "while down 1",
+            "after restart 1"
+        ]
+    );
+    assert_eq!(
+        posts_in(&sys.server_dir(2, 2).join("u2_timeline.txt")).len(),
+        7
+    );
+}
