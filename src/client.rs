@@ -116,6 +116,8 @@ pub struct Options {
     /// How long, after end of input in timeline mode, to wait for posts that
     /// the server has not acknowledged yet.
     pub eof_wait: Duration,
+    /// Whether Ctrl-C (SIGINT) ends the client cleanly, logging out first.
+    pub handle_interrupt: bool,
 }
 
 impl Options {
@@ -126,6 +128,7 @@ impl Options {
             user,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             eof_wait: DEFAULT_EOF_WAIT,
+            handle_interrupt: false,
         }
     }
 }
@@ -878,29 +881,51 @@ pub async fn run<W: Write + Send>(opts: Options, mut input: mpsc::Receiver<Strin
     let (current, watcher) = watch::channel(conn.clone());
     let _refresher = spawn_refresher(id.clone(), watcher);
     let mut client = Client {
-        id,
+        id: id.clone(),
         coord,
         conn,
-        current,
+        current: current.clone(),
     };
 
     TITLE.iter().for_each(|l| ui.line(l));
-    loop {
-        ui.prompt();
-        let Some(line) = input.recv().await else {
-            return 0;
-        };
-        match parse_command(&line) {
-            Command::Empty => {}
-            Command::Invalid(text) => ui.line(text),
-            Command::Timeline => {
-                ui.line(SUCCESS);
-                ui.line(IN_TIMELINE);
-                return client.timeline(&ui, &mut input, opts.eof_wait).await;
+    let session = async {
+        loop {
+            ui.prompt();
+            let Some(line) = input.recv().await else {
+                return 0;
+            };
+            match parse_command(&line) {
+                Command::Empty => {}
+                Command::Invalid(text) => ui.line(text),
+                Command::Timeline => {
+                    ui.line(SUCCESS);
+                    ui.line(IN_TIMELINE);
+                    return client.timeline(&ui, &mut input, opts.eof_wait).await;
+                }
+                cmd => client.command(&ui, &cmd).await,
             }
-            cmd => client.command(&ui, &cmd).await,
         }
+    };
+    let interrupted = async {
+        if opts.handle_interrupt {
+            let _ = tokio::signal::ctrl_c().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let code = tokio::select! {
+        code = session => code,
+        _ = interrupted => 130,
+    };
+    // Leave no session behind, so the user can log in again at once; a
+    // client that is killed instead leaves one that expires with its lease.
+    let conn = current.borrow().clone();
+    let mut sns = conn.sns.clone();
+    let logout = sns.logout(id.request(Vec::new(), 0));
+    if let Err(e) = tokio::time::timeout(rpc_deadline(conn.lease), logout).await {
+        debug!("logout timed out: {e}");
     }
+    code
 }
 
 #[cfg(test)]
@@ -1101,6 +1126,9 @@ mod tests {
                 msg: String::new(),
                 lease_ms: 2000,
             }))
+        }
+        async fn logout(&self, _: tonic::Request<Request>) -> Result<Response<Reply>, Status> {
+            Ok(Response::new(Reply::default()))
         }
         async fn list(&self, _: tonic::Request<Request>) -> Result<Response<ListReply>, Status> {
             Ok(Response::new(ListReply {

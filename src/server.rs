@@ -581,6 +581,19 @@ impl SnsService for ClientApi {
         self.follow_or_unfollow(req.into_inner(), false).await
     }
 
+    async fn logout(&self, req: Request<SnsRequest>) -> Result<Response<Reply>, Status> {
+        let node = &self.0;
+        let req = req.into_inner();
+        let user = parse_user(&req.username).ok_or_else(|| {
+            Status::invalid_argument(format!("invalid user id {:?}", req.username))
+        })?;
+        let mut sessions = lock(&node.sessions);
+        if sessions.get(&user).is_some_and(|s| s.token == req.session) {
+            sessions.remove(&user);
+        }
+        Ok(ok("Logout successful"))
+    }
+
     type TimelineStream = Pin<Box<dyn Stream<Item = Result<Message, Status>> + Send>>;
 
     async fn timeline(

@@ -374,6 +374,8 @@ struct Sender {
     /// Files with a push that failed, retried every heartbeat.
     failed: HashSet<FileKind>,
     changed: bool,
+    /// When the coordinator was last asked for the master and the peers.
+    last_lookup: Option<std::time::Instant>,
 }
 
 impl Sender {
@@ -400,6 +402,7 @@ impl Sender {
             dirty: HashSet::new(),
             failed: HashSet::new(),
             changed: false,
+            last_lookup: None,
         })
     }
 
@@ -503,6 +506,7 @@ impl Sender {
 
     /// Asks the coordinator for the cluster's master and for the peers.
     async fn refresh_topology(&mut self) {
+        self.last_lookup = Some(std::time::Instant::now());
         let me = self.shared.opts.id;
         match self
             .coordinator
@@ -561,7 +565,15 @@ impl Sender {
     }
 
     async fn push_dirty(&mut self) {
-        if self.source.is_none() || self.peers.is_empty() {
+        // Until every cluster's synchronizer is known (they start one after
+        // another), look again, but not more than every 100 ms.
+        let incomplete =
+            self.source.is_none() || self.peers.len() + 1 < self.shared.clusters as usize;
+        if incomplete
+            && self
+                .last_lookup
+                .is_none_or(|t| t.elapsed() > Duration::from_millis(100))
+        {
             self.refresh_topology().await;
         }
         if self.source.is_none() {

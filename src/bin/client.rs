@@ -94,6 +94,7 @@ fn main() {
     };
     let opts = Options {
         connect_timeout: Duration::from_millis(cli.connect_timeout_ms),
+        handle_interrupt: true,
         ..Options::new(cli.host, cli.port, cli.user)
     };
     let code = runtime.block_on(client::run(opts, rx, std::io::stdout()));
