@@ -656,22 +656,29 @@ impl Sender {
         Ok(())
     }
 
-    /// Brings the cursor's offset up to date: after a restart or a change of
-    /// source only its time is known.
-    fn offset_of(&mut self, kind: FileKind, peer: u32, path: &Path) -> Result<u64, BoxError> {
+    /// The cursor's offset and the file's length. After a restart or a
+    /// change of source only the cursor's time is known, and the offset is
+    /// found again from the end of the file.
+    fn offset_of(
+        &mut self,
+        kind: FileKind,
+        peer: u32,
+        path: &Path,
+    ) -> Result<(u64, u64), BoxError> {
         let c = self.cursors.entry((kind, peer)).or_default();
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        match c.offset {
-            Some(o) if o <= len => Ok(o),
+        let offset = match c.offset {
+            Some(o) if o <= len => o,
             _ => {
                 let o = match kind {
                     FileKind::Posts(_) => storage::offset_after(path, c.mark)?,
                     _ => follow_offset_after(path, c.mark)?,
                 };
                 c.offset = Some(o);
-                Ok(o)
+                o
             }
-        }
+        };
+        Ok((offset, len))
     }
 
     async fn push_follows(&mut self, user: u64, peer: u32) -> Result<(), BoxError> {
@@ -681,7 +688,11 @@ impl Sender {
         };
         let clusters = self.shared.clusters;
         loop {
-            let offset = self.offset_of(kind, peer, &path)?;
+            let (offset, len) = self.offset_of(kind, peer, &path)?;
+            if offset >= len {
+                // Nothing new: the quiet case costs one stat.
+                return Ok(());
+            }
             let (bytes, end) = storage::read_from(&path, offset)?;
             if bytes.is_empty() {
                 return Ok(());
@@ -729,7 +740,11 @@ impl Sender {
         };
         let clusters = self.shared.clusters;
         loop {
-            let offset = self.offset_of(kind, peer, &path)?;
+            let (offset, len) = self.offset_of(kind, peer, &path)?;
+            if offset >= len {
+                // Nothing new: the quiet case costs one stat.
+                return Ok(());
+            }
             let (bytes, end) = storage::read_from(&path, offset)?;
             if bytes.is_empty() {
                 return Ok(());
