@@ -493,6 +493,14 @@ async fn first_login(
 /// Aborts the task when dropped, so the refresher never outlives [`run`].
 struct AbortOnDrop(JoinHandle<()>);
 
+impl AbortOnDrop {
+    /// Aborts the task and waits until it has stopped.
+    async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
+
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
@@ -879,7 +887,7 @@ pub async fn run<W: Write + Send>(opts: Options, mut input: mpsc::Receiver<Strin
         return 1;
     };
     let (current, watcher) = watch::channel(conn.clone());
-    let _refresher = spawn_refresher(id.clone(), watcher);
+    let refresher = spawn_refresher(id.clone(), watcher);
     let mut client = Client {
         id: id.clone(),
         coord,
@@ -919,6 +927,9 @@ pub async fn run<W: Write + Send>(opts: Options, mut input: mpsc::Receiver<Strin
     };
     // Leave no session behind, so the user can log in again at once; a
     // client that is killed instead leaves one that expires with its lease.
+    // The refresher is stopped first so that no refresh follows the logout
+    // (the server also refuses to revive a session that was logged out).
+    refresher.stop().await;
     let conn = current.borrow().clone();
     let mut sns = conn.sns.clone();
     let logout = sns.logout(id.request(Vec::new(), 0));

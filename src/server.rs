@@ -137,7 +137,7 @@ pub async fn run(
         epoch: AtomicU64::new(0),
         sessions: Mutex::new(HashMap::new()),
         wakers: Mutex::new(HashMap::new()),
-        recent_posts: Mutex::new(HashMap::new()),
+        recent_posts: Mutex::new(RecentIds::default()),
         clock: MonotonicClock::default(),
         mirror: Mirror::default(),
         joined: Mutex::new(None),
@@ -174,6 +174,8 @@ pub async fn run(
 struct Session {
     token: String,
     expires: Instant,
+    /// Logged out: a late refresh with this token must not revive it.
+    ended: bool,
 }
 
 /// The state of one server process.
@@ -192,11 +194,32 @@ struct Node {
     wakers: Mutex<HashMap<u64, watch::Sender<u64>>>,
     /// `(user, post_id)` of posts already stored, so a resent post is stored
     /// once.
-    recent_posts: Mutex<HashMap<(u64, u64), ()>>,
+    recent_posts: Mutex<RecentIds>,
     clock: MonotonicClock,
     mirror: Mirror,
     /// As a slave: the master we have announced ourselves to.
     joined: Mutex<Option<String>>,
+}
+
+/// How many post ids per user are remembered to recognise a resent post.
+const RECENT_IDS: usize = 1024;
+
+/// The latest client post ids per user.
+#[derive(Default)]
+struct RecentIds(HashMap<u64, std::collections::VecDeque<u64>>);
+
+impl RecentIds {
+    fn contains(&self, user: u64, id: u64) -> bool {
+        self.0.get(&user).is_some_and(|ids| ids.contains(&id))
+    }
+
+    fn insert(&mut self, user: u64, id: u64) {
+        let ids = self.0.entry(user).or_default();
+        if ids.len() == RECENT_IDS {
+            ids.pop_front();
+        }
+        ids.push_back(id);
+    }
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (our
@@ -233,7 +256,7 @@ impl Node {
             .ok_or_else(|| Status::invalid_argument(format!("invalid user id {username:?}")))?;
         let mut sessions = lock(&self.sessions);
         match sessions.get_mut(&user) {
-            Some(s) if s.expires > Instant::now() && (session.is_empty() || s.token == session) => {
+            Some(s) if s.expires > Instant::now() && !s.ended && s.token == session => {
                 s.expires = Instant::now() + self.lease;
                 Ok(user)
             }
@@ -522,17 +545,22 @@ impl SnsService for ClientApi {
             let now = Instant::now();
             if let Some(s) = sessions.get(&user)
                 && s.expires > now
-                && s.token != req.session
             {
-                return Err(Status::already_exists(format!(
-                    "user {user} is already logged in"
-                )));
+                if s.ended && s.token == req.session {
+                    return Err(Status::unauthenticated("this session was logged out"));
+                }
+                if !s.ended && s.token != req.session {
+                    return Err(Status::already_exists(format!(
+                        "user {user} is already logged in"
+                    )));
+                }
             }
             sessions.insert(
                 user,
                 Session {
                     token: req.session.clone(),
                     expires: now + node.lease,
+                    ended: false,
                 },
             );
         }
@@ -588,8 +616,12 @@ impl SnsService for ClientApi {
             Status::invalid_argument(format!("invalid user id {:?}", req.username))
         })?;
         let mut sessions = lock(&node.sessions);
-        if sessions.get(&user).is_some_and(|s| s.token == req.session) {
-            sessions.remove(&user);
+        // Keep the entry, marked, until its lease runs out, so that a refresh
+        // still in flight cannot revive it.
+        if let Some(s) = sessions.get_mut(&user)
+            && s.token == req.session
+        {
+            s.ended = true;
         }
         Ok(ok("Logout successful"))
     }
@@ -697,8 +729,11 @@ async fn deliver(
     };
     let result = async {
         let f = following(&node)?;
-        let last =
-            storage::last_posts(&path, 20, |p| shown(&f, p), |_| false).map_err(storage_error)?;
+        // Nothing older than the earliest current follow can be shown, so
+        // the backwards scan stops there.
+        let horizon = f.earliest_current().unwrap_or(i64::MAX);
+        let last = storage::last_posts(&path, 20, |p| shown(&f, p), |p| p.time <= horizon)
+            .map_err(storage_error)?;
         let mut posts = last.posts;
         posts.sort_by_key(|p| p.time);
         let mut offset = last.end;
@@ -746,7 +781,12 @@ async fn receive(
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {
+                // A message that does not decode (e.g. a post that is not
+                // UTF-8) is bad input: say so. A broken connection has no one
+                // left to tell, and the send fails harmlessly.
                 log::debug!("timeline stream of user {user} broke: {}", e.message());
+                let status = Status::invalid_argument(format!("bad message: {}", e.message()));
+                let _ = tx.send(Err(status)).await;
                 return;
             }
         };
@@ -759,7 +799,7 @@ async fn receive(
             return;
         }
         let post_id = msg.post_id;
-        let duplicate = post_id != 0 && lock(&node.recent_posts).contains_key(&(user, post_id));
+        let duplicate = post_id != 0 && lock(&node.recent_posts).contains(user, post_id);
         if !duplicate {
             let text = msg.msg;
             let result = node
@@ -780,7 +820,7 @@ async fn receive(
                 return;
             }
             if post_id != 0 {
-                lock(&node.recent_posts).insert((user, post_id), ());
+                lock(&node.recent_posts).insert(user, post_id);
             }
         }
         if post_id != 0 {
@@ -831,7 +871,7 @@ impl Replica for ReplicaApi {
             if let Some(write_op::Op::Post(p)) = &op.op
                 && p.post_id != 0
             {
-                recent.insert((p.author, p.post_id), ());
+                recent.insert(p.author, p.post_id);
             }
         }
         drop(recent);

@@ -584,6 +584,11 @@ impl FollowLog {
         }
     }
 
+    /// The earliest start of a current follow, if any is current.
+    pub fn earliest_current(&self) -> Option<Nanos> {
+        self.events.keys().filter_map(|u| self.since(*u)).min()
+    }
+
     /// Whether `user` was in the relation at time `t`.
     pub fn at(&self, user: u64, t: Nanos) -> bool {
         let Some(v) = self.events.get(&user) else {

@@ -84,7 +84,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Runs a synchronizer on `listener` until `shutdown` completes.
 pub async fn run(
     listener: tokio::net::TcpListener,
-    opts: Options,
+    mut opts: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     let rpc_timeout = (2 * opts.heartbeat).max(Duration::from_millis(500));
@@ -125,9 +125,12 @@ pub async fn run(
             }
         }
     };
+    // inotify reports absolute paths; make ours absolute too so that they
+    // compare equal (SNS_DATA_DIR is relative by default).
+    std::fs::create_dir_all(cluster_dir(&opts.data_dir, opts.id).join("synchronizer"))?;
+    opts.data_dir = std::fs::canonicalize(&opts.data_dir)?;
     let cluster_root = cluster_dir(&opts.data_dir, opts.id);
     let state_dir = cluster_root.join("synchronizer");
-    std::fs::create_dir_all(&state_dir)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         opts: opts.clone(),

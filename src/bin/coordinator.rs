@@ -13,7 +13,7 @@ use tinysns::coordinator::{self, Options};
 #[command(name = "coordinator", version, about)]
 struct Cli {
     /// Port to listen on (all interfaces).
-    #[arg(short = 'p', long = "port", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(short = 'p', value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
     /// Number of clusters; users live in cluster ((id - 1) % N) + 1.
     #[arg(long = "clusters", env = "SNS_CLUSTERS", default_value_t = config::DEFAULT_CLUSTERS,

@@ -18,10 +18,10 @@ struct Cli {
     #[arg(short = 'h')]
     coord_host: String,
     /// Coordinator port.
-    #[arg(short = 'k')]
+    #[arg(short = 'k', value_parser = clap::value_parser!(u16).range(1..))]
     coord_port: u16,
     /// Port to listen on.
-    #[arg(short = 'p')]
+    #[arg(short = 'p', value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
     /// Host name that clients and peers use to reach this server.
     #[arg(long = "host", env = "SNS_HOST", default_value = "127.0.0.1")]

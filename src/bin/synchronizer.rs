@@ -12,10 +12,10 @@ struct Cli {
     #[arg(short = 'h')]
     coord_host: String,
     /// Coordinator port.
-    #[arg(short = 'k')]
+    #[arg(short = 'k', value_parser = clap::value_parser!(u16).range(1..))]
     coord_port: u16,
     /// Port to listen on.
-    #[arg(short = 'p')]
+    #[arg(short = 'p', value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
     /// Synchronizer id, which is the id of the cluster it serves.
     #[arg(short = 'i', value_parser = clap::value_parser!(u32).range(1..))]
