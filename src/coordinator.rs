@@ -292,6 +292,7 @@ impl Table {
                 role: Role::None as i32,
                 epoch: 0,
                 peer: None,
+                in_service: false,
                 clusters: self.clusters,
             });
         }
@@ -327,6 +328,7 @@ impl Table {
         }
 
         Ok(HeartbeatReply {
+            in_service: false,
             role: role as i32,
             epoch: self.epoch(cluster),
             peer: self.peer_of(key, role),
@@ -541,6 +543,7 @@ fn info_of(key: Key, e: &Entry, now: Option<Instant>) -> ServerInfo {
         role: e.role as i32,
         alive: e.alive,
         last_heartbeat_ms_ago: age,
+        in_service: false,
     }
 }
 

@@ -43,8 +43,8 @@ use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::replica_client::ReplicaClient;
 use crate::proto::tinysns::replica_server::{Replica, ReplicaServer};
 use crate::proto::tinysns::{
-    AddUser, ApplyReply, ApplyRequest, FollowOp, HeartbeatRequest, JoinRequest, Kind, PostOp, Role,
-    ServerInfo, WriteOp, write_op,
+    AddUser, ApplyReply, ApplyRequest, FollowOp, HeartbeatRequest, JoinReply, JoinRequest, Kind,
+    PostOp, Role, ServerInfo, SnapshotChunk, SnapshotRequest, WriteOp, write_op,
 };
 use crate::storage::{self, FollowLog, Post, timeline_file};
 use crate::store::Store;
@@ -104,7 +104,7 @@ pub async fn run(
     let first = loop {
         let req = HeartbeatRequest {
             info: Some(info.clone()),
-            epoch: 0,
+            ..Default::default()
         };
         match coordinator.heartbeat(req).await {
             Ok(r) => break r.into_inner(),
@@ -352,6 +352,7 @@ impl Node {
             cluster_id: self.opts.cluster,
             server_id: self.opts.server_id,
             address: self.addr.clone(),
+            ..Default::default()
         };
         let result = async {
             let ch = Endpoint::from_shared(format!("http://{master}"))?
@@ -386,6 +387,7 @@ impl Node {
             let req = HeartbeatRequest {
                 info: Some(info),
                 epoch: self.epoch.load(Ordering::SeqCst),
+                in_service_slave: 0,
             };
             match coordinator.heartbeat(req).await {
                 Ok(r) => self.on_heartbeat(r.into_inner()).await,
@@ -455,6 +457,7 @@ impl Node {
                             cluster_id: self.opts.cluster,
                             epoch: self.epoch.load(Ordering::SeqCst),
                             ops: batch.iter().map(|(op, _)| op.clone()).collect(),
+                            ..Default::default()
                         };
                         if let Err(e) = c.apply(req).await {
                             log::warn!(
@@ -687,6 +690,7 @@ impl ClientApi {
                 op: Some(write_op::Op::Follow(FollowOp {
                     follower: user,
                     followee: target,
+                    request_id: req.request_id,
                     time_ns,
                     follow,
                 })),
@@ -879,7 +883,16 @@ impl Replica for ReplicaApi {
         Ok(Response::new(ApplyReply {}))
     }
 
-    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<ApplyReply>, Status> {
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented("resync"))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         let node = &self.0;
         let req = req.into_inner();
         node.require_master()
@@ -888,6 +901,6 @@ impl Replica for ReplicaApi {
             return Err(Status::invalid_argument("wrong cluster"));
         }
         node.mirror.set_slave(&req.address);
-        Ok(Response::new(ApplyReply {}))
+        Ok(Response::new(JoinReply::default()))
     }
 }

@@ -105,7 +105,7 @@ pub async fn run(
     let clusters = loop {
         let req = HeartbeatRequest {
             info: Some(info.clone()),
-            epoch: 0,
+            ..Default::default()
         };
         match coordinator.heartbeat(req).await {
             Ok(r) => break r.into_inner().clusters,
@@ -150,7 +150,7 @@ pub async fn run(
                 tick.tick().await;
                 let req = HeartbeatRequest {
                     info: Some(info.clone()),
-                    epoch: 0,
+                    ..Default::default()
                 };
                 if let Err(e) = coordinator.heartbeat(req).await {
                     log::warn!("heartbeat failed: {}", e.message());
@@ -716,6 +716,7 @@ impl Sender {
                         followee: e.user,
                         time_ns: e.time,
                         follow: e.follow,
+                        request_id: 0,
                     });
                 }
             }
