@@ -6,7 +6,9 @@
 pub mod client;
 pub mod config;
 pub mod coordinator;
+pub mod membership;
 pub mod model;
+pub mod replication;
 pub mod server;
 pub mod storage;
 pub mod store;

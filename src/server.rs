@@ -1,23 +1,25 @@
-//! The server: serves the clients of one cluster and mirrors every write.
+//! The server: serves the clients of one cluster as its master, or mirrors
+//! the master as its slave.
 //!
 //! # Roles
 //! A server registers with the coordinator through its heartbeats; the reply
 //! tells it whether it is the cluster's master or its slave, the cluster's
 //! epoch and who its peer is. Only the master serves clients; a slave answers
 //! them `UNAVAILABLE`, so that a client with a stale address asks the
-//! coordinator again.
+//! coordinator again. A slave first brings its directory up to date with the
+//! master's and then follows every write (see [`crate::replication`]).
 //!
 //! # Writes
 //! Every client write (a new user, a follow, an unfollow, a post) becomes one
 //! [`WriteOp`] with a time chosen by the master. Under the store lock the
-//! master checks the request, applies the operation to its own directory
-//! ([`Store`]) and queues it for the slave in the same order; it answers the
-//! client once the mirror has handed the operation to the slave (or has given
-//! the slave up as unreachable). The mirror sends whatever has queued up while
-//! the previous batch was in flight as one batch, so concurrent writers share
-//! round trips. The slave applies the same operations with the same code, so
-//! both directories hold the same records; applying is idempotent, so a
-//! re-sent batch stores nothing twice.
+//! master checks the request and stages the operation ([`Store::stage`]), so
+//! that the checks of the next request see it; the replication task then
+//! mirrors it to the slave and writes it to the master's own files before the
+//! client gets its answer. The slave applies the same operations with the
+//! same code, so both directories hold the same records; applying is
+//! idempotent, so a re-sent batch stores nothing twice. A retried write is
+//! recognised by its client id (`post_id`, `request_id`), remembered by master
+//! and slave alike, and answered as the first one was.
 //!
 //! # Timelines
 //! A TIMELINE stream first gets the last 20 posts of the user's timeline file,
@@ -27,26 +29,27 @@
 //! (through `notify`) for what the synchronizer appends; both are only hints
 //! to read from the saved offset, so a merged or lost event delays nothing
 //! that the next one does not bring. The stream ends when the client goes
-//! away.
+//! away, or with `UNAVAILABLE` when this server stops being the master.
 //!
 //! # Sessions
 //! A client logs in with a random session token and refreshes it by logging
 //! in again; a session not refreshed for two heartbeat periods has expired. A
 //! login for a user whose live session has another token is refused, which is
-//! SPEC's duplicate-login rule; a killed client's session simply runs out.
+//! SPEC's duplicate-login rule; a killed client's session simply runs out, and
+//! a client that exits cleanly logs out.
 
 use crate::config::{cluster_of, parse_user};
 use crate::model::validate_post;
 use crate::proto::csce438::sns_service_server::{SnsService, SnsServiceServer};
 use crate::proto::csce438::{ListReply, Message, Reply, Request as SnsRequest};
 use crate::proto::tinysns::coordinator_client::CoordinatorClient;
-use crate::proto::tinysns::replica_client::ReplicaClient;
-use crate::proto::tinysns::replica_server::{Replica, ReplicaServer};
+use crate::proto::tinysns::replica_server::ReplicaServer;
 use crate::proto::tinysns::{
-    AddUser, ApplyReply, ApplyRequest, FollowOp, HeartbeatRequest, JoinReply, JoinRequest, Kind,
-    PostOp, Role, ServerInfo, SnapshotChunk, SnapshotRequest, WriteOp, write_op,
+    AddUser, FollowOp, HeartbeatReply, HeartbeatRequest, Kind, PostOp, Role, ServerInfo, WriteOp,
+    write_op,
 };
-use crate::storage::{self, FollowLog, Post, timeline_file};
+use crate::replication::{Following, OpLog, ReplicaApi, SlaveLink, op_id};
+use crate::storage::{self, FileKind, FollowLog, Post, timeline_file};
 use crate::store::Store;
 use crate::timefmt::{self, MonotonicClock};
 use std::collections::HashMap;
@@ -59,7 +62,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -84,11 +87,7 @@ pub async fn run(
     opts: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
-    let coordinator = Endpoint::from_shared(format!("http://{}", opts.coordinator))?
-        .connect_timeout(opts.heartbeat.max(Duration::from_millis(200)))
-        .timeout(opts.heartbeat.max(Duration::from_millis(200)))
-        .connect_lazy();
-    let mut coordinator = CoordinatorClient::new(coordinator);
+    let mut coordinator = crate::membership::client(&opts.coordinator, opts.heartbeat)?;
     let info = ServerInfo {
         cluster_id: opts.cluster,
         server_id: opts.server_id,
@@ -97,38 +96,17 @@ pub async fn run(
         kind: Kind::Server as i32,
         ..Default::default()
     };
-
     // Register before serving: the reply says how many clusters there are,
     // which decides which users live here.
-    let mut backoff = Duration::from_millis(50);
-    let first = loop {
-        let req = HeartbeatRequest {
-            info: Some(info.clone()),
-            ..Default::default()
-        };
-        match coordinator.heartbeat(req).await {
-            Ok(r) => break r.into_inner(),
-            Err(e) if e.code() == tonic::Code::InvalidArgument => {
-                return Err(
-                    format!("the coordinator refused to register us: {}", e.message()).into(),
-                );
-            }
-            Err(e) => {
-                log::warn!(
-                    "cannot reach the coordinator at {}: {}",
-                    opts.coordinator,
-                    e.message()
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(opts.heartbeat);
-            }
-        }
-    };
+    let sent = Instant::now();
+    let first = crate::membership::register(&mut coordinator, &info, opts.heartbeat).await?;
     let dir = crate::config::server_dir(&opts.data_dir, opts.cluster, opts.server_id);
     let store = Store::open(&dir, opts.cluster, first.clusters)?;
+    let (report_tx, report_rx) = mpsc::channel(16);
     let node = Arc::new(Node {
         addr: format!("{}:{}", opts.host, opts.port),
         lease: 2 * opts.heartbeat,
+        failure_window: 2 * opts.heartbeat,
         opts,
         dir,
         clusters: first.clusters,
@@ -137,12 +115,17 @@ pub async fn run(
         epoch: AtomicU64::new(0),
         sessions: Mutex::new(HashMap::new()),
         wakers: Mutex::new(HashMap::new()),
-        recent_posts: Mutex::new(RecentIds::default()),
+        recent: Mutex::new(Recent::default()),
         clock: MonotonicClock::default(),
         mirror: Mirror::default(),
-        joined: Mutex::new(None),
+        repl: Mutex::new(Repl {
+            incarnation: rand::random(),
+            ..Default::default()
+        }),
+        resync_lock: tokio::sync::Mutex::new(()),
+        report: report_tx,
     });
-    node.on_heartbeat(first).await;
+    node.clone().on_heartbeat(first, sent);
     log::info!(
         "server {} of cluster {} serving at {} from {}",
         node.opts.server_id,
@@ -152,12 +135,16 @@ pub async fn run(
     );
 
     let _watcher = node.clone().watch_directory()?;
-    tokio::spawn(node.clone().heartbeat_loop(coordinator, info));
+    tokio::spawn(node.clone().heartbeat_loop(coordinator, info, report_rx));
     tokio::spawn(node.clone().mirror_loop());
 
     tonic::transport::Server::builder()
         .add_service(SnsServiceServer::new(ClientApi(node.clone())))
-        .add_service(ReplicaServer::new(ReplicaApi(node.clone())))
+        .add_service(
+            ReplicaServer::new(ReplicaApi(node.clone()))
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
@@ -178,33 +165,74 @@ struct Session {
     ended: bool,
 }
 
+/// A staged write waiting for the mirror.
+pub(crate) struct Pending {
+    pub seq: u64,
+    pub op: WriteOp,
+    /// The files its staged records go to ([`Store::stage`]).
+    pub files: Vec<FileKind>,
+    pub done: oneshot::Sender<Result<(), Status>>,
+}
+
+/// The ordered queue of staged writes.
+#[derive(Default)]
+pub(crate) struct Mirror {
+    pub queue: Mutex<Vec<Pending>>,
+    pub kick: Notify,
+}
+
+/// Replication state: as a master, and as a slave.
+#[derive(Default)]
+pub(crate) struct Repl {
+    /// Changes at every start and whenever the operation log is reset: a
+    /// slave's position is only meaningful within one incarnation.
+    pub incarnation: u64,
+    pub log: OpLog,
+    /// The slave in service.
+    pub slave: Option<SlaveLink>,
+    /// Until when this master may let writes out (see `replication`).
+    pub lease_until: Option<Instant>,
+    /// As a slave: the master we follow, once in sync.
+    pub following: Option<Following>,
+    pub resyncing: bool,
+    /// Heartbeat replies in a row that said we are not in service although
+    /// we follow a master: our master dropped us.
+    pub dropped_replies: u32,
+}
+
 /// The state of one server process.
-struct Node {
-    opts: Options,
-    addr: String,
-    dir: PathBuf,
+pub(crate) struct Node {
+    pub opts: Options,
+    pub addr: String,
+    pub dir: PathBuf,
     clusters: u32,
+    /// How long a client session lives without a refresh.
     lease: Duration,
-    store: Mutex<Store>,
+    /// Two heartbeats: how long the coordinator waits before declaring a
+    /// process failed.
+    pub failure_window: Duration,
+    pub store: Mutex<Store>,
     role: AtomicI32,
-    epoch: AtomicU64,
+    pub epoch: AtomicU64,
     sessions: Mutex<HashMap<u64, Session>>,
     /// One version counter per user with an open timeline, bumped when the
     /// user's timeline file may have grown.
     wakers: Mutex<HashMap<u64, watch::Sender<u64>>>,
-    /// `(user, post_id)` of posts already stored, so a resent post is stored
-    /// once.
-    recent_posts: Mutex<RecentIds>,
+    recent: Mutex<Recent>,
     clock: MonotonicClock,
-    mirror: Mirror,
-    /// As a slave: the master we have announced ourselves to.
-    joined: Mutex<Option<String>>,
+    pub mirror: Mirror,
+    pub repl: Mutex<Repl>,
+    /// Held by a resync; mirrored batches wait for it.
+    pub resync_lock: tokio::sync::Mutex<()>,
+    /// Asks the heartbeat task for a heartbeat now; answers whether the
+    /// coordinator took it (and we are still master).
+    report: mpsc::Sender<oneshot::Sender<bool>>,
 }
 
-/// How many post ids per user are remembered to recognise a resent post.
+/// How many client ids per user are remembered to recognise a retry.
 const RECENT_IDS: usize = 1024;
 
-/// The latest client post ids per user.
+/// The latest client ids per user.
 #[derive(Default)]
 struct RecentIds(HashMap<u64, std::collections::VecDeque<u64>>);
 
@@ -220,25 +248,38 @@ impl RecentIds {
         }
         ids.push_back(id);
     }
+
+    fn remove(&mut self, user: u64, id: u64) {
+        if let Some(ids) = self.0.get_mut(&user) {
+            ids.retain(|i| *i != id);
+        }
+    }
+}
+
+/// Client ids of posts and of follow/unfollow requests already taken.
+#[derive(Default)]
+struct Recent {
+    posts: RecentIds,
+    requests: RecentIds,
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (our
 /// critical sections leave the data consistent at every step).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn storage_error(e: std::io::Error) -> Status {
+pub(crate) fn storage_error(e: std::io::Error) -> Status {
     log::error!("storage error: {e}");
     Status::internal(format!("storage error: {e}"))
 }
 
 impl Node {
-    fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         Role::try_from(self.role.load(Ordering::SeqCst)).unwrap_or(Role::None)
     }
 
-    fn require_master(&self) -> Result<(), Status> {
+    pub(crate) fn require_master(&self) -> Result<(), Status> {
         if self.role() == Role::Master {
             Ok(())
         } else {
@@ -246,6 +287,31 @@ impl Node {
                 "server {} is not the master of cluster {}",
                 self.opts.server_id, self.opts.cluster
             )))
+        }
+    }
+
+    pub(crate) fn check_cluster(&self, cluster: u32) -> Result<(), Status> {
+        if cluster == self.opts.cluster {
+            Ok(())
+        } else {
+            Err(Status::invalid_argument(format!(
+                "this server is in cluster {}, not {cluster}",
+                self.opts.cluster
+            )))
+        }
+    }
+
+    /// Whether this master may let a write out now: fencing (see
+    /// `replication`).
+    pub(crate) fn check_lease(&self) -> Result<(), Status> {
+        self.require_master()?;
+        let until = lock(&self.repl).lease_until;
+        if until.is_some_and(|t| Instant::now() < t) {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "this master has not reached the coordinator within the failure window",
+            ))
         }
     }
 
@@ -273,7 +339,7 @@ impl Node {
             .subscribe()
     }
 
-    fn wake(&self, users: &[u64]) {
+    pub(crate) fn wake(&self, users: &[u64]) {
         let wakers = lock(&self.wakers);
         for u in users {
             if let Some(w) = wakers.get(u) {
@@ -282,94 +348,169 @@ impl Node {
         }
     }
 
-    fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         for w in lock(&self.wakers).values() {
             w.send_modify(|v| *v += 1);
         }
     }
 
-    /// Checks a client write and, if it is to be done, applies it here and
-    /// queues it for the slave; then waits for the mirror. `build` runs under
-    /// the store lock, so checks and writes of concurrent requests do not
-    /// interleave.
+    /// Remembers the client id an operation carries.
+    pub(crate) fn record_ids(&self, op: &WriteOp) {
+        if let Some((post, user, id)) = op_id(op) {
+            let mut recent = lock(&self.recent);
+            let ids = if post { &mut recent.posts } else { &mut recent.requests };
+            ids.insert(user, id);
+        }
+    }
+
+    pub(crate) fn forget_ids(&self, op: &WriteOp) {
+        if let Some((post, user, id)) = op_id(op) {
+            let mut recent = lock(&self.recent);
+            let ids = if post { &mut recent.posts } else { &mut recent.requests };
+            ids.remove(user, id);
+        }
+    }
+
+    fn seen_post(&self, user: u64, post_id: u64) -> bool {
+        post_id != 0 && lock(&self.recent).posts.contains(user, post_id)
+    }
+
+    fn seen_request(&self, user: u64, request_id: u64) -> bool {
+        request_id != 0 && lock(&self.recent).requests.contains(user, request_id)
+    }
+
+    /// Checks a client write and, if it is to be done, stages it and queues
+    /// it for the mirror; then waits until it is mirrored and written. `build`
+    /// runs under the store lock, so the checks and writes of concurrent
+    /// requests do not interleave.
     async fn write(
         &self,
         build: impl FnOnce(&mut Store, &MonotonicClock) -> Result<Option<WriteOp>, Status>,
     ) -> Result<(), Status> {
+        self.check_lease()?;
         let done = {
             let mut store = lock(&self.store);
             let Some(op) = build(&mut store, &self.clock)? else {
                 return Ok(());
             };
-            let changed = store.apply(&op).map_err(storage_error)?;
-            self.wake(&changed);
-            self.mirror.push(op)
+            let files = store.stage(&op).map_err(|e| {
+                store.reset();
+                storage_error(e)
+            })?;
+            self.record_ids(&op);
+            let seq = lock(&self.repl).log.push(op.clone());
+            let (tx, rx) = oneshot::channel();
+            lock(&self.mirror.queue).push(Pending {
+                seq,
+                op,
+                files,
+                done: tx,
+            });
+            self.mirror.kick.notify_one();
+            rx
         };
-        // The mirror answers even when the slave is gone; a dropped sender
-        // would only mean the process is shutting down.
-        let _ = done.await;
-        Ok(())
+        done.await
+            .unwrap_or_else(|_| Err(Status::unavailable("the server is shutting down")))
     }
 
-    async fn on_heartbeat(&self, reply: crate::proto::tinysns::HeartbeatReply) {
-        let role = Role::try_from(reply.role).unwrap_or(Role::None);
-        let old =
-            Role::try_from(self.role.swap(role as i32, Ordering::SeqCst)).unwrap_or(Role::None);
-        self.epoch.fetch_max(reply.epoch, Ordering::SeqCst);
-        if old != role {
-            log::info!(
-                "cluster {} server {} is now {:?} (epoch {})",
-                self.opts.cluster,
+    /// Stops acting as master: no write gets out any more, the staged ones
+    /// are dropped, and the timelines end so their clients move on.
+    pub(crate) fn step_down(&self, why: &str) {
+        let was = Role::try_from(self.role.swap(Role::Slave as i32, Ordering::SeqCst))
+            .unwrap_or(Role::None);
+        let mut repl = lock(&self.repl);
+        repl.lease_until = None;
+        repl.slave = None;
+        repl.following = None;
+        drop(repl);
+        if was == Role::Master {
+            log::warn!(
+                "server {} of cluster {} steps down: {why}",
                 self.opts.server_id,
-                role,
-                reply.epoch
+                self.opts.cluster
             );
         }
-        let peer = reply.peer.filter(|p| p.alive).map(|p| {
-            (
-                Role::try_from(p.role).unwrap_or(Role::None),
-                format!("{}:{}", p.hostname, p.port),
-            )
-        });
-        match (role, peer) {
-            (Role::Master, Some((Role::Slave, addr))) => self.mirror.set_slave_if_none(&addr),
-            (Role::Slave, Some((Role::Master, addr))) => {
-                let already = lock(&self.joined).as_deref() == Some(addr.as_str());
-                if !already {
-                    self.join(addr).await;
-                }
-            }
-            _ => {}
-        }
-        if role == Role::Master {
-            *lock(&self.joined) = None;
-        }
+        self.wake_all();
     }
 
-    /// Announces this slave to its master so that mirroring starts at once.
-    async fn join(&self, master: String) {
-        let req = JoinRequest {
-            cluster_id: self.opts.cluster,
-            server_id: self.opts.server_id,
-            address: self.addr.clone(),
-            ..Default::default()
-        };
-        let result = async {
-            let ch = Endpoint::from_shared(format!("http://{master}"))?
-                .connect_timeout(self.lease)
-                .timeout(self.lease)
-                .connect()
-                .await?;
-            ReplicaClient::new(ch).join(req).await?;
-            Ok::<_, BoxError>(())
+    /// Asks for a heartbeat now and waits for the coordinator's answer.
+    pub(crate) async fn report_now(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.report.send(tx).await.is_err() {
+            return false;
         }
-        .await;
-        match result {
-            Ok(()) => {
-                log::info!("joined master {master}");
-                *lock(&self.joined) = Some(master);
+        rx.await.unwrap_or(false)
+    }
+
+    /// Acts on the coordinator's answer to a heartbeat sent at `sent`.
+    /// Returns whether we are (still) the master.
+    fn on_heartbeat(self: Arc<Self>, reply: HeartbeatReply, sent: Instant) -> bool {
+        let role = Role::try_from(reply.role).unwrap_or(Role::None);
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if reply.epoch < epoch {
+            // A coordinator that lost its state; it will learn our epoch.
+            log::warn!("coordinator answered with epoch {} < ours {epoch}", reply.epoch);
+        }
+        match role {
+            Role::Master => {
+                let old = self.role.swap(Role::Master as i32, Ordering::SeqCst);
+                self.epoch.fetch_max(reply.epoch, Ordering::SeqCst);
+                let mut repl = lock(&self.repl);
+                if old != Role::Master as i32 {
+                    log::info!(
+                        "server {} of cluster {} is now master (epoch {})",
+                        self.opts.server_id,
+                        self.opts.cluster,
+                        reply.epoch
+                    );
+                    // A new reign: our operation log starts empty.
+                    repl.incarnation = rand::random();
+                    repl.log = OpLog::default();
+                    repl.slave = None;
+                    repl.following = None;
+                }
+                // A small margin for timer granularity.
+                repl.lease_until = Some(sent + self.failure_window - self.failure_window / 16);
+                true
             }
-            Err(e) => log::warn!("cannot join master {master}: {e}"),
+            _ => {
+                if self.role() == Role::Master {
+                    self.step_down("the coordinator says we are a slave");
+                }
+                let old = self.role.swap(Role::Slave as i32, Ordering::SeqCst);
+                self.epoch.fetch_max(reply.epoch, Ordering::SeqCst);
+                if old != Role::Slave as i32 {
+                    log::info!(
+                        "server {} of cluster {} is now slave (epoch {})",
+                        self.opts.server_id,
+                        self.opts.cluster,
+                        reply.epoch
+                    );
+                }
+                let master = reply
+                    .peer
+                    .filter(|p| p.alive && p.role == Role::Master as i32)
+                    .map(|p| format!("{}:{}", p.hostname, p.port));
+                let mut repl = lock(&self.repl);
+                let Some(master) = master else {
+                    return false;
+                };
+                let in_sync = repl.following.as_ref().is_some_and(|f| f.master == master);
+                if in_sync && !reply.in_service {
+                    repl.dropped_replies += 1;
+                } else {
+                    repl.dropped_replies = 0;
+                }
+                if (!in_sync || repl.dropped_replies >= 2) && !repl.resyncing {
+                    repl.resyncing = true;
+                    repl.following = None;
+                    repl.dropped_replies = 0;
+                    drop(repl);
+                    log::info!("resyncing from master {master}");
+                    tokio::spawn(self.clone().resync(master));
+                }
+                false
+            }
         }
     }
 
@@ -377,25 +518,41 @@ impl Node {
         self: Arc<Self>,
         mut coordinator: CoordinatorClient<Channel>,
         info: ServerInfo,
+        mut reports: mpsc::Receiver<oneshot::Sender<bool>>,
     ) {
         let mut tick = tokio::time::interval(self.opts.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let waiter = tokio::select! {
+                _ = tick.tick() => None,
+                w = reports.recv() => w,
+            };
             let mut info = info.clone();
             info.role = self.role() as i32;
+            let in_service_slave = if self.role() == Role::Master {
+                lock(&self.repl).slave.as_ref().map_or(0, |l| l.server_id)
+            } else {
+                0
+            };
             let req = HeartbeatRequest {
                 info: Some(info),
                 epoch: self.epoch.load(Ordering::SeqCst),
-                in_service_slave: 0,
+                in_service_slave,
             };
-            match coordinator.heartbeat(req).await {
-                Ok(r) => self.on_heartbeat(r.into_inner()).await,
-                Err(e) => log::warn!(
-                    "heartbeat to {} failed: {}",
-                    self.opts.coordinator,
-                    e.message()
-                ),
+            let sent = Instant::now();
+            let master = match coordinator.heartbeat(req).await {
+                Ok(r) => self.clone().on_heartbeat(r.into_inner(), sent),
+                Err(e) => {
+                    log::warn!(
+                        "heartbeat to {} failed: {}",
+                        self.opts.coordinator,
+                        e.message()
+                    );
+                    false
+                }
+            };
+            if let Some(w) = waiter {
+                let _ = w.send(master);
             }
         }
     }
@@ -414,8 +571,8 @@ impl Node {
                     let users: Vec<u64> = ev
                         .paths
                         .iter()
-                        .filter_map(|p| match storage::FileKind::parse(p) {
-                            Some(storage::FileKind::Timeline(u)) => Some(u),
+                        .filter_map(|p| match FileKind::parse(p) {
+                            Some(FileKind::Timeline(u)) => Some(u),
                             _ => None,
                         })
                         .collect();
@@ -428,85 +585,6 @@ impl Node {
             })?;
         watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
         Ok(watcher)
-    }
-
-    async fn mirror_loop(self: Arc<Self>) {
-        let mut client: Option<(String, ReplicaClient<Channel>)> = None;
-        loop {
-            self.mirror.kick.notified().await;
-            loop {
-                let batch = std::mem::take(&mut *lock(&self.mirror.queue));
-                if batch.is_empty() {
-                    break;
-                }
-                let slave = lock(&self.mirror.slave).clone();
-                if let Some(addr) = slave {
-                    if client.as_ref().map(|(a, _)| a) != Some(&addr) {
-                        client = Endpoint::from_shared(format!("http://{addr}"))
-                            .map(|e| {
-                                let ch = e
-                                    .connect_timeout(self.lease)
-                                    .timeout(self.lease)
-                                    .connect_lazy();
-                                (addr.clone(), ReplicaClient::new(ch))
-                            })
-                            .ok();
-                    }
-                    if let Some((_, c)) = client.as_mut() {
-                        let req = ApplyRequest {
-                            cluster_id: self.opts.cluster,
-                            epoch: self.epoch.load(Ordering::SeqCst),
-                            ops: batch.iter().map(|(op, _)| op.clone()).collect(),
-                            ..Default::default()
-                        };
-                        if let Err(e) = c.apply(req).await {
-                            log::warn!(
-                                "slave {addr} did not take a mirrored write ({}); going on alone",
-                                e.message()
-                            );
-                            let mut s = lock(&self.mirror.slave);
-                            if s.as_deref() == Some(addr.as_str()) {
-                                *s = None;
-                            }
-                        }
-                    }
-                }
-                for (_, done) in batch {
-                    let _ = done.send(());
-                }
-            }
-        }
-    }
-}
-
-/// The ordered queue of operations for the slave.
-#[derive(Default)]
-struct Mirror {
-    queue: Mutex<Vec<(WriteOp, oneshot::Sender<()>)>>,
-    kick: Notify,
-    slave: Mutex<Option<String>>,
-}
-
-impl Mirror {
-    fn push(&self, op: WriteOp) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        lock(&self.queue).push((op, tx));
-        self.kick.notify_one();
-        rx
-    }
-
-    fn set_slave(&self, addr: &str) {
-        let mut s = lock(&self.slave);
-        if s.as_deref() != Some(addr) {
-            log::info!("mirroring writes to slave {addr}");
-            *s = Some(addr.to_string());
-        }
-    }
-
-    fn set_slave_if_none(&self, addr: &str) {
-        if lock(&self.slave).is_none() {
-            self.set_slave(addr);
-        }
     }
 }
 
@@ -659,6 +737,10 @@ impl ClientApi {
     ) -> Result<Response<Reply>, Status> {
         let node = &self.0;
         let user = node.caller(&req.username, &req.session)?;
+        if node.seen_request(user, req.request_id) {
+            // A retry of a request already done (its answer was lost).
+            return Ok(ok("Command completed successfully"));
+        }
         let target = argument(&req)?;
         if target == user {
             return Err(if follow {
@@ -751,6 +833,7 @@ async fn deliver(
                 _ = tx.closed() => return Ok(()),
                 r = changes.changed() => if r.is_err() { return Ok(()) },
             }
+            node.require_master()?;
             let (bytes, end) = storage::read_from(&path, offset).map_err(storage_error)?;
             offset = end;
             if bytes.is_empty() {
@@ -803,8 +886,7 @@ async fn receive(
             return;
         }
         let post_id = msg.post_id;
-        let duplicate = post_id != 0 && lock(&node.recent_posts).contains(user, post_id);
-        if !duplicate {
+        if !node.seen_post(user, post_id) {
             let text = msg.msg;
             let result = node
                 .write(|store, clock| {
@@ -823,9 +905,6 @@ async fn receive(
                 let _ = tx.send(Err(status)).await;
                 return;
             }
-            if post_id != 0 {
-                lock(&node.recent_posts).insert(user, post_id);
-            }
         }
         if post_id != 0 {
             let ack = Message {
@@ -840,67 +919,3 @@ async fn receive(
     }
 }
 
-// ---------------------------------------------------------------------------
-// The replica API
-
-struct ReplicaApi(Arc<Node>);
-
-#[tonic::async_trait]
-impl Replica for ReplicaApi {
-    async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
-        let node = &self.0;
-        let req = req.into_inner();
-        if req.cluster_id != node.opts.cluster {
-            return Err(Status::invalid_argument(format!(
-                "this server is in cluster {}, not {}",
-                node.opts.cluster, req.cluster_id
-            )));
-        }
-        let epoch = node.epoch.load(Ordering::SeqCst);
-        if req.epoch < epoch {
-            return Err(Status::failed_precondition(format!(
-                "stale epoch {} (ours is {epoch})",
-                req.epoch
-            )));
-        }
-        let mut changed = Vec::new();
-        {
-            let mut store = lock(&node.store);
-            for op in &req.ops {
-                changed.extend(store.apply(op).map_err(storage_error)?);
-            }
-        }
-        let mut recent = lock(&node.recent_posts);
-        for op in &req.ops {
-            if let Some(write_op::Op::Post(p)) = &op.op
-                && p.post_id != 0
-            {
-                recent.insert(p.author, p.post_id);
-            }
-        }
-        drop(recent);
-        node.wake(&changed);
-        Ok(Response::new(ApplyReply {}))
-    }
-
-    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
-
-    async fn snapshot(
-        &self,
-        _req: Request<SnapshotRequest>,
-    ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented("resync"))
-    }
-
-    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
-        let node = &self.0;
-        let req = req.into_inner();
-        node.require_master()
-            .map_err(|_| Status::failed_precondition("not the master"))?;
-        if req.cluster_id != node.opts.cluster {
-            return Err(Status::invalid_argument("wrong cluster"));
-        }
-        node.mirror.set_slave(&req.address);
-        Ok(Response::new(JoinReply::default()))
-    }
-}

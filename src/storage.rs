@@ -34,7 +34,8 @@
 //!   the start.
 
 use crate::timefmt::{self, Nanos};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::os::unix::fs::MetadataExt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -425,11 +426,21 @@ pub trait Fold: Default {
 
 /// An incrementally maintained view of one file: the offset read so far and
 /// the fold of every record before it.
+///
+/// A view can also hold *staged* records: decided and folded into the state,
+/// but not yet written. The master stages a client's write, mirrors it to its
+/// slave, and writes it ([`Tail::flush_front`]) only once the slave has it, so
+/// that nothing a reader can see (a timeline on screen, a synchronizer) can
+/// vanish in a failover.
 #[derive(Debug)]
 pub struct Tail<S> {
     path: PathBuf,
     format: Format,
     offset: u64,
+    /// The file's inode when last read: a file replaced by a resync is a new
+    /// file, to be read from the start.
+    ino: Option<u64>,
+    pending: VecDeque<String>,
     pub state: S,
 }
 
@@ -440,6 +451,8 @@ impl<S: Fold> Tail<S> {
             path,
             format,
             offset: 0,
+            ino: None,
+            pending: VecDeque::new(),
             state: S::default(),
         }
     }
@@ -448,31 +461,68 @@ impl<S: Fold> Tail<S> {
         &self.path
     }
 
+    /// Whether the file changed identity or shrank since we read it.
+    fn replaced(&self, len: u64, ino: u64) -> bool {
+        len < self.offset || self.ino.is_some_and(|i| i != ino)
+    }
+
     /// Reads what was appended since the last call.
     pub fn refresh(&mut self) -> io::Result<()> {
-        let len = match std::fs::metadata(&self.path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        let (len, ino) = match std::fs::metadata(&self.path) {
+            Ok(m) => (m.len(), m.ino()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0),
             Err(e) => return Err(e),
         };
+        if self.replaced(len, ino) {
+            self.reset();
+        }
         if len == self.offset {
             return Ok(());
         }
-        if len < self.offset {
+        let Some(mut f) = open_shared(&self.path)? else {
+            return Ok(());
+        };
+        let meta = f.metadata()?;
+        if self.replaced(meta.len(), meta.ino()) {
             self.reset();
         }
-        let (bytes, end) = read_from(&self.path, self.offset)?;
-        self.fold(&bytes);
-        self.offset = end;
+        self.ino = Some(meta.ino());
+        self.read_rest(&mut f, meta.len(), false)?;
         Ok(())
     }
 
-    fn reset(&mut self) {
-        self.offset = 0;
-        self.state = S::default();
+    /// Reads `[offset, len)` from `f` and folds its complete records; with
+    /// `all`, the caller holds the exclusive lock and the range is whole.
+    fn read_rest(&mut self, f: &mut File, len: u64, all: bool) -> io::Result<()> {
+        if len <= self.offset {
+            return Ok(());
+        }
+        f.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = Vec::with_capacity((len - self.offset) as usize);
+        (&mut *f).take(len - self.offset).read_to_end(&mut buf)?;
+        let used = if all {
+            buf.len()
+        } else {
+            split_records(&buf, self.format).1
+        };
+        self.fold_bytes(&buf[..used]);
+        self.offset += used as u64;
+        Ok(())
     }
 
-    fn fold(&mut self, bytes: &[u8]) {
+    /// Forgets what was read (the file was replaced); staged records stay
+    /// staged and folded.
+    fn reset(&mut self) {
+        self.offset = 0;
+        self.ino = None;
+        self.state = S::default();
+        let pending: Vec<String> = self.pending.iter().cloned().collect();
+        for r in pending {
+            self.fold_bytes(r.as_bytes());
+        }
+    }
+
+    fn fold_bytes(&mut self, bytes: &[u8]) {
         let (records, _) = split_records(bytes, self.format);
         for r in records {
             self.state.apply(r);
@@ -482,42 +532,123 @@ impl<S: Fold> Tail<S> {
     /// Appends what `decide` returns, deciding with the view brought up to
     /// date while the exclusive lock is held. Returns whether it wrote.
     pub fn append_with(&mut self, decide: impl FnOnce(&S) -> Option<String>) -> io::Result<bool> {
-        let mut f = open_append(&self.path)?;
-        f.lock()?;
-        let result = self.append_locked(&mut f, decide);
-        let unlocked = f.unlock();
-        let wrote = result?;
-        unlocked?;
-        Ok(wrote)
+        self.locked(|t, f| {
+            let Some(record) = decide(&t.state) else {
+                return Ok(false);
+            };
+            t.write_locked(f, record.as_bytes())?;
+            t.fold_bytes(record.as_bytes());
+            Ok(true)
+        })
     }
 
-    fn append_locked(
-        &mut self,
-        f: &mut File,
-        decide: impl FnOnce(&S) -> Option<String>,
-    ) -> io::Result<bool> {
-        // Nobody else can be writing now, so an incomplete tail is torn.
-        repair_locked(f, self.format)?;
-        let len = f.metadata()?.len();
-        if len < self.offset {
-            self.reset();
-        }
-        if len > self.offset {
-            f.seek(SeekFrom::Start(self.offset))?;
-            let mut buf = Vec::with_capacity((len - self.offset) as usize);
-            (&mut *f).take(len - self.offset).read_to_end(&mut buf)?;
-            self.fold(&buf);
-            self.offset = len;
-        }
+    /// Decides and folds a record without writing it (see the type's doc).
+    /// Returns whether a record was staged.
+    pub fn stage(&mut self, decide: impl FnOnce(&S) -> Option<String>) -> io::Result<bool> {
+        self.refresh()?;
         let Some(record) = decide(&self.state) else {
             return Ok(false);
         };
-        debug_assert!(record.as_bytes().ends_with(self.format.terminator()));
-        f.write_all(record.as_bytes())?;
-        self.offset += record.len() as u64;
-        self.fold(record.as_bytes());
+        self.fold_bytes(record.as_bytes());
+        self.pending.push_back(record);
         Ok(true)
     }
+
+    /// Writes the first `n` staged records, in one append.
+    pub fn flush_front(&mut self, n: usize) -> io::Result<()> {
+        let n = n.min(self.pending.len());
+        if n == 0 {
+            return Ok(());
+        }
+        self.locked(|t, f| {
+            let bytes: String = t.pending.iter().take(n).map(String::as_str).collect();
+            t.write_locked(f, bytes.as_bytes())?;
+            t.pending.drain(..n);
+            Ok(())
+        })
+    }
+
+    /// Runs `body` with the file open for appending, exclusively locked, and
+    /// the view brought up to date.
+    fn locked<T>(&mut self, body: impl FnOnce(&mut Self, &mut File) -> io::Result<T>) -> io::Result<T> {
+        let mut f = open_append(&self.path)?;
+        f.lock()?;
+        let result = (|| {
+            // Nobody else can be writing now, so an incomplete tail is torn.
+            repair_locked(&mut f, self.format)?;
+            let meta = f.metadata()?;
+            if self.replaced(meta.len(), meta.ino()) {
+                self.reset();
+            }
+            self.ino = Some(meta.ino());
+            self.read_rest(&mut f, meta.len(), true)?;
+            body(self, &mut f)
+        })();
+        let unlocked = f.unlock();
+        let value = result?;
+        unlocked?;
+        Ok(value)
+    }
+
+    fn write_locked(&mut self, f: &mut File, bytes: &[u8]) -> io::Result<()> {
+        debug_assert!(bytes.ends_with(self.format.terminator()));
+        f.write_all(bytes)?;
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The directory gate
+
+/// Name of the lock file that gates writers of a server directory.
+pub const GATE_FILE: &str = "writers.lock";
+
+/// Takes the directory's gate shared, without waiting: writers other than the
+/// server itself (the synchronizer) hold it while they write. `None` when the
+/// server holds it exclusively (it is being rebuilt by a resync) or the
+/// directory is gone.
+pub fn try_enter_dir(dir: &Path) -> io::Result<Option<File>> {
+    let f = match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(GATE_FILE)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match f.try_lock_shared() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Takes the directory's gate exclusively, waiting for writers inside to
+/// finish. Held by a server while it rebuilds its directory; released when
+/// the returned file is dropped.
+pub fn close_dir(dir: &Path) -> io::Result<File> {
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(GATE_FILE))?;
+    f.lock()?;
+    Ok(f)
+}
+
+/// A hash of the first `len` bytes of a file (resync compares a slave's copy
+/// with a prefix of the master's). Not cryptographic: it detects divergence
+/// caused by crashes, not malice.
+pub fn content_hash(path: &Path, len: u64) -> io::Result<u64> {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    let mut f = File::open(path)?;
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = f.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than expected"));
+        }
+        h.write(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h.finish())
 }
 
 /// `all_users.txt`: the set of users.

@@ -24,7 +24,8 @@
 use crate::config::cluster_of;
 use crate::proto::tinysns::{FollowOp, PostOp, WriteOp, write_op};
 use crate::storage::{
-    self, AuthorClock, FollowEvent, FollowLog, Post, Tail, UserSet, followers_file, following_file,
+    self, AuthorClock, FileKind, FollowEvent, FollowLog, Post, Tail, UserSet, followers_file,
+    following_file,
     posts_file, timeline_file, users_file,
 };
 use crate::timefmt::Nanos;
@@ -101,41 +102,104 @@ impl Store {
         Ok(&t.state)
     }
 
-    /// Applies one operation. Returns the users whose timeline got a post.
+    /// Applies one operation now. Returns the users whose timeline got a
+    /// post.
     pub fn apply(&mut self, op: &WriteOp) -> io::Result<Vec<u64>> {
-        match &op.op {
-            Some(write_op::Op::AddUser(a)) => {
-                self.add_user(a.user)?;
-                Ok(Vec::new())
-            }
-            Some(write_op::Op::Follow(f)) => {
-                self.follow(f)?;
-                Ok(Vec::new())
-            }
-            Some(write_op::Op::Post(p)) => self.post(p),
-            None => Ok(Vec::new()),
+        let mut sink = Sink::Now(Vec::new());
+        self.put(op, &mut sink)?;
+        match sink {
+            Sink::Now(changed) => Ok(changed),
+            Sink::Later(_) => Ok(Vec::new()),
         }
     }
 
-    pub fn add_user(&mut self, user: u64) -> io::Result<bool> {
-        self.users
-            .append_with(|s| (!s.0.contains(&user)).then(|| format!("{user}\n")))
+    /// Stages one operation: decides its records and folds them into the
+    /// views, but writes nothing. Returns the files it will append to, for
+    /// [`Store::flush`]. Operations must be flushed in the order they were
+    /// staged; a staged operation that will never be flushed (the master lost
+    /// its role) is dropped with [`Store::reset`].
+    pub fn stage(&mut self, op: &WriteOp) -> io::Result<Vec<FileKind>> {
+        let mut sink = Sink::Later(Vec::new());
+        self.put(op, &mut sink)?;
+        match sink {
+            Sink::Later(files) => Ok(files),
+            Sink::Now(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Writes the staged records of operations whose files are `files` (the
+    /// concatenation of what [`Store::stage`] returned for them, in order),
+    /// one append per file. Returns the users whose timeline got a post.
+    pub fn flush(&mut self, files: &[FileKind]) -> io::Result<Vec<u64>> {
+        let mut counts: Vec<(FileKind, usize)> = Vec::new();
+        for f in files {
+            match counts.iter_mut().find(|(k, _)| k == f) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((*f, 1)),
+            }
+        }
+        let mut changed = Vec::new();
+        for (kind, n) in counts {
+            match kind {
+                FileKind::Users => self.users.flush_front(n)?,
+                FileKind::Following(u) => self.tail_following(u).flush_front(n)?,
+                FileKind::Followers(u) => self.tail_followers(u).flush_front(n)?,
+                FileKind::Posts(u) => self.tail_posts(u).flush_front(n)?,
+                FileKind::Timeline(u) => {
+                    self.tail_timeline(u).flush_front(n)?;
+                    changed.push(u);
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Forgets every view (and anything staged): they are read again from
+    /// the files when next needed.
+    pub fn reset(&mut self) {
+        self.users = Tail::new(users_file(&self.dir));
+        self.following.clear();
+        self.followers.clear();
+        self.posts.clear();
+        self.timelines.clear();
+    }
+
+    fn put(&mut self, op: &WriteOp, sink: &mut Sink) -> io::Result<()> {
+        match &op.op {
+            Some(write_op::Op::AddUser(a)) => self.add_user_to(a.user, sink),
+            Some(write_op::Op::Follow(f)) => self.follow_to(f, sink),
+            Some(write_op::Op::Post(p)) => self.post_to(p, sink),
+            None => Ok(()),
+        }
+    }
+
+    pub fn add_user(&mut self, user: u64) -> io::Result<()> {
+        self.add_user_to(user, &mut Sink::Now(Vec::new()))
+    }
+
+    fn add_user_to(&mut self, user: u64, sink: &mut Sink) -> io::Result<()> {
+        sink.write(&mut self.users, FileKind::Users, |s| {
+            (!s.0.contains(&user)).then(|| format!("{user}\n"))
+        })
     }
 
     /// Records a follow event on whichever sides live in this cluster: the
     /// follower's `_following` file and the followee's `_followers` file.
     pub fn follow(&mut self, f: &FollowOp) -> io::Result<()> {
-        let dir = self.dir.clone();
+        self.follow_to(f, &mut Sink::Now(Vec::new()))
+    }
+
+    fn follow_to(&mut self, f: &FollowOp, sink: &mut Sink) -> io::Result<()> {
         if self.is_local(f.follower) {
             let e = FollowEvent {
                 user: f.followee,
                 follow: f.follow,
                 time: f.time_ns,
             };
-            view(&mut self.following, f.follower, || {
-                following_file(&dir, f.follower)
-            })
-            .append_with(|s| (!s.has(e.user, e.time)).then(|| e.encode()))?;
+            let tail = self.tail_following(f.follower);
+            sink.write(tail, FileKind::Following(f.follower), |s| {
+                (!s.has(e.user, e.time)).then(|| e.encode())
+            })?;
         }
         if self.is_local(f.followee) {
             let e = FollowEvent {
@@ -143,54 +207,110 @@ impl Store {
                 follow: f.follow,
                 time: f.time_ns,
             };
-            view(&mut self.followers, f.followee, || {
-                followers_file(&dir, f.followee)
-            })
-            .append_with(|s| (!s.has(e.user, e.time)).then(|| e.encode()))?;
+            let tail = self.tail_followers(f.followee);
+            sink.write(tail, FileKind::Followers(f.followee), |s| {
+                (!s.has(e.user, e.time)).then(|| e.encode())
+            })?;
         }
         Ok(())
     }
 
-    /// Stores a post by a local author and fans it out to local followers.
-    pub fn post(&mut self, p: &PostOp) -> io::Result<Vec<u64>> {
+    /// Stores a post by a local author and fans it out to the local users
+    /// who were following the author at the post's time.
+    fn post_to(&mut self, p: &PostOp, sink: &mut Sink) -> io::Result<()> {
         let post = Post {
             author: p.author,
             time: p.time_ns,
             text: p.text.clone(),
         };
-        let dir = self.dir.clone();
-        view(&mut self.posts, p.author, || posts_file(&dir, p.author))
-            .append_with(|s| (!s.has(post.author, post.time)).then(|| post.encode()))?;
+        let tail = self.tail_posts(p.author);
+        sink.write(tail, FileKind::Posts(p.author), |s| {
+            (!s.has(post.author, post.time)).then(|| post.encode())
+        })?;
         let followers = self.followers(p.author)?;
         let targets: Vec<u64> = followers
             .users()
             .filter(|f| followers.at(*f, p.time_ns))
             .collect();
         let targets: Vec<u64> = targets.into_iter().filter(|f| self.is_local(*f)).collect();
-        self.deliver(&post, &targets)
+        self.deliver_to(&post, &targets, sink)
     }
 
     /// Appends `post` to the timelines of `targets` that do not have it yet.
     /// Returns the users whose timeline changed.
     pub fn deliver(&mut self, post: &Post, targets: &[u64]) -> io::Result<Vec<u64>> {
-        let mut changed = Vec::new();
-        let dir = self.dir.clone();
-        for &t in targets {
-            let wrote = view(&mut self.timelines, t, || timeline_file(&dir, t))
-                .append_with(|s| (!s.has(post.author, post.time)).then(|| post.encode()))?;
-            if wrote {
-                changed.push(t);
-            }
+        let mut sink = Sink::Now(Vec::new());
+        self.deliver_to(post, targets, &mut sink)?;
+        match sink {
+            Sink::Now(changed) => Ok(changed),
+            Sink::Later(_) => Ok(Vec::new()),
         }
-        Ok(changed)
+    }
+
+    fn deliver_to(&mut self, post: &Post, targets: &[u64], sink: &mut Sink) -> io::Result<()> {
+        for &t in targets {
+            let tail = self.tail_timeline(t);
+            sink.write(tail, FileKind::Timeline(t), |s| {
+                (!s.has(post.author, post.time)).then(|| post.encode())
+            })?;
+        }
+        Ok(())
+    }
+
+    fn tail_following(&mut self, u: u64) -> &mut Tail<FollowLog> {
+        let dir = &self.dir;
+        view(&mut self.following, u, || following_file(dir, u))
+    }
+    fn tail_followers(&mut self, u: u64) -> &mut Tail<FollowLog> {
+        let dir = &self.dir;
+        view(&mut self.followers, u, || followers_file(dir, u))
+    }
+    fn tail_posts(&mut self, u: u64) -> &mut Tail<AuthorClock> {
+        let dir = &self.dir;
+        view(&mut self.posts, u, || posts_file(dir, u))
+    }
+    fn tail_timeline(&mut self, u: u64) -> &mut Tail<AuthorClock> {
+        let dir = &self.dir;
+        view(&mut self.timelines, u, || timeline_file(dir, u))
     }
 
     /// The latest time of any post of `author` stored here (0 if none).
     pub fn latest_post(&mut self, author: u64) -> io::Result<Nanos> {
-        let dir = self.dir.clone();
-        let t = view(&mut self.posts, author, || posts_file(&dir, author));
+        let t = self.tail_posts(author);
         t.refresh()?;
         Ok(t.state.latest(author))
+    }
+}
+
+/// Where an operation's records go: written now (collecting the users whose
+/// timeline changed), or staged (collecting the files to flush later).
+enum Sink {
+    Now(Vec<u64>),
+    Later(Vec<FileKind>),
+}
+
+impl Sink {
+    fn write<S: storage::Fold>(
+        &mut self,
+        tail: &mut Tail<S>,
+        kind: FileKind,
+        decide: impl FnOnce(&S) -> Option<String>,
+    ) -> io::Result<()> {
+        match self {
+            Sink::Now(changed) => {
+                if tail.append_with(decide)?
+                    && let FileKind::Timeline(u) = kind
+                {
+                    changed.push(u);
+                }
+            }
+            Sink::Later(files) => {
+                if tail.stage(decide)? {
+                    files.push(kind);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -221,6 +341,7 @@ mod tests {
                 followee: 1,
                 time_ns: 10,
                 follow: true,
+                request_id: 0,
             })),
             // a remote follower (cluster 2): recorded, but not fanned out to
             op(write_op::Op::Follow(FollowOp {
@@ -228,6 +349,7 @@ mod tests {
                 followee: 1,
                 time_ns: 11,
                 follow: true,
+                request_id: 0,
             })),
             op(write_op::Op::Post(PostOp {
                 author: 1,
@@ -256,5 +378,43 @@ mod tests {
             vec![2, 4]
         );
         assert!(!following_file(dir.path(), 2).exists());
+    }
+
+    #[test]
+    fn staged_records_are_written_only_when_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), 1, 3).unwrap();
+        s.apply(&op(write_op::Op::Follow(FollowOp {
+            follower: 4,
+            followee: 1,
+            time_ns: 1,
+            follow: true,
+            request_id: 0,
+        })))
+        .unwrap();
+        let post = |t: i64| {
+            op(write_op::Op::Post(PostOp {
+                author: 1,
+                time_ns: t,
+                text: format!("post {t}"),
+                post_id: 0,
+            }))
+        };
+        let a = s.stage(&post(10)).unwrap();
+        let b = s.stage(&post(20)).unwrap();
+        assert_eq!(a, vec![FileKind::Posts(1), FileKind::Timeline(4)]);
+        // Staged: seen by the views (a re-stage is a duplicate) but not on disk.
+        assert!(s.stage(&post(10)).unwrap().is_empty());
+        assert!(!timeline_file(dir.path(), 4).exists());
+        assert_eq!(s.flush(&a).unwrap(), vec![4]);
+        let tl = std::fs::read_to_string(timeline_file(dir.path(), 4)).unwrap();
+        assert!(tl.contains("post 10") && !tl.contains("post 20"));
+        s.flush(&b).unwrap();
+        let tl = std::fs::read_to_string(timeline_file(dir.path(), 4)).unwrap();
+        assert_eq!(tl.matches("W post").count(), 2);
+        // A reset drops what is staged and reads the files again.
+        s.stage(&post(30)).unwrap();
+        s.reset();
+        assert!(!s.stage(&post(30)).unwrap().is_empty());
     }
 }

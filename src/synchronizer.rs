@@ -88,11 +88,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     let rpc_timeout = (2 * opts.heartbeat).max(Duration::from_millis(500));
-    let channel = Endpoint::from_shared(format!("http://{}", opts.coordinator))?
-        .connect_timeout(rpc_timeout)
-        .timeout(rpc_timeout)
-        .connect_lazy();
-    let mut coordinator = CoordinatorClient::new(channel);
+    let mut coordinator = crate::membership::client(&opts.coordinator, opts.heartbeat)?;
     let info = ServerInfo {
         cluster_id: opts.id,
         server_id: opts.id,
@@ -101,30 +97,9 @@ pub async fn run(
         kind: Kind::Synchronizer as i32,
         ..Default::default()
     };
-    let mut backoff = Duration::from_millis(50);
-    let clusters = loop {
-        let req = HeartbeatRequest {
-            info: Some(info.clone()),
-            ..Default::default()
-        };
-        match coordinator.heartbeat(req).await {
-            Ok(r) => break r.into_inner().clusters,
-            Err(e) if e.code() == tonic::Code::InvalidArgument => {
-                return Err(
-                    format!("the coordinator refused to register us: {}", e.message()).into(),
-                );
-            }
-            Err(e) => {
-                log::warn!(
-                    "cannot reach the coordinator at {}: {}",
-                    opts.coordinator,
-                    e.message()
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(opts.heartbeat);
-            }
-        }
-    };
+    let clusters = crate::membership::register(&mut coordinator, &info, opts.heartbeat)
+        .await?
+        .clusters;
     // inotify reports absolute paths; make ours absolute too so that they
     // compare equal (SNS_DATA_DIR is relative by default).
     std::fs::create_dir_all(cluster_dir(&opts.data_dir, opts.id).join("synchronizer"))?;
@@ -246,14 +221,27 @@ impl Shared {
         let mut stores = lock(&self.stores);
         stores.retain(|d, _| dirs.contains(d));
         for dir in dirs {
+            // A server rebuilding its directory (resync) closes it to us: the
+            // sender retries the whole push later.
+            let gate = match storage::try_enter_dir(&dir) {
+                Ok(Some(g)) => g,
+                Ok(None) if !dir.exists() => continue,
+                Ok(None) => {
+                    return Err(Status::unavailable(format!(
+                        "{} is being resynced",
+                        dir.display()
+                    )));
+                }
+                Err(e) => return Err(Status::internal(format!("{}: {e}", dir.display()))),
+            };
             if !stores.contains_key(&dir) {
                 let s = Store::open(&dir, self.opts.id, self.clusters)
                     .map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?;
                 stores.insert(dir.clone(), s);
             }
-            if let Some(store) = stores.get_mut(&dir)
-                && let Err(e) = f(store)
-            {
+            let result = stores.get_mut(&dir).map(&mut f);
+            drop(gate);
+            if let Some(Err(e)) = result {
                 if dir.exists() {
                     log::error!("{}: {e}", dir.display());
                     return Err(Status::internal(format!("storage error: {e}")));
@@ -419,11 +407,11 @@ impl Sender {
             tokio::select! {
                 _ = cycle.tick() => self.full_cycle().await,
                 _ = retry.tick() => {
-                    if !self.failed.is_empty() {
-                        self.refresh_topology().await;
-                        let failed: Vec<FileKind> = self.failed.drain().collect();
-                        self.dirty.extend(failed);
-                    }
+                    // Every heartbeat: notice a failover (a new master's
+                    // directory to read) and retry what failed.
+                    self.refresh_topology().await;
+                    let failed: Vec<FileKind> = self.failed.drain().collect();
+                    self.dirty.extend(failed);
                 }
                 ev = rx.recv() => match ev {
                     Some(ev) => self.on_event(ev),

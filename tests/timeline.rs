@@ -189,7 +189,7 @@ fn live_delivery_and_identical_replicas() {
 
 #[test]
 fn a_cluster_works_without_a_synchronizer() {
-    let mut sys = System::new(3, 200, 30_000);
+    let mut sys = System::new(3, 500, 30_000);
     sys.start_server(1, 1);
     sys.wait_for_role(1, 1, tinysns::proto::tinysns::Role::Master);
     sys.start_server(1, 2);
@@ -210,7 +210,7 @@ fn a_cluster_works_without_a_synchronizer() {
 
 #[test]
 fn synchronizer_restarts_duplicate_nothing() {
-    let mut sys = System::new(3, 200, 300);
+    let mut sys = System::new(3, 500, 300);
     for c in 1..=3 {
         sys.start_server(c, 1);
         sys.wait_for_role(c, 1, tinysns::proto::tinysns::Role::Master);

@@ -61,6 +61,8 @@ impl Drop for Proc {
 }
 
 pub struct System {
+    /// Kept (not deleted) when a test fails or `TEST_KEEP` is set, so the
+    /// processes' logs and data can be read afterwards.
     pub dir: tempfile::TempDir,
     pub coord_port: u16,
     pub clusters: u32,
@@ -68,6 +70,17 @@ pub struct System {
     pub sync_ms: u64,
     pub procs: HashMap<String, Proc>,
     pub ports: HashMap<String, u16>,
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        // Stop the processes first, then decide about the directory.
+        self.procs.clear();
+        if std::thread::panicking() || std::env::var_os("TEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("test data and logs kept in {}", dir.keep().display());
+        }
+    }
 }
 
 impl System {
@@ -90,7 +103,7 @@ impl System {
     /// Coordinator, a master and a slave per cluster, a synchronizer per
     /// cluster; returns once the coordinator's table shows them all alive.
     pub fn full(clusters: u32) -> System {
-        let mut s = System::new(clusters, 200, 30_000);
+        let mut s = System::new(clusters, 500, 30_000);
         for c in 1..=clusters {
             s.start_server(c, 1);
             s.wait_for_role(c, 1, Role::Master);
@@ -234,7 +247,7 @@ impl System {
             wait_until(&format!("cluster {c}'s slave to join"), || {
                 members.iter().any(|n| {
                     std::fs::read_to_string(self.data_dir().join(format!("{n}.log")))
-                        .is_ok_and(|l| l.contains("mirroring writes to slave"))
+                        .is_ok_and(|l| l.contains(") is in service"))
                 })
             });
         }

@@ -1,0 +1,49 @@
+//! Talking to the coordinator from a server or a synchronizer: the client,
+//! and registration (the first heartbeat), retried until the coordinator
+//! answers.
+
+use crate::proto::tinysns::coordinator_client::CoordinatorClient;
+use crate::proto::tinysns::{HeartbeatReply, HeartbeatRequest, ServerInfo};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A client for the coordinator at `host:port`, whose calls give up after the
+/// failure window (two heartbeats, at least 200 ms): by then the coordinator
+/// has judged us anyway.
+pub fn client(addr: &str, heartbeat: Duration) -> Result<CoordinatorClient<Channel>, BoxError> {
+    let timeout = (2 * heartbeat).max(Duration::from_millis(200));
+    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_lazy();
+    Ok(CoordinatorClient::new(ch))
+}
+
+/// Sends heartbeats until the coordinator answers one, backing off up to a
+/// heartbeat period between tries. A refusal (bad arguments) is final.
+pub async fn register(
+    coordinator: &mut CoordinatorClient<Channel>,
+    info: &ServerInfo,
+    heartbeat: Duration,
+) -> Result<HeartbeatReply, BoxError> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let req = HeartbeatRequest {
+            info: Some(info.clone()),
+            ..Default::default()
+        };
+        match coordinator.heartbeat(req).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(e) if e.code() == tonic::Code::InvalidArgument => {
+                return Err(format!("the coordinator refused to register us: {}", e.message()).into());
+            }
+            Err(e) => {
+                log::warn!("cannot reach the coordinator: {}", e.message());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(heartbeat);
+            }
+        }
+    }
+}

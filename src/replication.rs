@@ -1,0 +1,627 @@
+//! Master–slave replication: synchronous mirroring, fencing and resync.
+//!
+//! # Mirroring
+//! The master turns every client write into a [`WriteOp`] and, under the
+//! store lock, *stages* it (decides its records without writing them), gives
+//! it the next sequence number and queues it. The mirror task sends what has
+//! queued up as one `Apply` batch to the slave, if a slave is in service; once
+//! the slave has stored the batch, the master writes (flushes) the staged
+//! records to its own files, wakes the timelines and answers the clients. So
+//! every record a reader can see on the master, on screen or through a
+//! synchronizer, is also on the slave, and a failover never takes back
+//! anything that was shown or acknowledged. Writes that arrive while a batch
+//! is in flight form the next batch: concurrent writers share round trips.
+//!
+//! When the slave does not answer, the master drops it from service, tells the
+//! coordinator so (and waits for its reply), and goes on alone; the
+//! coordinator never promotes a slave that is out of service.
+//!
+//! # Fencing
+//! Every batch carries the cluster's epoch, which the coordinator raises at
+//! each promotion. A server refuses a batch from a lower epoch, and the master
+//! that gets such a refusal steps down. A master also holds a *lease*: the
+//! time it sent its last heartbeat that the coordinator answered, plus the
+//! failure window. The coordinator declares a master failed no earlier than
+//! the failure window after it *received* that heartbeat, so a master that
+//! lets nothing out after its lease has ended (no flush, no acknowledgement)
+//! can never acknowledge a write next to a new master, even when it was
+//! paused (SIGSTOP) and resumed. A batch that fails is never flushed: the
+//! master drops everything staged, re-reads its files, and fails the waiting
+//! writes with `UNAVAILABLE`, so the clients retry on whichever server is
+//! master now.
+//!
+//! # Resync
+//! A server that is (or becomes) a slave brings its directory to the master's
+//! state before it is in service:
+//!
+//! 1. It closes its directory to other writers (the synchronizer) with the
+//!    directory gate ([`storage::close_dir`]); their pushes fail and are
+//!    retried after.
+//! 2. `Snapshot`: it sends each file's length and a hash of its content; the
+//!    master answers, per file, the missing suffix when the slave's copy is a
+//!    prefix of its own, or the whole file when it is not (a copy that diverged,
+//!    e.g. on a deposed master). Files the master does not have are removed. A
+//!    deleted directory is rebuilt whole. The snapshot is consistent with a
+//!    sequence number: every operation up to it is in the files.
+//! 3. `Join`: the master sends the operations after that number from its
+//!    operation log and, in the same step, takes the slave into service and
+//!    tells the coordinator. If the log no longer reaches back that far, the
+//!    slave takes another (now small) snapshot.
+
+use crate::proto::tinysns::replica_client::ReplicaClient;
+use crate::proto::tinysns::replica_server::Replica;
+use crate::proto::tinysns::{
+    ApplyReply, ApplyRequest, FileState, JoinReply, JoinRequest, Role, SnapshotChunk,
+    SnapshotRequest, WriteOp, write_op,
+};
+use crate::server::{Node, Pending, lock, storage_error};
+use crate::storage::{self, FileKind};
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How many recent operations a master keeps for slaves that are joining.
+const LOG_CAPACITY: usize = 100_000;
+/// Size of the pieces of a snapshot.
+const CHUNK: usize = 1 << 20;
+
+/// The master's recent operations, numbered from 1 in each incarnation.
+#[derive(Debug, Default)]
+pub struct OpLog {
+    ops: VecDeque<WriteOp>,
+    /// Number of the last operation (0 = none yet).
+    last: u64,
+}
+
+impl OpLog {
+    pub fn push(&mut self, op: WriteOp) -> u64 {
+        if self.ops.len() == LOG_CAPACITY {
+            self.ops.pop_front();
+        }
+        self.ops.push_back(op);
+        self.last += 1;
+        self.last
+    }
+
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// The operations after `seq`, if the log still has all of them.
+    pub fn since(&self, seq: u64) -> Option<Vec<WriteOp>> {
+        let first_kept = self.last + 1 - self.ops.len() as u64;
+        if seq + 1 < first_kept || seq > self.last {
+            return None;
+        }
+        let skip = (seq + 1 - first_kept) as usize;
+        Some(self.ops.iter().skip(skip).cloned().collect())
+    }
+}
+
+/// The slave in service, as the master sees it.
+#[derive(Clone)]
+pub struct SlaveLink {
+    pub server_id: u32,
+    pub addr: String,
+    pub client: ReplicaClient<Channel>,
+}
+
+/// As a slave: the master we follow and where we are in its operations.
+#[derive(Debug, Clone)]
+pub struct Following {
+    pub master: String,
+    pub incarnation: u64,
+    pub next_seq: u64,
+}
+
+pub fn replica_client(addr: &str, timeout: std::time::Duration) -> Result<ReplicaClient<Channel>, BoxError> {
+    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_lazy();
+    Ok(ReplicaClient::new(ch)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+impl Node {
+    /// The mirror task: sends batches to the slave, then commits them.
+    pub(crate) async fn mirror_loop(self: Arc<Self>) {
+        loop {
+            self.mirror.kick.notified().await;
+            loop {
+                let batch = std::mem::take(&mut *lock(&self.mirror.queue));
+                if batch.is_empty() {
+                    break;
+                }
+                let result = match self.replicate(&batch).await {
+                    Ok(()) => self.commit(&batch),
+                    Err(status) => Err(status),
+                };
+                match result {
+                    Ok(()) => {
+                        for p in batch {
+                            let _ = p.done.send(Ok(()));
+                        }
+                    }
+                    Err(status) => self.abandon(batch, status),
+                }
+            }
+        }
+    }
+
+    /// Hands a batch to the slave in service, if any.
+    async fn replicate(&self, batch: &[Pending]) -> Result<(), Status> {
+        let (link, incarnation) = {
+            let repl = lock(&self.repl);
+            (repl.slave.clone(), repl.incarnation)
+        };
+        let Some(link) = link else {
+            return Ok(()); // alone: the coordinator knows we have no slave in service
+        };
+        let req = ApplyRequest {
+            cluster_id: self.opts.cluster,
+            epoch: self.epoch.load(Ordering::SeqCst),
+            ops: batch.iter().map(|p| p.op.clone()).collect(),
+            first_seq: batch[0].seq,
+            incarnation,
+        };
+        let mut client = link.client.clone();
+        match tokio::time::timeout(self.failure_window, client.apply(req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                self.step_down(&format!("slave {} refused our epoch: {}", link.addr, s.message()));
+                Err(Status::unavailable("this server is no longer the master"))
+            }
+            outcome => {
+                let why = match outcome {
+                    Ok(Err(s)) => s.message().to_string(),
+                    _ => "no answer".to_string(),
+                };
+                log::warn!("slave {} is out of service ({why}); going on alone", link.addr);
+                {
+                    let mut repl = lock(&self.repl);
+                    if repl.slave.as_ref().is_some_and(|l| l.server_id == link.server_id) {
+                        repl.slave = None;
+                    }
+                }
+                // Nothing may be acknowledged without the slave until the
+                // coordinator knows it must not promote it.
+                if self.report_now().await {
+                    Ok(())
+                } else {
+                    Err(Status::unavailable("cannot reach the coordinator to go on without the slave"))
+                }
+            }
+        }
+    }
+
+    /// Writes a replicated batch to our own files, if our lease still holds.
+    fn commit(&self, batch: &[Pending]) -> Result<(), Status> {
+        self.check_lease()?;
+        let files: Vec<FileKind> = batch.iter().flat_map(|p| p.files.iter().copied()).collect();
+        let changed = lock(&self.store).flush(&files).map_err(storage_error)?;
+        self.wake(&changed);
+        Ok(())
+    }
+
+    /// Fails a batch and everything queued after it: nothing of it was
+    /// written here, and the staged records are dropped. Any slave must
+    /// resync, since the operation log held operations that will not be.
+    fn abandon(&self, batch: Vec<Pending>, status: Status) {
+        let rest = {
+            let mut store = lock(&self.store);
+            store.reset();
+            let rest = std::mem::take(&mut *lock(&self.mirror.queue));
+            let mut repl = lock(&self.repl);
+            repl.log = OpLog::default();
+            repl.incarnation = rand::random();
+            repl.slave = None;
+            rest
+        };
+        for p in batch.into_iter().chain(rest) {
+            self.forget_ids(&p.op);
+            let _ = p.done.send(Err(status.clone()));
+        }
+    }
+
+    /// As a slave: brings the directory to the master's state, then joins.
+    pub(crate) async fn resync(self: Arc<Self>, master: String) {
+        let _guard = self.resync_lock.lock().await;
+        let result = self.resync_from(&master).await;
+        lock(&self.repl).resyncing = false;
+        match result {
+            Ok(()) => log::info!("in sync with master {master}"),
+            Err(e) => log::warn!("resync from {master} failed: {e}; will retry"),
+        }
+    }
+
+    async fn resync_from(&self, master: &str) -> Result<(), BoxError> {
+        let started = std::time::Instant::now();
+        let dir = self.dir.clone();
+        let gate = tokio::task::spawn_blocking(move || storage::close_dir(&dir)).await??;
+        let mut client = replica_client(master, 10 * self.failure_window.max(std::time::Duration::from_secs(1)))?;
+        for _ in 0..5 {
+            let dir = self.dir.clone();
+            let files = tokio::task::spawn_blocking(move || manifest(&dir)).await??;
+            let req = SnapshotRequest {
+                cluster_id: self.opts.cluster,
+                epoch: self.epoch.load(Ordering::SeqCst),
+                files,
+            };
+            let mut stream = client.snapshot(req).await?.into_inner();
+            let mut installer = Installer::new(self.dir.clone());
+            let done = loop {
+                match stream.message().await? {
+                    Some(c) if c.done => break c,
+                    Some(c) => installer.write(&c)?,
+                    None => return Err("the snapshot ended early".into()),
+                }
+            };
+            let bytes = installer.bytes;
+            installer.finish(&done.files)?;
+            lock(&self.store).reset();
+            let join = JoinRequest {
+                cluster_id: self.opts.cluster,
+                server_id: self.opts.server_id,
+                address: self.addr.clone(),
+                from_seq: done.seq,
+                incarnation: done.incarnation,
+            };
+            let reply = client.join(join).await?.into_inner();
+            if reply.too_far_behind {
+                log::info!("master {master} moved on during the snapshot; taking another");
+                continue;
+            }
+            let changed = {
+                let mut store = lock(&self.store);
+                let mut changed = Vec::new();
+                for op in &reply.ops {
+                    changed.extend(store.apply(op)?);
+                }
+                changed
+            };
+            for op in &reply.ops {
+                self.record_ids(op);
+            }
+            lock(&self.repl).following = Some(Following {
+                master: master.to_string(),
+                incarnation: done.incarnation,
+                next_seq: reply.first_seq + reply.ops.len() as u64,
+            });
+            self.wake(&changed);
+            self.wake_all();
+            log::info!(
+                "resynced from {master}: {bytes} bytes and {} operations in {:?}",
+                reply.ops.len(),
+                started.elapsed()
+            );
+            drop(gate);
+            return Ok(());
+        }
+        Err("the master kept moving on; giving up for now".into())
+    }
+}
+
+/// Every data file of a directory with its length and content hash.
+fn manifest(dir: &Path) -> std::io::Result<Vec<FileState>> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for e in rd {
+        let path = e?.path();
+        let Some(name) = data_file_name(&path) else { continue };
+        let len = std::fs::metadata(&path)?.len();
+        out.push(FileState {
+            name,
+            len,
+            hash: storage::content_hash(&path, len)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The name of a data file (`all_users.txt`, `u<id>_<kind>.txt`), or `None`
+/// for anything else.
+fn data_file_name(path: &Path) -> Option<String> {
+    FileKind::parse(path)?;
+    path.file_name()?.to_str().map(String::from)
+}
+
+/// Writes a snapshot into a directory: appends to files that are prefixes,
+/// builds diverged files beside them and renames them into place at the end.
+struct Installer {
+    dir: PathBuf,
+    /// Open files by name, with the temporary path of those being replaced.
+    open: HashMap<String, (std::fs::File, Option<PathBuf>)>,
+    bytes: u64,
+}
+
+impl Installer {
+    fn new(dir: PathBuf) -> Self {
+        Installer {
+            dir,
+            open: HashMap::new(),
+            bytes: 0,
+        }
+    }
+
+    fn write(&mut self, c: &SnapshotChunk) -> Result<(), BoxError> {
+        let path = self.dir.join(&c.name);
+        if data_file_name(&path).as_deref() != Some(c.name.as_str()) {
+            return Err(format!("bad file name in snapshot: {:?}", c.name).into());
+        }
+        if !self.open.contains_key(&c.name) {
+            let entry = if c.replace {
+                let tmp = self.dir.join(format!("{}.resync", c.name));
+                let f = std::fs::File::create(&tmp)?;
+                (f, Some(tmp))
+            } else {
+                let f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+                (f, None)
+            };
+            self.open.insert(c.name.clone(), entry);
+        }
+        let Some((f, _)) = self.open.get_mut(&c.name) else {
+            return Err("internal: file not open".into());
+        };
+        let len = f.metadata()?.len();
+        if len != c.offset {
+            return Err(format!("{}: snapshot piece at {} but the file has {len} bytes", c.name, c.offset).into());
+        }
+        f.write_all(&c.data)?;
+        self.bytes += c.data.len() as u64;
+        Ok(())
+    }
+
+    /// Renames replaced files into place and removes files the master does
+    /// not have.
+    fn finish(self, files: &[FileState]) -> Result<(), BoxError> {
+        for (name, (f, tmp)) in self.open {
+            f.sync_data()?;
+            drop(f);
+            if let Some(tmp) = tmp {
+                std::fs::rename(&tmp, self.dir.join(&name))?;
+            }
+        }
+        for e in std::fs::read_dir(&self.dir)? {
+            let path = e?.path();
+            if let Some(name) = data_file_name(&path)
+                && !files.iter().any(|f| f.name == name)
+            {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads `[from, to)` of a file, cut back to the last whole record.
+fn read_records(path: &Path, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::with_capacity((to - from) as usize);
+    f.take(to - from).read_to_end(&mut buf)?;
+    let (_, used) = storage::split_records(&buf, storage::Format::of(path));
+    buf.truncate(used);
+    Ok(buf)
+}
+
+/// The master's side of a snapshot: what the slave lacks, file by file, up to
+/// the lengths taken together with `seq`.
+fn send_snapshot(
+    dir: &Path,
+    cut: Vec<(String, u64)>,
+    slave: &[FileState],
+    seq: u64,
+    incarnation: u64,
+    tx: &mpsc::Sender<Result<SnapshotChunk, Status>>,
+) -> Result<(), BoxError> {
+    let mut files = Vec::new();
+    for (name, len) in cut {
+        let path = dir.join(&name);
+        let mine = slave.iter().find(|f| f.name == name);
+        let from = match mine {
+            Some(f) if f.len <= len && storage::content_hash(&path, f.len)? == f.hash => f.len,
+            _ => 0,
+        };
+        let replace = from == 0;
+        let data = read_records(&path, from, len)?;
+        let end = from + data.len() as u64;
+        if replace || !data.is_empty() {
+            let mut offset = from;
+            let mut pieces = data.chunks(CHUNK).peekable();
+            if pieces.peek().is_none() {
+                tx.blocking_send(Ok(SnapshotChunk {
+                    name: name.clone(),
+                    offset,
+                    replace,
+                    ..Default::default()
+                }))?;
+            }
+            for piece in pieces {
+                tx.blocking_send(Ok(SnapshotChunk {
+                    name: name.clone(),
+                    offset,
+                    data: piece.to_vec(),
+                    replace,
+                    ..Default::default()
+                }))?;
+                offset += piece.len() as u64;
+            }
+        }
+        files.push(FileState {
+            name,
+            len: end,
+            hash: 0,
+        });
+    }
+    tx.blocking_send(Ok(SnapshotChunk {
+        done: true,
+        seq,
+        incarnation,
+        files,
+        ..Default::default()
+    }))?;
+    Ok(())
+}
+
+pub(crate) struct ReplicaApi(pub Arc<Node>);
+
+#[tonic::async_trait]
+impl Replica for ReplicaApi {
+    async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
+        let node = &self.0;
+        let req = req.into_inner();
+        // Wait for a resync in progress: its operations come first.
+        let _guard = node.resync_lock.lock().await;
+        node.check_cluster(req.cluster_id)?;
+        let epoch = node.epoch.load(Ordering::SeqCst);
+        if req.epoch < epoch {
+            return Err(Status::failed_precondition(format!(
+                "stale epoch {} (ours is {epoch})",
+                req.epoch
+            )));
+        }
+        if node.role() == Role::Master {
+            return Err(Status::failed_precondition("this server is the master"));
+        }
+        node.epoch.fetch_max(req.epoch, Ordering::SeqCst);
+        let skip = {
+            let repl = lock(&node.repl);
+            match &repl.following {
+                Some(f) if f.incarnation == req.incarnation && req.first_seq <= f.next_seq => {
+                    (f.next_seq - req.first_seq) as usize
+                }
+                _ => {
+                    return Err(Status::aborted("not in sync with this master: resync needed"));
+                }
+            }
+        };
+        let ops = req.ops.get(skip..).unwrap_or(&[]);
+        let changed = {
+            let mut store = lock(&node.store);
+            let mut changed = Vec::new();
+            for op in ops {
+                changed.extend(store.apply(op).map_err(storage_error)?);
+            }
+            changed
+        };
+        for op in ops {
+            node.record_ids(op);
+        }
+        if let Some(f) = lock(&node.repl).following.as_mut() {
+            f.next_seq = f.next_seq.max(req.first_seq + req.ops.len() as u64);
+        }
+        node.wake(&changed);
+        Ok(Response::new(ApplyReply {}))
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
+    async fn snapshot(
+        &self,
+        req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let node = self.0.clone();
+        let req = req.into_inner();
+        node.check_cluster(req.cluster_id)?;
+        node.require_master()?;
+        // Under the store lock no operation is half done: the files hold
+        // exactly the operations up to `seq`.
+        let (cut, seq, incarnation) = {
+            let _store = lock(&node.store);
+            let repl = lock(&node.repl);
+            let mut cut = Vec::new();
+            for e in std::fs::read_dir(&node.dir).map_err(storage_error)? {
+                let path = e.map_err(storage_error)?.path();
+                if let Some(name) = data_file_name(&path) {
+                    let len = std::fs::metadata(&path).map_err(storage_error)?.len();
+                    cut.push((name, len));
+                }
+            }
+            (cut, repl.log.last(), repl.incarnation)
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let dir = node.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = send_snapshot(&dir, cut, &req.files, seq, incarnation, &tx) {
+                log::warn!("snapshot for a slave failed: {e}");
+                let _ = tx.blocking_send(Err(Status::internal(format!("snapshot failed: {e}"))));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let node = self.0.clone();
+        let req = req.into_inner();
+        node.check_cluster(req.cluster_id)?;
+        node.require_master()
+            .map_err(|_| Status::failed_precondition("this server is not the master"))?;
+        let client = replica_client(&req.address, node.failure_window)
+            .map_err(|e| Status::invalid_argument(format!("bad address {:?}: {e}", req.address)))?;
+        let reply = {
+            // The store lock keeps writes out while the slave is taken in:
+            // every operation after `from_seq` is either in this reply or
+            // will be mirrored to it.
+            let _store = lock(&node.store);
+            let mut repl = lock(&node.repl);
+            let ops = (req.incarnation == repl.incarnation)
+                .then(|| repl.log.since(req.from_seq))
+                .flatten();
+            match ops {
+                None => JoinReply {
+                    too_far_behind: true,
+                    ..Default::default()
+                },
+                Some(ops) => {
+                    repl.slave = Some(SlaveLink {
+                        server_id: req.server_id,
+                        addr: req.address.clone(),
+                        client,
+                    });
+                    JoinReply {
+                        ops,
+                        first_seq: req.from_seq + 1,
+                        too_far_behind: false,
+                    }
+                }
+            }
+        };
+        if !reply.too_far_behind {
+            log::info!(
+                "slave {} (server {}) is in service",
+                req.address,
+                req.server_id
+            );
+            let node = node.clone();
+            tokio::spawn(async move {
+                node.report_now().await;
+            });
+        }
+        Ok(Response::new(reply))
+    }
+}
+
+/// The user and client id of an operation that carries one.
+pub(crate) fn op_id(op: &WriteOp) -> Option<(bool, u64, u64)> {
+    match &op.op {
+        Some(write_op::Op::Post(p)) if p.post_id != 0 => Some((true, p.author, p.post_id)),
+        Some(write_op::Op::Follow(f)) if f.request_id != 0 => Some((false, f.follower, f.request_id)),
+        _ => None,
+    }
+}
