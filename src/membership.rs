@@ -37,7 +37,9 @@ pub async fn register(
         match coordinator.heartbeat(req).await {
             Ok(r) => return Ok(r.into_inner()),
             Err(e) if e.code() == tonic::Code::InvalidArgument => {
-                return Err(format!("the coordinator refused to register us: {}", e.message()).into());
+                return Err(
+                    format!("the coordinator refused to register us: {}", e.message()).into(),
+                );
             }
             Err(e) => {
                 log::warn!("cannot reach the coordinator: {}", e.message());

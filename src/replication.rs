@@ -124,7 +124,10 @@ pub struct Following {
     pub next_seq: u64,
 }
 
-pub fn replica_client(addr: &str, timeout: std::time::Duration) -> Result<ReplicaClient<Channel>, BoxError> {
+pub fn replica_client(
+    addr: &str,
+    timeout: std::time::Duration,
+) -> Result<ReplicaClient<Channel>, BoxError> {
     let ch = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(timeout)
         .timeout(timeout)
@@ -145,7 +148,7 @@ impl Node {
                     break;
                 }
                 let result = match self.replicate(&batch).await {
-                    Ok(()) => self.commit(&batch),
+                    Ok(()) => self.commit(&batch).await,
                     Err(status) => Err(status),
                 };
                 match result {
@@ -180,7 +183,11 @@ impl Node {
         match tokio::time::timeout(self.failure_window, client.apply(req)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
-                self.step_down(&format!("slave {} refused our epoch: {}", link.addr, s.message()));
+                self.step_down(&format!(
+                    "slave {} refused our epoch: {}",
+                    link.addr,
+                    s.message()
+                ));
                 Err(Status::unavailable("this server is no longer the master"))
             }
             outcome => {
@@ -188,10 +195,17 @@ impl Node {
                     Ok(Err(s)) => s.message().to_string(),
                     _ => "no answer".to_string(),
                 };
-                log::warn!("slave {} is out of service ({why}); going on alone", link.addr);
+                log::warn!(
+                    "slave {} is out of service ({why}); going on alone",
+                    link.addr
+                );
                 {
                     let mut repl = lock(&self.repl);
-                    if repl.slave.as_ref().is_some_and(|l| l.server_id == link.server_id) {
+                    if repl
+                        .slave
+                        .as_ref()
+                        .is_some_and(|l| l.server_id == link.server_id)
+                    {
                         repl.slave = None;
                     }
                 }
@@ -200,15 +214,17 @@ impl Node {
                 if self.report_now().await {
                     Ok(())
                 } else {
-                    Err(Status::unavailable("cannot reach the coordinator to go on without the slave"))
+                    Err(Status::unavailable(
+                        "cannot reach the coordinator to go on without the slave",
+                    ))
                 }
             }
         }
     }
 
     /// Writes a replicated batch to our own files, if our lease still holds.
-    fn commit(&self, batch: &[Pending]) -> Result<(), Status> {
-        self.check_lease()?;
+    async fn commit(&self, batch: &[Pending]) -> Result<(), Status> {
+        self.ensure_lease().await?;
         let files: Vec<FileKind> = batch.iter().flat_map(|p| p.files.iter().copied()).collect();
         let changed = lock(&self.store).flush(&files).map_err(storage_error)?;
         self.wake(&changed);
@@ -219,6 +235,11 @@ impl Node {
     /// written here, and the staged records are dropped. Any slave must
     /// resync, since the operation log held operations that will not be.
     fn abandon(&self, batch: Vec<Pending>, status: Status) {
+        log::warn!(
+            "abandoning {} staged write(s): {}",
+            batch.len(),
+            status.message()
+        );
         let rest = {
             let mut store = lock(&self.store);
             store.reset();
@@ -250,7 +271,10 @@ impl Node {
         let started = std::time::Instant::now();
         let dir = self.dir.clone();
         let gate = tokio::task::spawn_blocking(move || storage::close_dir(&dir)).await??;
-        let mut client = replica_client(master, 10 * self.failure_window.max(std::time::Duration::from_secs(1)))?;
+        let mut client = replica_client(
+            master,
+            10 * self.failure_window.max(std::time::Duration::from_secs(1)),
+        )?;
         for _ in 0..5 {
             let dir = self.dir.clone();
             let files = tokio::task::spawn_blocking(move || manifest(&dir)).await??;
@@ -323,7 +347,9 @@ fn manifest(dir: &Path) -> std::io::Result<Vec<FileState>> {
     };
     for e in rd {
         let path = e?.path();
-        let Some(name) = data_file_name(&path) else { continue };
+        let Some(name) = data_file_name(&path) else {
+            continue;
+        };
         let len = std::fs::metadata(&path)?.len();
         out.push(FileState {
             name,
@@ -370,7 +396,10 @@ impl Installer {
                 let f = std::fs::File::create(&tmp)?;
                 (f, Some(tmp))
             } else {
-                let f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?;
                 (f, None)
             };
             self.open.insert(c.name.clone(), entry);
@@ -380,7 +409,11 @@ impl Installer {
         };
         let len = f.metadata()?.len();
         if len != c.offset {
-            return Err(format!("{}: snapshot piece at {} but the file has {len} bytes", c.name, c.offset).into());
+            return Err(format!(
+                "{}: snapshot piece at {} but the file has {len} bytes",
+                c.name, c.offset
+            )
+            .into());
         }
         f.write_all(&c.data)?;
         self.bytes += c.data.len() as u64;
@@ -507,7 +540,9 @@ impl Replica for ReplicaApi {
                     (f.next_seq - req.first_seq) as usize
                 }
                 _ => {
-                    return Err(Status::aborted("not in sync with this master: resync needed"));
+                    return Err(Status::aborted(
+                        "not in sync with this master: resync needed",
+                    ));
                 }
             }
         };
@@ -621,7 +656,9 @@ impl Replica for ReplicaApi {
 pub(crate) fn op_id(op: &WriteOp) -> Option<(bool, u64, u64)> {
     match &op.op {
         Some(write_op::Op::Post(p)) if p.post_id != 0 => Some((true, p.author, p.post_id)),
-        Some(write_op::Op::Follow(f)) if f.request_id != 0 => Some((false, f.follower, f.request_id)),
+        Some(write_op::Op::Follow(f)) if f.request_id != 0 => {
+            Some((false, f.follower, f.request_id))
+        }
         _ => None,
     }
 }

@@ -125,7 +125,7 @@ pub async fn run(
         resync_lock: tokio::sync::Mutex::new(()),
         report: report_tx,
     });
-    node.clone().on_heartbeat(first, sent);
+    node.clone().on_heartbeat(first, sent, 0);
     log::info!(
         "server {} of cluster {} serving at {} from {}",
         node.opts.server_id,
@@ -301,6 +301,22 @@ impl Node {
         }
     }
 
+    /// Whether this master may let a write out now, renewing its lease with
+    /// a heartbeat first if it ran out (a busy machine delays heartbeats):
+    /// the coordinator's answer shows whether anyone took over meanwhile.
+    pub(crate) async fn ensure_lease(&self) -> Result<(), Status> {
+        if self.check_lease().is_ok() {
+            return Ok(());
+        }
+        self.require_master()?;
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if self.report_now().await && self.epoch.load(Ordering::SeqCst) == epoch {
+            self.check_lease()
+        } else {
+            Err(Status::unavailable("this server is no longer the master"))
+        }
+    }
+
     /// Whether this master may let a write out now: fencing (see
     /// `replication`).
     pub(crate) fn check_lease(&self) -> Result<(), Status> {
@@ -358,7 +374,11 @@ impl Node {
     pub(crate) fn record_ids(&self, op: &WriteOp) {
         if let Some((post, user, id)) = op_id(op) {
             let mut recent = lock(&self.recent);
-            let ids = if post { &mut recent.posts } else { &mut recent.requests };
+            let ids = if post {
+                &mut recent.posts
+            } else {
+                &mut recent.requests
+            };
             ids.insert(user, id);
         }
     }
@@ -366,7 +386,11 @@ impl Node {
     pub(crate) fn forget_ids(&self, op: &WriteOp) {
         if let Some((post, user, id)) = op_id(op) {
             let mut recent = lock(&self.recent);
-            let ids = if post { &mut recent.posts } else { &mut recent.requests };
+            let ids = if post {
+                &mut recent.posts
+            } else {
+                &mut recent.requests
+            };
             ids.remove(user, id);
         }
     }
@@ -387,7 +411,7 @@ impl Node {
         &self,
         build: impl FnOnce(&mut Store, &MonotonicClock) -> Result<Option<WriteOp>, Status>,
     ) -> Result<(), Status> {
-        self.check_lease()?;
+        self.ensure_lease().await?;
         let done = {
             let mut store = lock(&self.store);
             let Some(op) = build(&mut store, &self.clock)? else {
@@ -444,12 +468,20 @@ impl Node {
 
     /// Acts on the coordinator's answer to a heartbeat sent at `sent`.
     /// Returns whether we are (still) the master.
-    fn on_heartbeat(self: Arc<Self>, reply: HeartbeatReply, sent: Instant) -> bool {
+    fn on_heartbeat(
+        self: Arc<Self>,
+        reply: HeartbeatReply,
+        sent: Instant,
+        reported_slave: u32,
+    ) -> bool {
         let role = Role::try_from(reply.role).unwrap_or(Role::None);
         let epoch = self.epoch.load(Ordering::SeqCst);
         if reply.epoch < epoch {
             // A coordinator that lost its state; it will learn our epoch.
-            log::warn!("coordinator answered with epoch {} < ours {epoch}", reply.epoch);
+            log::warn!(
+                "coordinator answered with epoch {} < ours {epoch}",
+                reply.epoch
+            );
         }
         match role {
             Role::Master => {
@@ -469,8 +501,14 @@ impl Node {
                     repl.slave = None;
                     repl.following = None;
                 }
-                // A small margin for timer granularity.
-                repl.lease_until = Some(sent + self.failure_window - self.failure_window / 16);
+                // The lease only counts if the coordinator heard about the
+                // slave we mirror to now: a reply to a heartbeat that still
+                // named a slave we have since dropped must not let us go on
+                // alone. (A small margin covers timer granularity.)
+                let current = repl.slave.as_ref().map_or(0, |l| l.server_id);
+                if current == reported_slave {
+                    repl.lease_until = Some(sent + self.failure_window - self.failure_window / 16);
+                }
                 true
             }
             _ => {
@@ -541,7 +579,9 @@ impl Node {
             };
             let sent = Instant::now();
             let master = match coordinator.heartbeat(req).await {
-                Ok(r) => self.clone().on_heartbeat(r.into_inner(), sent),
+                Ok(r) => self
+                    .clone()
+                    .on_heartbeat(r.into_inner(), sent, in_service_slave),
                 Err(e) => {
                     log::warn!(
                         "heartbeat to {} failed: {}",
@@ -918,4 +958,3 @@ async fn receive(
         }
     }
 }
-

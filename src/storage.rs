@@ -35,9 +35,9 @@
 
 use crate::timefmt::{self, Nanos};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::os::unix::fs::MetadataExt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// How records end in a file.
@@ -570,7 +570,10 @@ impl<S: Fold> Tail<S> {
 
     /// Runs `body` with the file open for appending, exclusively locked, and
     /// the view brought up to date.
-    fn locked<T>(&mut self, body: impl FnOnce(&mut Self, &mut File) -> io::Result<T>) -> io::Result<T> {
+    fn locked<T>(
+        &mut self,
+        body: impl FnOnce(&mut Self, &mut File) -> io::Result<T>,
+    ) -> io::Result<T> {
         let mut f = open_append(&self.path)?;
         f.lock()?;
         let result = (|| {
@@ -609,7 +612,13 @@ pub const GATE_FILE: &str = "writers.lock";
 /// server holds it exclusively (it is being rebuilt by a resync) or the
 /// directory is gone.
 pub fn try_enter_dir(dir: &Path) -> io::Result<Option<File>> {
-    let f = match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(GATE_FILE)) {
+    let f = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(GATE_FILE))
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -625,7 +634,12 @@ pub fn try_enter_dir(dir: &Path) -> io::Result<Option<File>> {
 /// finish. Held by a server while it rebuilds its directory; released when
 /// the returned file is dropped.
 pub fn close_dir(dir: &Path) -> io::Result<File> {
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(GATE_FILE))?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(GATE_FILE))?;
     f.lock()?;
     Ok(f)
 }
@@ -643,7 +657,10 @@ pub fn content_hash(path: &Path, len: u64) -> io::Result<u64> {
         let want = buf.len().min(left as usize);
         let n = f.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than expected"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than expected",
+            ));
         }
         h.write(&buf[..n]);
         left -= n as u64;

@@ -25,8 +25,7 @@ use crate::config::cluster_of;
 use crate::proto::tinysns::{FollowOp, PostOp, WriteOp, write_op};
 use crate::storage::{
     self, AuthorClock, FileKind, FollowEvent, FollowLog, Post, Tail, UserSet, followers_file,
-    following_file,
-    posts_file, timeline_file, users_file,
+    following_file, posts_file, timeline_file, users_file,
 };
 use crate::timefmt::Nanos;
 use std::collections::{BTreeSet, HashMap};
