@@ -88,9 +88,12 @@ fn has_user(sys: &System, c: u32, s: u32, user: u64) -> bool {
 /// Whether `follower`'s follow of `followee` is in the followee's
 /// `_followers` file of that server.
 fn has_follower(sys: &System, c: u32, s: u32, followee: u64, follower: u64) -> bool {
-    read(&sys.server_dir(c, s).join(format!("u{followee}_followers.txt")))
-        .lines()
-        .any(|l| l.starts_with(&format!("+ {follower} ")))
+    read(
+        &sys.server_dir(c, s)
+            .join(format!("u{followee}_followers.txt")),
+    )
+    .lines()
+    .any(|l| l.starts_with(&format!("+ {follower} ")))
 }
 
 /// The texts of `author`'s posts on a client's screen, in order.
@@ -114,10 +117,7 @@ fn wait_screen(client: &mut Client, author: u64, want: &[String], who: &str) {
         }
         if client.next_line().is_none() {
             let missing: Vec<&String> = want.iter().filter(|w| !shown.contains(w)).collect();
-            panic!(
-                "{who}: never saw {missing:?}; screen: {:#?}",
-                client.seen
-            );
+            panic!("{who}: never saw {missing:?}; screen: {:#?}", client.seen);
         }
     }
 }
@@ -342,9 +342,15 @@ fn master_killed_and_restarted_while_posting() {
     // Second third, typed during the outage.
     sends(&mut poster, &posts[10..20]);
     sys.wait_for_role(1, s, Role::Master);
-    println!("failover: table shows the new master after {:?}", killed.elapsed());
+    println!(
+        "failover: table shows the new master after {:?}",
+        killed.elapsed()
+    );
     let line = expect_prefix(&mut poster, "Reconnecting to ");
-    println!("failover: poster printed {line:?} after {:?}", killed.elapsed());
+    println!(
+        "failover: poster printed {line:?} after {:?}",
+        killed.elapsed()
+    );
     let port = sys.ports[&System::server_name(1, s)];
     assert!(line.ends_with(&format!(":{port}...")), "{line}");
     wait_file_posts(&sys.server_dir(1, s).join("u1_posts.txt"), 1, &posts[..20]);
@@ -360,7 +366,11 @@ fn master_killed_and_restarted_while_posting() {
     sends(&mut poster, &posts[25..30]);
     wait_slave_in_service(&sys, 1, m);
     println!("restart: in service again after {:?}", restarted.elapsed());
-    assert_eq!(master_of(&sys, 1), Some(s), "the restarted server took over");
+    assert_eq!(
+        master_of(&sys, 1),
+        Some(s),
+        "the restarted server took over"
+    );
 
     // A last post marks the end: everything before it was delivered first.
     let mut all = posts.clone();
@@ -428,7 +438,10 @@ fn deleted_directory_resync_then_promoted_server_killed() {
     sys.kill(&System::server_name(1, m));
     let killed = Instant::now();
     sys.wait_for_role(1, s, Role::Master);
-    println!("failover: table shows the new master after {:?}", killed.elapsed());
+    println!(
+        "failover: table shows the new master after {:?}",
+        killed.elapsed()
+    );
     std::fs::remove_dir_all(sys.server_dir(1, m)).expect("remove the directory");
     sys.start_server(1, m);
     let restarted = Instant::now();
@@ -454,7 +467,10 @@ fn deleted_directory_resync_then_promoted_server_killed() {
         killed.elapsed()
     );
     let mut u1 = Client::logged_in(sys.coord_port, 1);
-    println!("second failover: a client logged in after {:?}", killed.elapsed());
+    println!(
+        "second failover: a client logged in after {:?}",
+        killed.elapsed()
+    );
     assert_eq!(u1.command("LIST"), "Command completed successfully");
     u1.expect_next("All users: 1, 2, 3, 4, 7");
     u1.expect_next("Followers: 2, 4, 7");
@@ -500,7 +516,8 @@ fn deleted_directory_resync_then_promoted_server_killed() {
 
 /// A raw gRPC timeline stream, its messages forwarded to a std channel.
 struct RawTimeline {
-    rt: tokio::runtime::Runtime,
+    /// Runs the stream's reader task.
+    _rt: tokio::runtime::Runtime,
     out: tokio::sync::mpsc::UnboundedSender<Message>,
     events: std::sync::mpsc::Receiver<Result<Message, tonic::Status>>,
     /// Everything received so far (messages only).
@@ -563,7 +580,7 @@ impl RawTimeline {
             });
         });
         RawTimeline {
-            rt,
+            _rt: rt,
             out,
             events,
             got: Vec::new(),
@@ -609,15 +626,9 @@ impl RawTimeline {
     }
 }
 
-impl Drop for RawTimeline {
-    fn drop(&mut self) {
-        let _ = &self.rt;
-    }
-}
-
 #[test]
 fn paused_master_is_fenced() {
-    let mut sys = full(3, HB, SYNC);
+    let sys = full(3, HB, SYNC);
     let mut poster = Client::logged_in(sys.coord_port, 1);
     let mut watcher = Client::logged_in(sys.coord_port, 7); // cluster 1
     follow(&sys, &mut watcher, 7, 1);
@@ -643,13 +654,19 @@ fn paused_master_is_fenced() {
     let paused = Instant::now();
     raw.post(4, "raw while paused", 2);
     sys.wait_for_role(1, s, Role::Master);
-    println!("pause: table shows the slave as master after {:?}", paused.elapsed());
+    println!(
+        "pause: table shows the slave as master after {:?}",
+        paused.elapsed()
+    );
 
     // The client fails over and posts on the new master.
     let after = texts("c", 5..10);
     sends(&mut poster, &after);
     let line = expect_prefix(&mut poster, "Reconnecting to ");
-    println!("pause: poster printed {line:?} after {:?}", paused.elapsed());
+    println!(
+        "pause: poster printed {line:?} after {:?}",
+        paused.elapsed()
+    );
     let mut all = before.clone();
     all.extend(after.iter().cloned());
     wait_file_posts(&sys.server_dir(1, s).join("u1_posts.txt"), 1, &all);
@@ -671,7 +688,10 @@ fn paused_master_is_fenced() {
         raw.got
     );
     wait_slave_in_service(&sys, 1, m);
-    println!("pause: old master in service as slave after {:?}", resumed.elapsed());
+    println!(
+        "pause: old master in service as slave after {:?}",
+        resumed.elapsed()
+    );
     assert_eq!(master_of(&sys, 1), Some(s));
 
     poster.send("end");
@@ -755,7 +775,10 @@ fn coordinator_and_synchronizer_restarts_mid_traffic() {
     let servers: Vec<String> = (1..=3)
         .flat_map(|c| (1..=2).map(move |s| System::server_name(c, s)))
         .collect();
-    let failures: Vec<usize> = servers.iter().map(|n| heartbeat_failures(&sys, n)).collect();
+    let failures: Vec<usize> = servers
+        .iter()
+        .map(|n| heartbeat_failures(&sys, n))
+        .collect();
     sys.kill("coordinator");
     let killed = Instant::now();
     batch(&mut poster, &mut all);
@@ -781,12 +804,15 @@ fn coordinator_and_synchronizer_restarts_mid_traffic() {
         }
         t.servers.iter().filter(|e| e.alive).count() == 9
             && (1..=3).all(|c| {
-                t.servers.iter().any(|e| {
-                    e.kind == 0 && e.cluster_id == c && is_slave_in_service(e)
-                })
+                t.servers
+                    .iter()
+                    .any(|e| e.kind == 0 && e.cluster_id == c && is_slave_in_service(e))
             })
     });
-    println!("coordinator: table complete again after {:?}", restarted.elapsed());
+    println!(
+        "coordinator: table complete again after {:?}",
+        restarted.elapsed()
+    );
     for (c, s) in &seen_masters {
         assert_eq!(
             *s,
@@ -796,7 +822,10 @@ fn coordinator_and_synchronizer_restarts_mid_traffic() {
     }
     assert_eq!(roles(&sys).expect("table"), before, "roles changed");
     stored(&sys, &all);
-    println!("coordinator: posting resumed after {:?}", restarted.elapsed());
+    println!(
+        "coordinator: posting resumed after {:?}",
+        restarted.elapsed()
+    );
     batch(&mut poster, &mut all);
 
     // The synchronizers of clusters 1 and 2 restart under traffic.
@@ -853,7 +882,11 @@ fn failover_time_is_printed() {
     let killed = Instant::now();
     let mut reconnected = None;
     loop {
-        assert!(killed.elapsed() < DEADLINE, "no successful LIST: {:#?}", client.seen);
+        assert!(
+            killed.elapsed() < DEADLINE,
+            "no successful LIST: {:#?}",
+            client.seen
+        );
         client.send("LIST");
         let reply = loop {
             let l = client
