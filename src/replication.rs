@@ -282,6 +282,7 @@ impl Node {
                 cluster_id: self.opts.cluster,
                 epoch: self.epoch.load(Ordering::SeqCst),
                 files,
+                server_id: self.opts.server_id,
             };
             let mut stream = client.snapshot(req).await?.into_inner();
             let mut installer = Installer::new(self.dir.clone());
@@ -575,6 +576,23 @@ impl Replica for ReplicaApi {
         let req = req.into_inner();
         node.check_cluster(req.cluster_id)?;
         node.require_master()?;
+        // A slave that asks for a snapshot has lost track (it restarted, or
+        // missed writes): it is out of service until it joins again, and the
+        // coordinator must hear so before it could promote it.
+        let dropped = {
+            let mut repl = lock(&node.repl);
+            let ours = repl
+                .slave
+                .as_ref()
+                .is_some_and(|l| l.server_id == req.server_id);
+            if ours {
+                repl.slave = None;
+            }
+            ours
+        };
+        if dropped && !node.report_now().await {
+            return Err(Status::unavailable("cannot reach the coordinator"));
+        }
         // Under the store lock no operation is half done: the files hold
         // exactly the operations up to `seq`.
         let (cut, seq, incarnation) = {
