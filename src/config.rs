@@ -121,6 +121,29 @@ pub fn parse_args<T: clap::Parser>() -> T {
     }
 }
 
+/// Listens on `0.0.0.0:port`, or exits with status 1 and a one-line reason
+/// (e.g. the port is taken).
+pub async fn listen(name: &str, port: u16) -> tokio::net::TcpListener {
+    match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{name}: cannot listen on port {port}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Ends a daemon: status 0, or 1 with its error on one line.
+pub fn exit_with<E: std::fmt::Display>(name: &str, result: Result<(), E>) -> ! {
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Completes on Ctrl-C or SIGTERM: the daemons' shutdown future.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -2,8 +2,6 @@
 //! and promotion. All the logic lives in `tinysns::coordinator`; this is flag
 //! parsing, logging and signal handling.
 
-use std::process::ExitCode;
-
 use clap::Parser;
 use tinysns::config;
 use tinysns::coordinator::{self, Options};
@@ -23,49 +21,18 @@ struct Cli {
     knobs: config::Knobs,
 }
 
-/// Completes on Ctrl-C or SIGTERM, so that `kill <pid>` stops us cleanly.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                log::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    log::info!("shutting down");
-}
-
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() {
     let cli: Cli = config::parse_args();
     config::init_daemon_logging();
-    let listener = match tokio::net::TcpListener::bind(("0.0.0.0", cli.port)).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("coordinator: cannot listen on port {}: {e}", cli.port);
-            return ExitCode::from(1);
-        }
-    };
+    let listener = config::listen("coordinator", cli.port).await;
     let opts = Options {
         clusters: cli.clusters,
         heartbeat: cli.knobs.heartbeat(),
         state_dir: cli.knobs.data_dir.join("coordinator"),
     };
-    match coordinator::run(listener, opts, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line on stderr (where the log goes too) is enough.
-            eprintln!("coordinator: {e}");
-            ExitCode::from(1)
-        }
-    }
+    config::exit_with(
+        "coordinator",
+        coordinator::run(listener, opts, config::shutdown_signal()).await,
+    );
 }

@@ -37,13 +37,7 @@ struct Cli {
 async fn main() {
     let cli: Cli = config::parse_args();
     config::init_daemon_logging();
-    let listener = match tokio::net::TcpListener::bind(("0.0.0.0", cli.port)).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on port {}: {e}", cli.port);
-            std::process::exit(1);
-        }
-    };
+    let listener = config::listen("server", cli.port).await;
     let opts = tinysns::server::Options {
         cluster: cli.cluster,
         server_id: cli.server,
@@ -53,8 +47,8 @@ async fn main() {
         heartbeat: cli.knobs.heartbeat(),
         data_dir: cli.knobs.data_dir,
     };
-    if let Err(e) = tinysns::server::run(listener, opts, config::shutdown_signal()).await {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    config::exit_with(
+        "server",
+        tinysns::server::run(listener, opts, config::shutdown_signal()).await,
+    );
 }

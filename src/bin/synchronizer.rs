@@ -34,13 +34,7 @@ struct Cli {
 async fn main() {
     let cli: Cli = config::parse_args();
     config::init_daemon_logging();
-    let listener = match tokio::net::TcpListener::bind(("0.0.0.0", cli.port)).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on port {}: {e}", cli.port);
-            std::process::exit(1);
-        }
-    };
+    let listener = config::listen("synchronizer", cli.port).await;
     let opts = tinysns::synchronizer::Options {
         id: cli.id,
         coordinator: format!("{}:{}", cli.coord_host, cli.coord_port),
@@ -50,8 +44,8 @@ async fn main() {
         sync_interval: cli.knobs.sync_interval(),
         data_dir: cli.knobs.data_dir,
     };
-    if let Err(e) = tinysns::synchronizer::run(listener, opts, config::shutdown_signal()).await {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    config::exit_with(
+        "synchronizer",
+        tinysns::synchronizer::run(listener, opts, config::shutdown_signal()).await,
+    );
 }
