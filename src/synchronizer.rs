@@ -672,42 +672,63 @@ impl Sender {
         Ok((offset, len))
     }
 
+    /// The next records (at most [`BATCH`]) of a source file after the
+    /// cursor of `peer`, with the offset just past them; `None` when there is
+    /// nothing new.
+    fn next_records(
+        &mut self,
+        kind: FileKind,
+        peer: u32,
+        path: &Path,
+    ) -> Result<Option<(Vec<Vec<u8>>, u64)>, BoxError> {
+        let (offset, len) = self.offset_of(kind, peer, path)?;
+        if offset >= len {
+            // Nothing new: the quiet case costs one stat.
+            return Ok(None);
+        }
+        let (bytes, end) = storage::read_from(path, offset)?;
+        let format = storage::Format::of(path);
+        let (records, _) = storage::split_records(&bytes, format);
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let term = format.terminator().len() as u64;
+        let taken: Vec<Vec<u8>> = records.iter().take(BATCH).map(|r| r.to_vec()).collect();
+        let consumed: u64 = taken.iter().map(|r| r.len() as u64 + term).sum();
+        Ok(Some((taken, (offset + consumed).min(end))))
+    }
+
+    /// Moves a cursor after the peer acknowledged (or needed nothing).
+    fn advance(&mut self, kind: FileKind, peer: u32, mark: Nanos, offset: u64) {
+        let c = self.cursors.entry((kind, peer)).or_default();
+        c.mark = c.mark.max(mark);
+        c.offset = Some(offset);
+        self.changed = true;
+    }
+
     async fn push_follows(&mut self, user: u64, peer: u32) -> Result<(), BoxError> {
         let kind = FileKind::Following(user);
         let Some(path) = self.source_path(kind) else {
             return Ok(());
         };
         let clusters = self.shared.clusters;
-        loop {
-            let (offset, len) = self.offset_of(kind, peer, &path)?;
-            if offset >= len {
-                // Nothing new: the quiet case costs one stat.
-                return Ok(());
-            }
-            let (bytes, end) = storage::read_from(&path, offset)?;
-            if bytes.is_empty() {
-                return Ok(());
-            }
-            let (records, _) = storage::split_records(&bytes, storage::Format::Lines);
-            let mut events = Vec::new();
-            let mut last = self.cursors.get(&(kind, peer)).map_or(0, |c| c.mark);
-            let mut consumed = 0u64;
-            for r in records.iter().take(BATCH) {
-                consumed += r.len() as u64 + 1;
-                let Some(e) = FollowEvent::decode(r) else {
-                    continue;
-                };
-                last = last.max(e.time);
-                if cluster_of(e.user, clusters) == peer {
-                    events.push(FollowOp {
-                        follower: user,
-                        followee: e.user,
-                        time_ns: e.time,
-                        follow: e.follow,
-                        request_id: 0,
-                    });
-                }
-            }
+        while let Some((records, next)) = self.next_records(kind, peer, &path)? {
+            let events: Vec<FollowEvent> = records
+                .iter()
+                .filter_map(|r| FollowEvent::decode(r))
+                .collect();
+            let last = events.iter().map(|e| e.time).max().unwrap_or(0);
+            let events: Vec<FollowOp> = events
+                .into_iter()
+                .filter(|e| cluster_of(e.user, clusters) == peer)
+                .map(|e| FollowOp {
+                    follower: user,
+                    followee: e.user,
+                    time_ns: e.time,
+                    follow: e.follow,
+                    request_id: 0,
+                })
+                .collect();
             if !events.is_empty() {
                 let req = FollowBatch {
                     from_cluster: self.shared.opts.id,
@@ -715,11 +736,9 @@ impl Sender {
                 };
                 self.peer(peer)?.push_follows(req).await?;
             }
-            let c = self.cursors.entry((kind, peer)).or_default();
-            c.mark = last;
-            c.offset = Some((offset + consumed).min(end));
-            self.changed = true;
+            self.advance(kind, peer, last, next);
         }
+        Ok(())
     }
 
     async fn push_posts(&mut self, author: u64, peer: u32) -> Result<(), BoxError> {
@@ -731,36 +750,27 @@ impl Sender {
             return Ok(());
         };
         let clusters = self.shared.clusters;
-        loop {
-            let (offset, len) = self.offset_of(kind, peer, &path)?;
-            if offset >= len {
-                // Nothing new: the quiet case costs one stat.
-                return Ok(());
-            }
-            let (bytes, end) = storage::read_from(&path, offset)?;
-            if bytes.is_empty() {
-                return Ok(());
-            }
+        while let Some((records, next)) = self.next_records(kind, peer, &path)? {
             let followers = self
                 .followers
                 .entry(author)
                 .or_insert_with(|| Tail::new(followers_path.clone()));
             followers.refresh()?;
-            let (records, _) = storage::split_records(&bytes, storage::Format::Records);
-            let mut posts = Vec::new();
-            let mut last = self.cursors.get(&(kind, peer)).map_or(0, |c| c.mark);
-            let mut consumed = 0u64;
-            for r in records.iter().take(BATCH) {
-                consumed += r.len() as u64 + 2;
-                let Some(p) = Post::decode(r) else { continue };
-                last = last.max(p.time);
-                let targets: Vec<u64> = followers
-                    .state
-                    .users()
-                    .filter(|f| cluster_of(*f, clusters) == peer && followers.state.at(*f, p.time))
-                    .collect();
-                if !targets.is_empty() {
-                    posts.push(RemotePost {
+            let posts: Vec<Post> = records.iter().filter_map(|r| Post::decode(r)).collect();
+            let last = posts.iter().map(|p| p.time).max().unwrap_or(0);
+            // Each post goes with the peer's users who followed the author
+            // at the post's time.
+            let posts: Vec<RemotePost> = posts
+                .into_iter()
+                .filter_map(|p| {
+                    let targets: Vec<u64> = followers
+                        .state
+                        .users()
+                        .filter(|f| {
+                            cluster_of(*f, clusters) == peer && followers.state.at(*f, p.time)
+                        })
+                        .collect();
+                    (!targets.is_empty()).then(|| RemotePost {
                         post: Some(PostOp {
                             author,
                             time_ns: p.time,
@@ -768,9 +778,9 @@ impl Sender {
                             post_id: 0,
                         }),
                         targets,
-                    });
-                }
-            }
+                    })
+                })
+                .collect();
             if !posts.is_empty() {
                 let req = PostBatch {
                     from_cluster: self.shared.opts.id,
@@ -778,11 +788,9 @@ impl Sender {
                 };
                 self.peer(peer)?.push_posts(req).await?;
             }
-            let c = self.cursors.entry((kind, peer)).or_default();
-            c.mark = last;
-            c.offset = Some((offset + consumed).min(end));
-            self.changed = true;
+            self.advance(kind, peer, last, next);
         }
+        Ok(())
     }
 
     /// Saves the cursors: written whole to a temporary file, then renamed
