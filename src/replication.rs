@@ -180,7 +180,9 @@ impl Node {
             incarnation,
         };
         let mut client = link.client.clone();
-        match tokio::time::timeout(self.failure_window, client.apply(req)).await {
+        // Half the failure window: well within the clients' deadlines, so a
+        // hung slave costs a client a slow answer, not a failed one.
+        match tokio::time::timeout(self.failure_window / 2, client.apply(req)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
                 self.step_down(&format!(

@@ -311,10 +311,29 @@ pub fn repair_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// Reads the complete records from `offset` to the end under a shared lock.
 /// Returns the bytes and the offset just past the last complete record.
 pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<u8>, u64)> {
+    read_at_most(path, offset, u64::MAX)
+}
+
+/// Like [`read_from`], but reads at most about `limit` bytes (always at least
+/// one whole record if there is one).
+pub fn read_at_most(path: &Path, offset: u64, limit: u64) -> io::Result<(Vec<u8>, u64)> {
     let Some(mut f) = open_shared(path)? else {
         return Ok((Vec::new(), 0));
     };
     let len = f.metadata()?.len();
+    let len = if len.saturating_sub(offset) > limit {
+        // Extend the window until it holds a whole record.
+        let mut end = offset.saturating_add(limit);
+        loop {
+            let (bytes, _) = read_window(&mut f, offset, end)?;
+            if split_records(&bytes, Format::of(path)).1 > 0 || end >= len {
+                break end.min(len);
+            }
+            end = end.saturating_add(limit).min(len);
+        }
+    } else {
+        len
+    };
     if len <= offset {
         return Ok((Vec::new(), len.min(offset)));
     }
@@ -414,6 +433,13 @@ pub struct LastPosts {
 /// scanning back from the end (cheap when `after` is recent).
 pub fn offset_after(path: &Path, after: Nanos) -> io::Result<u64> {
     Ok(last_posts(path, usize::MAX, |_| false, |p| p.time <= after)?.start)
+}
+
+fn read_window(f: &mut File, from: u64, to: u64) -> io::Result<(Vec<u8>, u64)> {
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::with_capacity((to - from) as usize);
+    (&mut *f).take(to - from).read_to_end(&mut buf)?;
+    Ok((buf, to))
 }
 
 // ---------------------------------------------------------------------------
@@ -751,6 +777,13 @@ impl FollowLog {
         self.events
             .get(&user)
             .is_some_and(|v| v.iter().any(|(t, _)| *t == time))
+    }
+
+    /// Every event: `(user, time, follow)`.
+    pub fn events(&self) -> impl Iterator<Item = (u64, Nanos, bool)> + '_ {
+        self.events
+            .iter()
+            .flat_map(|(u, v)| v.iter().map(move |(t, f)| (*u, *t, *f)))
     }
 
     /// Every user with at least one event.

@@ -142,6 +142,9 @@ pub async fn run(
         let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let msg = match res {
                 Ok(ev) if ev.need_rescan() => Event::Rescan,
+                // Our own reads (opens) are events too: ignoring them keeps
+                // reading from causing more reading.
+                Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => return,
                 Ok(ev) => Event::Changed(ev.paths),
                 Err(_) => Event::Rescan,
             };
@@ -177,13 +180,9 @@ enum Event {
     Changed(Vec<PathBuf>),
     /// inotify lost events: look at everything.
     Rescan,
-    /// A remote user started following `author` at `since`: re-send the
-    /// author's posts since then to `peer`.
-    Rewind {
-        author: u64,
-        peer: u32,
-        since: Nanos,
-    },
+    /// A remote user started following `author`: look at the author's posts
+    /// again (see [`Sender::push_posts`]).
+    Rewind { author: u64 },
 }
 
 struct Shared {
@@ -291,11 +290,7 @@ impl Synchronizer for Receiver {
             Ok(())
         })?;
         for e in events.iter().filter(|e| e.follow) {
-            let _ = shared.events.send(Event::Rewind {
-                author: e.followee,
-                peer: cluster_of(e.follower, shared.clusters),
-                since: e.time_ns,
-            });
+            let _ = shared.events.send(Event::Rewind { author: e.followee });
         }
         Ok(Response::new(PushReply {}))
     }
@@ -336,6 +331,9 @@ impl Synchronizer for Receiver {
 // ---------------------------------------------------------------------------
 // Sending
 
+/// Records read for a push, and the offset just past them.
+type Batch = (Vec<Vec<u8>>, u64);
+
 /// Where one peer stands in one source file.
 #[derive(Debug, Clone, Copy, Default)]
 struct Cursor {
@@ -344,6 +342,9 @@ struct Cursor {
     mark: i64,
     /// The byte offset the mark stands at, once known.
     offset: Option<u64>,
+    /// Posts: the latest follow event of the peer's users that has been
+    /// taken into account (a newer follow may need posts sent again).
+    follows: i64,
 }
 
 struct Sender {
@@ -358,6 +359,7 @@ struct Sender {
     cursors: HashMap<(FileKind, u32), Cursor>,
     /// Local users in the order `all_users.txt` lists them.
     local_users: Vec<u64>,
+    local_user_set: HashSet<u64>,
     users_offset: u64,
     /// Followers of local authors, to pick the targets of their posts.
     followers: HashMap<u64, Tail<FollowLog>>,
@@ -388,6 +390,7 @@ impl Sender {
             peer_addrs: BTreeMap::new(),
             cursors,
             local_users: Vec::new(),
+            local_user_set: HashSet::new(),
             users_offset: 0,
             followers: HashMap::new(),
             dirty: HashSet::new(),
@@ -433,32 +436,23 @@ impl Sender {
         match ev {
             Event::Changed(paths) => {
                 for p in paths {
-                    if self.source.as_deref() == p.parent()
-                        && let Some(kind) = FileKind::parse(&p)
-                        && self.is_source(kind)
-                    {
-                        self.dirty.insert(kind);
+                    if self.source.as_deref() != p.parent() {
+                        continue;
+                    }
+                    match FileKind::parse(&p) {
+                        // A new follower may need older posts: see push_posts.
+                        Some(FileKind::Followers(u)) if self.shared.is_local(u) => {
+                            self.dirty.insert(FileKind::Posts(u));
+                        }
+                        Some(kind) if self.is_source(kind) => {
+                            self.dirty.insert(kind);
+                        }
+                        _ => {}
                     }
                 }
             }
             Event::Rescan => self.mark_all_dirty(),
-            Event::Rewind {
-                author,
-                peer,
-                since,
-            } => {
-                let c = self
-                    .cursors
-                    .entry((FileKind::Posts(author), peer))
-                    .or_default();
-                if since < c.mark {
-                    log::debug!("re-sending posts of {author} since {since} to cluster {peer}");
-                    *c = Cursor {
-                        mark: since,
-                        offset: None,
-                    };
-                    self.changed = true;
-                }
+            Event::Rewind { author } => {
                 self.dirty.insert(FileKind::Posts(author));
             }
         }
@@ -517,6 +511,7 @@ impl Sender {
                     }
                     self.followers.clear();
                     self.local_users.clear();
+                    self.local_user_set.clear();
                     self.users_offset = 0;
                     self.source = Some(dir);
                 }
@@ -525,7 +520,15 @@ impl Sender {
         }
         match self.coordinator.get_all_synchronizers(Empty {}).await {
             Ok(r) => {
-                for s in r.into_inner().servers {
+                let servers = r.into_inner().servers;
+                // A peer the coordinator no longer lists is down: stop
+                // pushing to it (its cursors stay; it gets everything when it
+                // is back).
+                self.peers
+                    .retain(|c, _| servers.iter().any(|s| s.cluster_id == *c));
+                self.peer_addrs
+                    .retain(|c, _| servers.iter().any(|s| s.cluster_id == *c));
+                for s in servers {
                     if s.cluster_id == me {
                         continue;
                     }
@@ -571,9 +574,16 @@ impl Sender {
             return;
         }
         let dirty: Vec<FileKind> = self.dirty.drain().collect();
+        // A peer that failed once this round is skipped for the rest of it,
+        // so one hung peer costs one timeout per round, not one per file.
+        let mut down: HashSet<u32> = HashSet::new();
         for kind in dirty {
             let peers: Vec<u32> = self.peers.keys().copied().collect();
             for peer in peers {
+                if down.contains(&peer) {
+                    self.failed.insert(kind);
+                    continue;
+                }
                 let result = match kind {
                     FileKind::Users => self.push_users(peer).await,
                     FileKind::Following(u) => self.push_follows(u, peer).await,
@@ -583,6 +593,7 @@ impl Sender {
                 if let Err(e) = result {
                     log::warn!("push of {kind:?} to cluster {peer} failed: {e}; will retry");
                     self.failed.insert(kind);
+                    down.insert(peer);
                 }
             }
         }
@@ -614,6 +625,7 @@ impl Sender {
         if end < self.users_offset {
             // The file shrank: read it again from the start.
             self.local_users.clear();
+            self.local_user_set.clear();
             self.users_offset = 0;
             return Box::pin(self.push_users(peer)).await;
         }
@@ -624,7 +636,7 @@ impl Sender {
                 .ok()
                 .and_then(crate::config::parse_user)
                 && self.shared.is_local(u)
-                && !self.local_users.contains(&u)
+                && self.local_user_set.insert(u)
             {
                 self.local_users.push(u);
             }
@@ -680,13 +692,14 @@ impl Sender {
         kind: FileKind,
         peer: u32,
         path: &Path,
-    ) -> Result<Option<(Vec<Vec<u8>>, u64)>, BoxError> {
+    ) -> Result<Option<Batch>, BoxError> {
         let (offset, len) = self.offset_of(kind, peer, path)?;
         if offset >= len {
             // Nothing new: the quiet case costs one stat.
             return Ok(None);
         }
-        let (bytes, end) = storage::read_from(path, offset)?;
+        // Read a bounded window: a long catch-up reads each byte once.
+        let (bytes, end) = storage::read_at_most(path, offset, 1 << 20)?;
         let format = storage::Format::of(path);
         let (records, _) = storage::split_records(&bytes, format);
         if records.is_empty() {
@@ -741,6 +754,54 @@ impl Sender {
         Ok(())
     }
 
+    /// A user of `peer` who started following `author` after some of the
+    /// author's posts were already handled for `peer` may have started before
+    /// them (the follow took a while to arrive): move the cursor back to the
+    /// follow's time so those posts go again, now with the new follower among
+    /// the targets. The receiver stores only what a timeline lacks. Decided
+    /// here, from the followers file and a persisted mark, so that neither a
+    /// restart nor the order of events can lose a rewind.
+    fn rewind_for_new_followers(
+        &mut self,
+        author: u64,
+        peer: u32,
+        followers_path: &Path,
+    ) -> Result<(), BoxError> {
+        let clusters = self.shared.clusters;
+        let followers = self
+            .followers
+            .entry(author)
+            .or_insert_with(|| Tail::new(followers_path.to_path_buf()));
+        followers.refresh()?;
+        let c = self
+            .cursors
+            .entry((FileKind::Posts(author), peer))
+            .or_default();
+        let mut earliest_new = None;
+        let mut latest = c.follows;
+        for (user, time, follow) in followers.state.events() {
+            if cluster_of(user, clusters) != peer || time <= c.follows {
+                continue;
+            }
+            latest = latest.max(time);
+            if follow {
+                earliest_new = Some(earliest_new.map_or(time, |t: i64| t.min(time)));
+            }
+        }
+        if let Some(t) = earliest_new
+            && t < c.mark
+        {
+            log::debug!("re-sending posts of {author} since {t} to cluster {peer}");
+            c.mark = t;
+            c.offset = None;
+        }
+        if latest != c.follows {
+            c.follows = latest;
+            self.changed = true;
+        }
+        Ok(())
+    }
+
     async fn push_posts(&mut self, author: u64, peer: u32) -> Result<(), BoxError> {
         let kind = FileKind::Posts(author);
         let Some(path) = self.source_path(kind) else {
@@ -750,6 +811,7 @@ impl Sender {
             return Ok(());
         };
         let clusters = self.shared.clusters;
+        self.rewind_for_new_followers(author, peer, &followers_path)?;
         while let Some((records, next)) = self.next_records(kind, peer, &path)? {
             let followers = self
                 .followers
@@ -770,7 +832,7 @@ impl Sender {
                             cluster_of(*f, clusters) == peer && followers.state.at(*f, p.time)
                         })
                         .collect();
-                    (!targets.is_empty()).then(|| RemotePost {
+                    (!targets.is_empty()).then_some(RemotePost {
                         post: Some(PostOp {
                             author,
                             time_ns: p.time,
@@ -803,7 +865,7 @@ impl Sender {
             let line = match kind {
                 FileKind::Users => format!("users {peer} {}\n", c.mark),
                 FileKind::Following(u) => format!("following {u} {peer} {}\n", c.mark),
-                FileKind::Posts(u) => format!("posts {u} {peer} {}\n", c.mark),
+                FileKind::Posts(u) => format!("posts {u} {peer} {} {}\n", c.mark, c.follows),
                 _ => continue,
             };
             out.push_str(&line);
@@ -846,23 +908,28 @@ fn load_positions(path: &Path) -> Result<HashMap<(FileKind, u32), Cursor>, BoxEr
                 .parse()
                 .ok()
                 .zip(mark.parse().ok())
-                .map(|(p, m)| ((FileKind::Users, p), m)),
-            [kind @ ("following" | "posts"), user, peer, mark] => crate::config::parse_user(user)
+                .map(|(p, m)| ((FileKind::Users, p), m, 0)),
+            ["following", user, peer, mark] => crate::config::parse_user(user)
                 .zip(peer.parse().ok())
                 .zip(mark.parse().ok())
-                .map(|((u, p), m)| {
-                    let k = if *kind == "posts" {
-                        FileKind::Posts(u)
-                    } else {
-                        FileKind::Following(u)
-                    };
-                    ((k, p), m)
-                }),
+                .map(|((u, p), m)| ((FileKind::Following(u), p), m, 0)),
+            ["posts", user, peer, mark, follows] => crate::config::parse_user(user)
+                .zip(peer.parse().ok())
+                .zip(mark.parse().ok())
+                .zip(follows.parse().ok())
+                .map(|(((u, p), m), f)| ((FileKind::Posts(u), p), m, f)),
             _ => None,
         };
         match parsed {
-            Some((key, mark)) => {
-                cursors.insert(key, Cursor { mark, offset: None });
+            Some((key, mark, follows)) => {
+                cursors.insert(
+                    key,
+                    Cursor {
+                        mark,
+                        offset: None,
+                        follows,
+                    },
+                );
             }
             None => {
                 return Err(

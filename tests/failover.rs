@@ -23,6 +23,13 @@ const SYNC: u64 = 5_000;
 
 // ---------------------------------------------------------------- helpers
 
+/// `println!` with the wall-clock time, to find the moment in the logs.
+macro_rules! say {
+    ($($a:tt)*) => {
+        println!("[{}] {}", now(), format!($($a)*))
+    };
+}
+
 /// Coordinator, master + slave per cluster, a synchronizer per cluster.
 fn full(clusters: u32, heartbeat_ms: u64, sync_ms: u64) -> System {
     let mut s = System::new(clusters, heartbeat_ms, sync_ms);
@@ -277,6 +284,24 @@ fn texts(prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
     range.map(|i| format!("{prefix}{i}")).collect()
 }
 
+/// Wall-clock time (UTC), to match printed timings with the logs.
+fn now() -> String {
+    chrono::Utc::now().format("%H:%M:%S%.3f").to_string()
+}
+
+/// Restarts a server (same port, same directory), first keeping the log of
+/// its previous run as `<name>.log.<n>` (the harness truncates the log).
+fn restart_server(sys: &mut System, c: u32, s: u32) {
+    let name = System::server_name(c, s);
+    let log = sys.data_dir().join(format!("{name}.log"));
+    let mut n = 1;
+    while sys.data_dir().join(format!("{name}.log.{n}")).exists() {
+        n += 1;
+    }
+    let _ = std::fs::rename(&log, sys.data_dir().join(format!("{name}.log.{n}")));
+    sys.start_server(c, s);
+}
+
 fn signal(sys: &System, name: &str, sig: &str) {
     let pid = sys.procs[name].pid();
     let st = std::process::Command::new("kill")
@@ -284,6 +309,27 @@ fn signal(sys: &System, name: &str, sig: &str) {
         .status()
         .expect("run kill");
     assert!(st.success(), "kill {sig} {pid} failed");
+}
+
+/// Whether every thread of a process is stopped (state `T` in
+/// `/proc/<pid>/task/*/stat`): `kill -STOP` returns before that.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for t in tasks.flatten() {
+        let stat = read(&t.path().join("stat"));
+        // "pid (comm) S ...": the state follows the last ')'.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if !matches!(state, Some('T') | Some('t')) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 fn reconnects(client: &Client) -> usize {
@@ -338,26 +384,27 @@ fn master_killed_and_restarted_while_posting() {
     });
     sys.kill(&System::server_name(1, m));
     let killed = Instant::now();
+    say!("killed server {m} of cluster 1 (the master)");
 
     // Second third, typed during the outage.
     sends(&mut poster, &posts[10..20]);
     sys.wait_for_role(1, s, Role::Master);
-    println!(
+    say!(
         "failover: table shows the new master after {:?}",
         killed.elapsed()
     );
     let line = expect_prefix(&mut poster, "Reconnecting to ");
-    println!(
+    say!(
         "failover: poster printed {line:?} after {:?}",
         killed.elapsed()
     );
     let port = sys.ports[&System::server_name(1, s)];
     assert!(line.ends_with(&format!(":{port}...")), "{line}");
     wait_file_posts(&sys.server_dir(1, s).join("u1_posts.txt"), 1, &posts[..20]);
-    println!("failover: 20 posts stored after {:?}", killed.elapsed());
+    say!("failover: 20 posts stored after {:?}", killed.elapsed());
 
     // Restart the killed server (same port, same directory) while posting.
-    sys.start_server(1, m);
+    restart_server(&mut sys, 1, m);
     let restarted = Instant::now();
     sends(&mut poster, &posts[20..25]);
     wait_until("the restarted server to register", || {
@@ -365,7 +412,7 @@ fn master_killed_and_restarted_while_posting() {
     });
     sends(&mut poster, &posts[25..30]);
     wait_slave_in_service(&sys, 1, m);
-    println!("restart: in service again after {:?}", restarted.elapsed());
+    say!("restart: in service again after {:?}", restarted.elapsed());
     assert_eq!(
         master_of(&sys, 1),
         Some(s),
@@ -437,16 +484,17 @@ fn deleted_directory_resync_then_promoted_server_killed() {
     // without its directory.
     sys.kill(&System::server_name(1, m));
     let killed = Instant::now();
+    say!("killed server {m} of cluster 1 (the master)");
     sys.wait_for_role(1, s, Role::Master);
-    println!(
+    say!(
         "failover: table shows the new master after {:?}",
         killed.elapsed()
     );
     std::fs::remove_dir_all(sys.server_dir(1, m)).expect("remove the directory");
-    sys.start_server(1, m);
+    restart_server(&mut sys, 1, m);
     let restarted = Instant::now();
     wait_slave_in_service(&sys, 1, m);
-    println!(
+    say!(
         "resync: the emptied server is in service after {:?}",
         restarted.elapsed()
     );
@@ -461,13 +509,14 @@ fn deleted_directory_resync_then_promoted_server_killed() {
     // Now the promoted server dies: the rebuilt one must serve everything.
     sys.kill(&System::server_name(1, s));
     let killed = Instant::now();
+    say!("killed server {s} of cluster 1 (the promoted master)");
     sys.wait_for_role(1, m, Role::Master);
-    println!(
+    say!(
         "second failover: table shows the rebuilt server as master after {:?}",
         killed.elapsed()
     );
     let mut u1 = Client::logged_in(sys.coord_port, 1);
-    println!(
+    say!(
         "second failover: a client logged in after {:?}",
         killed.elapsed()
     );
@@ -652,9 +701,14 @@ fn paused_master_is_fenced() {
     let name = System::server_name(1, m);
     signal(&sys, &name, "-STOP");
     let paused = Instant::now();
+    let pid = sys.procs[&name].pid();
+    wait_until("every thread of the master to stop", || {
+        all_threads_stopped(pid)
+    });
+    say!("paused server {m} of cluster 1 (the master)");
     raw.post(4, "raw while paused", 2);
     sys.wait_for_role(1, s, Role::Master);
-    println!(
+    say!(
         "pause: table shows the slave as master after {:?}",
         paused.elapsed()
     );
@@ -663,7 +717,7 @@ fn paused_master_is_fenced() {
     let after = texts("c", 5..10);
     sends(&mut poster, &after);
     let line = expect_prefix(&mut poster, "Reconnecting to ");
-    println!(
+    say!(
         "pause: poster printed {line:?} after {:?}",
         paused.elapsed()
     );
@@ -674,8 +728,9 @@ fn paused_master_is_fenced() {
     // Resume the old master: it must step down and rejoin as a slave.
     signal(&sys, &name, "-CONT");
     let resumed = Instant::now();
+    say!("resumed server {m} of cluster 1");
     while raw.next() {}
-    println!(
+    say!(
         "pause: the raw stream on the old master ended after {:?}: {:?}",
         resumed.elapsed(),
         raw.end
@@ -688,7 +743,7 @@ fn paused_master_is_fenced() {
         raw.got
     );
     wait_slave_in_service(&sys, 1, m);
-    println!(
+    say!(
         "pause: old master in service as slave after {:?}",
         resumed.elapsed()
     );
@@ -781,6 +836,7 @@ fn coordinator_and_synchronizer_restarts_mid_traffic() {
         .collect();
     sys.kill("coordinator");
     let killed = Instant::now();
+    say!("killed the coordinator");
     batch(&mut poster, &mut all);
     wait_until("every server to miss 3 heartbeats", || {
         servers
@@ -788,7 +844,7 @@ fn coordinator_and_synchronizer_restarts_mid_traffic() {
             .zip(&failures)
             .all(|(n, f)| heartbeat_failures(&sys, n) >= f + 3)
     });
-    println!("coordinator down for {:?}", killed.elapsed());
+    say!("coordinator down for {:?}", killed.elapsed());
     sys.start_coordinator();
     let restarted = Instant::now();
     batch(&mut poster, &mut all);
@@ -809,7 +865,7 @@ fn coordinator_and_synchronizer_restarts_mid_traffic() {
                     .any(|e| e.kind == 0 && e.cluster_id == c && is_slave_in_service(e))
             })
     });
-    println!(
+    say!(
         "coordinator: table complete again after {:?}",
         restarted.elapsed()
     );
@@ -822,7 +878,7 @@ fn coordinator_and_synchronizer_restarts_mid_traffic() {
     }
     assert_eq!(roles(&sys).expect("table"), before, "roles changed");
     stored(&sys, &all);
-    println!(
+    say!(
         "coordinator: posting resumed after {:?}",
         restarted.elapsed()
     );
@@ -832,6 +888,7 @@ fn coordinator_and_synchronizer_restarts_mid_traffic() {
     for c in [1, 2] {
         let name = format!("synchronizer_{c}");
         sys.kill(&name);
+        say!("killed {name}");
         batch(&mut poster, &mut all);
         sys.start_synchronizer(c);
         batch(&mut poster, &mut all);
@@ -880,6 +937,7 @@ fn failover_time_is_printed() {
 
     sys.kill(&System::server_name(1, m));
     let killed = Instant::now();
+    say!("killed server {m} of cluster 1 (the master)");
     let mut reconnected = None;
     loop {
         assert!(
@@ -903,9 +961,9 @@ fn failover_time_is_printed() {
         if reply == "Command completed successfully" {
             break;
         }
-        println!("during failover LIST answered {reply:?}");
+        say!("during failover LIST answered {reply:?}");
     }
     let ms = killed.elapsed().as_millis();
-    println!("failover: {ms} ms (reconnect message after {reconnected:?})");
+    say!("failover: {ms} ms (reconnect message after {reconnected:?})");
     sys.wait_for_role(1, other(m), Role::Master);
 }
