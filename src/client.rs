@@ -250,18 +250,25 @@ fn refresh_period(lease: Duration) -> Duration {
 #[derive(Debug)]
 struct Backoff {
     next: Duration,
+    max: Duration,
 }
 
 impl Backoff {
     fn new() -> Self {
+        Self::capped(BACKOFF_MAX)
+    }
+
+    /// Backing off to at most `max` (at least the first delay).
+    fn capped(max: Duration) -> Self {
         Backoff {
             next: BACKOFF_FIRST,
+            max: max.max(BACKOFF_FIRST),
         }
     }
 
     fn next_delay(&mut self) -> Duration {
         let d = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+        self.next = (self.next * 2).min(self.max);
         d
     }
 }
@@ -647,7 +654,9 @@ impl Client {
         if !pause.is_zero() {
             sleep(pause).await;
         }
-        let mut backoff = Backoff::new();
+        // With short heartbeats a failover is quick: do not sleep through
+        // it. A quarter of the lease (half a heartbeat), 50 to 500 ms.
+        let mut backoff = Backoff::capped((self.conn.lease / 4).min(BACKOFF_MAX));
         let mut announced: Option<String> = None;
         loop {
             let limit = rpc_deadline(self.conn.lease);
