@@ -652,6 +652,12 @@ fn ok(msg: &str) -> Response<Reply> {
 impl SnsService for ClientApi {
     async fn login(&self, req: Request<SnsRequest>) -> Result<Response<Reply>, Status> {
         let node = &self.0;
+        if node.role() != Role::Master {
+            // The coordinator sent this client here: it has probably just
+            // promoted us, and we would only hear so at our next heartbeat.
+            // Ask now rather than make the client wait a heartbeat.
+            node.report_now().await;
+        }
         node.require_master()?;
         let req = req.into_inner();
         let user = parse_user(&req.username).ok_or_else(|| {
