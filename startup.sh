@@ -76,7 +76,7 @@ start coordinator "$BIN/coordinator" -p "$COORD_PORT" --clusters "$CLUSTERS"
 for c in $(seq 1 "$CLUSTERS"); do
   # The first server of a cluster to register is its master: start it first.
   start "server_${c}_1" "$BIN/server" -c "$c" -s 1 -h localhost -k "$COORD_PORT" -p "90${c}1"
-  wait_for_log "$RUN/logs/server_${c}_1.log" "is now Master"
+  wait_for_log "$RUN/logs/server_${c}_1.log" "is now master"
   start "server_${c}_2" "$BIN/server" -c "$c" -s 2 -h localhost -k "$COORD_PORT" -p "90${c}2"
 done
 for c in $(seq 1 "$CLUSTERS"); do
