@@ -21,6 +21,22 @@ pub fn validate_post(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks an operation that came from another process (a mirrored batch, a
+/// synchronizer's push): users are positive, a post's text is valid.
+pub fn validate_op(op: &crate::proto::tinysns::WriteOp) -> Result<(), String> {
+    use crate::proto::tinysns::write_op::Op;
+    match &op.op {
+        Some(Op::AddUser(a)) if a.user == 0 => Err("user 0 does not exist".into()),
+        Some(Op::Follow(f)) if f.follower == 0 || f.followee == 0 => {
+            Err("user 0 does not exist".into())
+        }
+        Some(Op::Post(p)) if p.author == 0 => Err("user 0 does not exist".into()),
+        Some(Op::Post(p)) => validate_post(&p.text),
+        Some(_) => Ok(()),
+        None => Err("empty operation".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -525,6 +525,9 @@ impl Replica for ReplicaApi {
         // Wait for a resync in progress: its operations come first.
         let _guard = node.resync_lock.lock().await;
         node.check_cluster(req.cluster_id)?;
+        for op in &req.ops {
+            crate::model::validate_op(op).map_err(Status::invalid_argument)?;
+        }
         let epoch = node.epoch.load(Ordering::SeqCst);
         if req.epoch < epoch {
             return Err(Status::failed_precondition(format!(

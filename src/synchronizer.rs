@@ -281,7 +281,7 @@ impl Synchronizer for Receiver {
         let events: Vec<FollowOp> = req
             .events
             .into_iter()
-            .filter(|e| e.follower != 0 && shared.is_local(e.followee))
+            .filter(|e| e.follower != 0 && e.followee != 0 && shared.is_local(e.followee))
             .collect();
         shared.each_store(|s| {
             for e in &events {
