@@ -372,18 +372,15 @@ impl Node {
 
     /// Remembers the client id an operation carries.
     pub(crate) fn record_ids(&self, op: &WriteOp) {
-        if let Some((post, user, id)) = op_id(op) {
-            let mut recent = lock(&self.recent);
-            let ids = if post {
-                &mut recent.posts
-            } else {
-                &mut recent.requests
-            };
-            ids.insert(user, id);
-        }
+        self.with_ids(op, RecentIds::insert);
     }
 
+    /// Forgets it again (the operation was abandoned).
     pub(crate) fn forget_ids(&self, op: &WriteOp) {
+        self.with_ids(op, RecentIds::remove);
+    }
+
+    fn with_ids(&self, op: &WriteOp, f: impl FnOnce(&mut RecentIds, u64, u64)) {
         if let Some((post, user, id)) = op_id(op) {
             let mut recent = lock(&self.recent);
             let ids = if post {
@@ -391,7 +388,7 @@ impl Node {
             } else {
                 &mut recent.requests
             };
-            ids.remove(user, id);
+            f(ids, user, id);
         }
     }
 
