@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Posts `texts` from a client already in timeline mode and waits until the
@@ -23,44 +22,6 @@ fn post_all(sys: &System, author: &mut Client, user: u64, texts: &[String], tota
 
 fn texts(prefix: &str, range: std::ops::RangeInclusive<u32>) -> Vec<String> {
     range.map(|i| format!("{prefix} {i}")).collect()
-}
-
-/// Every record of every file in a directory, sorted, per file name.
-fn records(dir: &Path) -> BTreeMap<String, Vec<String>> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(dir).expect("server dir").flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if !name.ends_with(".txt") {
-            continue;
-        }
-        let text = read(&e.path());
-        let sep = if name.ends_with("_timeline.txt") || name.ends_with("_posts.txt") {
-            "\n\n"
-        } else {
-            "\n"
-        };
-        let mut recs: Vec<String> = text
-            .split(sep)
-            .filter(|r| !r.is_empty())
-            .map(String::from)
-            .collect();
-        recs.sort();
-        out.insert(name, recs);
-    }
-    out
-}
-
-fn assert_no_duplicates(dir: &Path) {
-    for (name, recs) in records(dir) {
-        let mut d = recs.clone();
-        d.dedup();
-        assert_eq!(
-            d.len(),
-            recs.len(),
-            "duplicate records in {}/{name}",
-            dir.display()
-        );
-    }
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! deadline, never by a fixed sleep.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -434,4 +434,42 @@ pub fn posts_in(path: &Path) -> Vec<(u64, String)> {
             Some((u, w))
         })
         .collect()
+}
+
+/// Every record of every file in a directory, sorted, per file name.
+pub fn records(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir).expect("server dir").flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".txt") {
+            continue;
+        }
+        let text = read(&e.path());
+        let sep = if name.ends_with("_timeline.txt") || name.ends_with("_posts.txt") {
+            "\n\n"
+        } else {
+            "\n"
+        };
+        let mut recs: Vec<String> = text
+            .split(sep)
+            .filter(|r| !r.is_empty())
+            .map(String::from)
+            .collect();
+        recs.sort();
+        out.insert(name, recs);
+    }
+    out
+}
+
+pub fn assert_no_duplicates(dir: &Path) {
+    for (name, recs) in records(dir) {
+        let mut d = recs.clone();
+        d.dedup();
+        assert_eq!(
+            d.len(),
+            recs.len(),
+            "duplicate records in {}/{name}",
+            dir.display()
+        );
+    }
 }
