@@ -784,9 +784,13 @@ impl Client {
     ) -> StreamEnd {
         let opened = Instant::now();
         let (tx, rx) = mpsc::unbounded_channel();
+        // On a reconnection, the newest post already shown: the server sends
+        // every post since, not only the last 20, so none is skipped.
+        let since = tl.shown.iter().map(|(_, t)| *t).max();
         let hello = Message {
             username: self.id.username.clone(),
             session: self.id.session.clone(),
+            timestamp: since.map(timefmt::to_timestamp),
             ..Message::default()
         };
         // The receiver is alive until the end of this function.

@@ -228,7 +228,14 @@ impl Node {
     async fn commit(&self, batch: &[Pending]) -> Result<(), Status> {
         self.ensure_lease().await?;
         let files: Vec<FileKind> = batch.iter().flat_map(|p| p.files.iter().copied()).collect();
-        let changed = lock(&self.store).flush(&files).map_err(storage_error)?;
+        let changed = {
+            let mut store = lock(&self.store);
+            let changed = store.flush(&files).map_err(storage_error)?;
+            if let Some(last) = batch.last() {
+                lock(&self.repl).committed = last.seq;
+            }
+            changed
+        };
         self.wake(&changed);
         Ok(())
     }
@@ -248,6 +255,7 @@ impl Node {
             let rest = std::mem::take(&mut *lock(&self.mirror.queue));
             let mut repl = lock(&self.repl);
             repl.log = OpLog::default();
+            repl.committed = 0;
             repl.incarnation = rand::random();
             repl.slave = None;
             rest
@@ -611,7 +619,9 @@ impl Replica for ReplicaApi {
                     cut.push((name, len));
                 }
             }
-            (cut, repl.log.last(), repl.incarnation)
+            // Operations staged but not yet written are not in the files:
+            // the cut is the last one written, and Join replays the rest.
+            (cut, repl.committed, repl.incarnation)
         };
         let (tx, rx) = mpsc::channel(4);
         let dir = node.dir.clone();

@@ -188,6 +188,8 @@ pub(crate) struct Repl {
     /// slave's position is only meaningful within one incarnation.
     pub incarnation: u64,
     pub log: OpLog,
+    /// The number of the last operation written to our files.
+    pub committed: u64,
     /// The slave in service.
     pub slave: Option<SlaveLink>,
     /// Until when this master may let writes out (see `replication`).
@@ -495,6 +497,7 @@ impl Node {
                     // A new reign: our operation log starts empty.
                     repl.incarnation = rand::random();
                     repl.log = OpLog::default();
+                    repl.committed = 0;
                     repl.slave = None;
                     repl.following = None;
                 }
@@ -775,7 +778,8 @@ impl SnsService for ClientApi {
         let (tx, rx) = mpsc::channel(256);
         // Subscribe before reading the file, so no append is missed.
         let changes = node.subscribe(user);
-        tokio::spawn(deliver(node.clone(), user, changes, tx.clone()));
+        let since = first.timestamp.as_ref().map(timefmt::from_timestamp);
+        tokio::spawn(deliver(node.clone(), user, since, changes, tx.clone()));
         tokio::spawn(receive(node, user, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -852,11 +856,18 @@ fn shown(following: &FollowLog, p: &Post) -> bool {
         .is_some_and(|since| p.time > since)
 }
 
+/// Most posts sent to a client that resumes its timeline.
+const RESUME_MAX: usize = 10_000;
+/// How much older than the newest post a resuming client has shown a post may
+/// be and still not have reached it (it came from another cluster late).
+const RESUME_SLACK_NS: i64 = 60_000_000_000;
+
 /// Sends the last 20 posts of `user`'s timeline, then every new one, until
 /// the client goes away.
 async fn deliver(
     node: Arc<Node>,
     user: u64,
+    since: Option<timefmt::Nanos>,
     mut changes: watch::Receiver<u64>,
     tx: mpsc::Sender<Result<Message, Status>>,
 ) {
@@ -870,8 +881,19 @@ async fn deliver(
         // No early stop: remote posts arrive late, so the file is not in time
         // order across authors. The scan ends after 20 shown posts (far only
         // for a user who unfollowed everyone they read).
-        let last =
-            storage::last_posts(&path, 20, |p| shown(&f, p), |_| false).map_err(storage_error)?;
+        let last = match since {
+            None => storage::last_posts(&path, 20, |p| shown(&f, p), |_| false),
+            // A resuming client: everything after what it has shown. Remote
+            // posts arrive late, so look a little further back; the client
+            // drops what it has shown already.
+            Some(t) => storage::last_posts(
+                &path,
+                RESUME_MAX,
+                |p| shown(&f, p),
+                |p| p.time <= t.saturating_sub(RESUME_SLACK_NS),
+            ),
+        }
+        .map_err(storage_error)?;
         let mut posts = last.posts;
         posts.sort_by_key(|p| p.time);
         let mut offset = last.end;
