@@ -981,14 +981,24 @@ impl Coordinator for Service {
         {
             info.hostname = addr.ip().to_string();
         }
-        let mut table = self.table.lock().await;
-        let reply = table.heartbeat(&info, req.epoch, req.in_service_slave, Instant::now())?;
-        if let Err(e) = persist(&mut table).await {
-            log::error!("cannot persist the cluster state: {e}");
-            return Err(Status::unavailable(format!(
-                "cannot persist the cluster state: {e}"
-            )));
-        }
+        // In a task of its own: a caller that gives up (its deadline) drops
+        // this future, and must not cut the update and its write to disk in
+        // half while the lock is released to the next writer.
+        let table = self.table.clone();
+        let work = tokio::spawn(async move {
+            let mut table = table.lock().await;
+            let reply = table.heartbeat(&info, req.epoch, req.in_service_slave, Instant::now())?;
+            if let Err(e) = persist(&mut table).await {
+                log::error!("cannot persist the cluster state: {e}");
+                return Err(Status::unavailable(format!(
+                    "cannot persist the cluster state: {e}"
+                )));
+            }
+            Ok(reply)
+        });
+        let reply = work
+            .await
+            .map_err(|e| Status::internal(format!("heartbeat task failed: {e}")))??;
         Ok(Response::new(reply))
     }
 
@@ -1055,10 +1065,28 @@ async fn failure_checker(table: Arc<Mutex<Table>>, heartbeat: Duration) {
     let period = (heartbeat / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_check = Instant::now();
+    let mut grace_until: Option<Instant> = None;
     loop {
         ticker.tick().await;
         let mut t = table.lock().await;
-        t.check(Instant::now());
+        let now = Instant::now();
+        // If we ourselves stalled (a slow disk under the lock, an overloaded
+        // machine), heartbeats piled up unanswered: everyone would look
+        // failed at once. Give them a failure window to be heard first.
+        if now.duration_since(last_check) > period + heartbeat / 2 {
+            log::warn!(
+                "the coordinator stalled for {:?}; no failure verdicts for {:?}",
+                now.duration_since(last_check),
+                2 * heartbeat
+            );
+            grace_until = Some(now + 2 * heartbeat);
+        }
+        last_check = now;
+        if grace_until.is_some_and(|g| now < g) {
+            continue;
+        }
+        t.check(now);
         if let Err(e) = persist(&mut t).await {
             log::error!("cannot persist the cluster state (will retry): {e}");
         }

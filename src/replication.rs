@@ -299,12 +299,14 @@ impl Node {
             let done = loop {
                 match stream.message().await? {
                     Some(c) if c.done => break c,
-                    Some(c) => installer.write(&c)?,
+                    // Disk work off the async workers, so that heartbeats go
+                    // on during a long resync.
+                    Some(c) => tokio::task::block_in_place(|| installer.write(&c))?,
                     None => return Err("the snapshot ended early".into()),
                 }
             };
             let bytes = installer.bytes;
-            installer.finish(&done.files)?;
+            tokio::task::block_in_place(|| installer.finish(&done.files))?;
             lock(&self.store).reset();
             let join = JoinRequest {
                 cluster_id: self.opts.cluster,

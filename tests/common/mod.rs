@@ -16,11 +16,21 @@ use tinysns::proto::tinysns::{Empty, Role, ServerList};
 /// Generous deadline for anything to happen on a busy 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// A port nobody listens on, below the kernel's range for outgoing
+/// connections (32768 and up), so that no client socket takes it between now
+/// and the process binding it; never the same twice in one test binary.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 1_000) * 12;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (base + n) % 12_000 + 20_000;
+        let port = u16::try_from(port).expect("port in range");
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `cond` until it holds or `DEADLINE` passes; panics with `what`.
