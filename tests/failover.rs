@@ -214,45 +214,6 @@ fn wait_file_posts(path: &Path, author: u64, want: &[String]) {
     assert_each_once(&texts(), want, &path.display().to_string());
 }
 
-/// Every record of every file in a directory, sorted, per file name (as in
-/// tests/timeline.rs).
-fn records(dir: &Path) -> BTreeMap<String, Vec<String>> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(dir).expect("server dir").flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if !name.ends_with(".txt") {
-            continue;
-        }
-        let text = read(&e.path());
-        let sep = if name.ends_with("_timeline.txt") || name.ends_with("_posts.txt") {
-            "\n\n"
-        } else {
-            "\n"
-        };
-        let mut recs: Vec<String> = text
-            .split(sep)
-            .filter(|r| !r.is_empty())
-            .map(String::from)
-            .collect();
-        recs.sort();
-        out.insert(name, recs);
-    }
-    out
-}
-
-fn assert_no_duplicates(dir: &Path) {
-    for (name, recs) in records(dir) {
-        let mut d = recs.clone();
-        d.dedup();
-        assert_eq!(
-            d.len(),
-            recs.len(),
-            "duplicate records in {}/{name}",
-            dir.display()
-        );
-    }
-}
-
 fn assert_no_duplicates_anywhere(sys: &System) {
     for c in 1..=sys.clusters {
         for s in 1..=2 {
