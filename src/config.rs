@@ -48,6 +48,36 @@ impl Knobs {
     }
 }
 
+/// The flags that servers and synchronizers share: where the coordinator is,
+/// where to listen and how others reach us, and the knobs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PeerArgs {
+    /// Coordinator host.
+    #[arg(short = 'h')]
+    pub coord_host: String,
+    /// Coordinator port.
+    #[arg(short = 'k', value_parser = clap::value_parser!(u16).range(1..))]
+    pub coord_port: u16,
+    /// Port to listen on.
+    #[arg(short = 'p', value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// Host name that other processes use to reach this one.
+    #[arg(long = "host", env = "SNS_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    #[command(flatten)]
+    pub knobs: Knobs,
+    /// Print help.
+    #[arg(long = "help", action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+impl PeerArgs {
+    /// The coordinator's address, `host:port`.
+    pub fn coordinator(&self) -> String {
+        format!("{}:{}", self.coord_host, self.coord_port)
+    }
+}
+
 /// The cluster a user lives in: `((id - 1) % n) + 1`.
 pub fn cluster_of(user: u64, clusters: u32) -> u32 {
     let n = u64::from(clusters.max(1));
