@@ -3,7 +3,7 @@
 //! answers.
 
 use crate::proto::tinysns::coordinator_client::CoordinatorClient;
-use crate::proto::tinysns::{HeartbeatReply, HeartbeatRequest, ServerInfo};
+use crate::proto::tinysns::{HeartbeatReply, HeartbeatRequest, Kind, ServerInfo};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
@@ -19,6 +19,18 @@ pub fn client(addr: &str, heartbeat: Duration) -> Result<CoordinatorClient<Chann
         .timeout(timeout)
         .connect_lazy();
     Ok(CoordinatorClient::new(ch))
+}
+
+/// How a process describes itself in its heartbeats.
+pub fn info(kind: Kind, cluster: u32, id: u32, host: &str, port: u16) -> ServerInfo {
+    ServerInfo {
+        cluster_id: cluster,
+        server_id: id,
+        hostname: host.to_string(),
+        port: u32::from(port),
+        kind: kind as i32,
+        ..Default::default()
+    }
 }
 
 /// Sends heartbeats until the coordinator answers one, backing off up to a

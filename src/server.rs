@@ -88,14 +88,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     let mut coordinator = crate::membership::client(&opts.coordinator, opts.heartbeat)?;
-    let info = ServerInfo {
-        cluster_id: opts.cluster,
-        server_id: opts.server_id,
-        hostname: opts.host.clone(),
-        port: u32::from(opts.port),
-        kind: Kind::Server as i32,
-        ..Default::default()
-    };
+    let info = crate::membership::info(
+        Kind::Server,
+        opts.cluster,
+        opts.server_id,
+        &opts.host,
+        opts.port,
+    );
     // Register before serving: the reply says how many clusters there are,
     // which decides which users live here.
     let sent = Instant::now();

@@ -483,10 +483,6 @@ impl<S: Fold> Tail<S> {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Whether the file changed identity or shrank since we read it.
     fn replaced(&self, len: u64, ino: u64) -> bool {
         len < self.offset || self.ino.is_some_and(|i| i != ino)
@@ -756,11 +752,6 @@ impl FollowLog {
             (t, true) => Some(*t),
             _ => None,
         }
-    }
-
-    /// The earliest start of a current follow, if any is current.
-    pub fn earliest_current(&self) -> Option<Nanos> {
-        self.events.keys().filter_map(|u| self.since(*u)).min()
     }
 
     /// Whether `user` was in the relation at time `t`.

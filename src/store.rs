@@ -70,10 +70,6 @@ impl Store {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Whether `user` lives in this store's cluster.
     pub fn is_local(&self, user: u64) -> bool {
         cluster_of(user, self.clusters) == self.cluster

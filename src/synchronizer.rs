@@ -46,7 +46,7 @@ use crate::proto::tinysns::synchronizer_client::SynchronizerClient;
 use crate::proto::tinysns::synchronizer_server::{Synchronizer, SynchronizerServer};
 use crate::proto::tinysns::{
     Empty, FollowBatch, FollowOp, HeartbeatRequest, Kind, PostBatch, PostOp, PushReply, RemotePost,
-    ServerInfo, UserBatch, UserRequest,
+    UserBatch, UserRequest,
 };
 use crate::storage::{self, FileKind, FollowEvent, FollowLog, Post, Tail};
 use crate::store::Store;
@@ -89,14 +89,7 @@ pub async fn run(
 ) -> Result<(), BoxError> {
     let rpc_timeout = (2 * opts.heartbeat).max(Duration::from_millis(500));
     let mut coordinator = crate::membership::client(&opts.coordinator, opts.heartbeat)?;
-    let info = ServerInfo {
-        cluster_id: opts.id,
-        server_id: opts.id,
-        hostname: opts.host.clone(),
-        port: u32::from(opts.port),
-        kind: Kind::Synchronizer as i32,
-        ..Default::default()
-    };
+    let info = crate::membership::info(Kind::Synchronizer, opts.id, opts.id, &opts.host, opts.port);
     let clusters = crate::membership::register(&mut coordinator, &info, opts.heartbeat)
         .await?
         .clusters;
