@@ -31,67 +31,15 @@ macro_rules! say {
     };
 }
 
-/// A free port below the kernel's ephemeral range (32768 and up by default):
-/// a port from `bind(0)` comes from that range, the same one outgoing
-/// connections use, so with many processes connecting it can be taken before
-/// the server binds it (or while a killed server is down, before its
-/// restart on the same port). Never the same port twice in this process, as
-/// the tests run in parallel and bind their ports only later.
-fn quiet_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let low: u16 = read(Path::new("/proc/sys/net/ipv4/ip_local_port_range"))
-        .split_whitespace()
-        .next()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or(32768);
-    let (from, to) = (low / 2, low);
-    loop {
-        let p = from + rand::random::<u16>() % (to - from);
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&p) && std::net::TcpListener::bind(("0.0.0.0", p)).is_ok() {
-            given.push(p);
-            return p;
-        }
-    }
-}
-
-/// Chooses the ports of every server and synchronizer (see [`quiet_port`]).
-fn assign_ports(sys: &mut System) {
-    for c in 1..=sys.clusters {
-        for s in 1..=2 {
-            sys.ports.insert(System::server_name(c, s), quiet_port());
-        }
-        sys.ports.insert(format!("synchronizer_{c}"), quiet_port());
-    }
-}
-
 /// Coordinator, master + slave per cluster, a synchronizer per cluster.
 fn full(clusters: u32, heartbeat_ms: u64, sync_ms: u64) -> System {
-    let mut s = System::new(clusters, heartbeat_ms, sync_ms);
-    assign_ports(&mut s);
-    for c in 1..=clusters {
-        s.start_server(c, 1);
-        s.wait_for_role(c, 1, Role::Master);
-        s.start_server(c, 2);
-    }
-    for c in 1..=clusters {
-        s.start_synchronizer(c);
-    }
-    s.wait_for_all();
+    let s = System::full_with(clusters, heartbeat_ms, sync_ms);
     for c in 1..=clusters {
         wait_until(&format!("cluster {c}'s slave in service"), || {
-            entry(&s, c, 2).is_some_and(|e| e.alive && e.in_service)
+            s.entry(c, 2).is_some_and(|e| e.alive && e.in_service)
         });
     }
     s
-}
-
-/// The table's entry for server `s` of cluster `c`.
-fn entry(sys: &System, c: u32, s: u32) -> Option<ServerInfo> {
-    sys.table()?
-        .servers
-        .into_iter()
-        .find(|e| e.kind == 0 && e.cluster_id == c && e.server_id == s)
 }
 
 /// The live master of cluster `c`, per the table.
@@ -114,7 +62,7 @@ fn is_slave_in_service(e: &ServerInfo) -> bool {
 fn wait_slave_in_service(sys: &System, c: u32, s: u32) {
     wait_until(
         &format!("server {s} of cluster {c} to be an in-service slave"),
-        || entry(sys, c, s).is_some_and(|e| is_slave_in_service(&e)),
+        || sys.entry(c, s).is_some_and(|e| is_slave_in_service(&e)),
     );
 }
 
@@ -412,7 +360,7 @@ fn master_killed_and_restarted_while_posting() {
     let restarted = Instant::now();
     sends(&mut poster, &posts[20..25]);
     wait_until("the restarted server to register", || {
-        entry(&sys, 1, m).is_some_and(|e| e.alive)
+        sys.entry(1, m).is_some_and(|e| e.alive)
     });
     sends(&mut poster, &posts[25..30]);
     wait_slave_in_service(&sys, 1, m);
@@ -700,7 +648,7 @@ fn paused_master_is_fenced() {
     wait_file_posts(&sys.server_dir(1, m).join("u1_posts.txt"), 1, &before);
 
     // A raw stream of user 4 to the master, working.
-    let old = entry(&sys, 1, m).expect("the master's entry");
+    let old = sys.entry(1, m).expect("the master's entry");
     let mut raw = RawTimeline::open(&format!("{}:{}", old.hostname, old.port), 4);
     raw.post(4, "raw before", 1);
     while !raw.acked(1) {
@@ -931,7 +879,6 @@ fn coordinator_and_synchronizer_restarts_mid_traffic() {
 #[test]
 fn failover_time_is_printed() {
     let mut sys = System::new(3, 100, 30_000);
-    assign_ports(&mut sys);
     for c in 1..=3 {
         sys.start_server(c, 1);
         sys.wait_for_role(c, 1, Role::Master);

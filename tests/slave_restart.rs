@@ -6,14 +6,6 @@ mod common;
 use common::*;
 use tinysns::proto::tinysns::Role;
 
-/// The coordinator's entry for a server.
-fn entry(sys: &System, c: u32, s: u32) -> Option<tinysns::proto::tinysns::ServerInfo> {
-    sys.table()?
-        .servers
-        .into_iter()
-        .find(|e| e.kind == 0 && e.cluster_id == c && e.server_id == s)
-}
-
 /// Bytes the slave's resyncs fetched, from its log.
 fn resync_bytes(sys: &System, name: &str) -> Vec<u64> {
     read(&sys.data_dir().join(format!("{name}.log")))
@@ -34,7 +26,7 @@ fn slave_killed_while_posting_then_resynced_with_its_directory() {
     sys.start_server(1, 2);
     sys.wait_for_all();
     wait_until("the slave in service", || {
-        entry(&sys, 1, 2).is_some_and(|e| e.in_service)
+        sys.entry(1, 2).is_some_and(|e| e.in_service)
     });
     let mut poster = Client::logged_in(sys.coord_port, 1);
     let mut reader = Client::logged_in(sys.coord_port, 4);
@@ -59,7 +51,7 @@ fn slave_killed_while_posting_then_resynced_with_its_directory() {
     wait_until("40 posts on the master", || {
         posts_in(&posts_file(1)).len() == 40
     });
-    assert!(entry(&sys, 1, 2).is_some_and(|e| !e.in_service));
+    assert!(sys.entry(1, 2).is_some_and(|e| !e.in_service));
     assert_eq!(
         posts_in(&posts_file(2)).len(),
         20,
@@ -68,7 +60,8 @@ fn slave_killed_while_posting_then_resynced_with_its_directory() {
 
     sys.start_server(1, 2);
     wait_until("the restarted slave in service", || {
-        entry(&sys, 1, 2).is_some_and(|e| e.alive && e.role == Role::Slave as i32 && e.in_service)
+        sys.entry(1, 2)
+            .is_some_and(|e| e.alive && e.role == Role::Slave as i32 && e.in_service)
     });
     for t in &texts[40..] {
         poster.send(t);

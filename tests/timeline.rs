@@ -171,14 +171,7 @@ fn a_cluster_works_without_a_synchronizer() {
 
 #[test]
 fn synchronizer_restarts_duplicate_nothing() {
-    let mut sys = System::new(3, 500, 300);
-    for c in 1..=3 {
-        sys.start_server(c, 1);
-        sys.wait_for_role(c, 1, tinysns::proto::tinysns::Role::Master);
-        sys.start_server(c, 2);
-        sys.start_synchronizer(c);
-    }
-    sys.wait_for_all();
+    let mut sys = System::full_with(3, 500, 300);
     let mut a = Client::logged_in(sys.coord_port, 1);
     let mut b = Client::logged_in(sys.coord_port, 2);
     wait_until("user 1 in cluster 2", || {

@@ -113,7 +113,12 @@ impl System {
     /// Coordinator, a master and a slave per cluster, a synchronizer per
     /// cluster; returns once the coordinator's table shows them all alive.
     pub fn full(clusters: u32) -> System {
-        let mut s = System::new(clusters, 500, 30_000);
+        System::full_with(clusters, 500, 30_000)
+    }
+
+    /// [`System::full`] with the given heartbeat and synchronizer periods.
+    pub fn full_with(clusters: u32, heartbeat_ms: u64, sync_ms: u64) -> System {
+        let mut s = System::new(clusters, heartbeat_ms, sync_ms);
         for c in 1..=clusters {
             s.start_server(c, 1);
             s.wait_for_role(c, 1, Role::Master);
@@ -215,6 +220,14 @@ impl System {
                 .ok()?;
             c.get_table(Empty {}).await.ok().map(|r| r.into_inner())
         })
+    }
+
+    /// The coordinator's entry for server `s` of cluster `c`.
+    pub fn entry(&self, c: u32, s: u32) -> Option<tinysns::proto::tinysns::ServerInfo> {
+        self.table()?
+            .servers
+            .into_iter()
+            .find(|e| e.kind == 0 && e.cluster_id == c && e.server_id == s)
     }
 
     pub fn wait_for_role(&self, c: u32, s: u32, role: Role) {
