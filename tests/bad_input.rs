@@ -645,112 +645,42 @@ fn bad_flags_exit_with_status_2_and_a_reason() {
     let server = env!("CARGO_BIN_EXE_server");
     let synchronizer = env!("CARGO_BIN_EXE_synchronizer");
     let coordinator = env!("CARGO_BIN_EXE_coordinator");
-    let cases: &[(&str, &[&str], &str)] = &[
-        (client, &["-h", "127.0.0.1", "-k", "9000", "-u", "0"], "0"),
+    // (binary, its arguments, what the one-line reason must mention)
+    let cases: &[(&str, &str, &str)] = &[
+        (client, "-h 127.0.0.1 -k 9000 -u 0", "0"),
+        (client, "-h 127.0.0.1 -k 9000 -u abc", "abc"),
+        (client, "-h 127.0.0.1 -k 9000 -u -1", "-1"),
+        (client, "-h 127.0.0.1 -u 1", "-k"),
+        (client, "-h 127.0.0.1 -k x -u 1", "x"),
+        (client, "-h 127.0.0.1 -k 9000", "-u"),
+        (client, "-h 127.0.0.1 -k 9000 -u 1 --bogus", "--bogus"),
+        (server, "-c 1 -s 1 -h 127.0.0.1 -k 9000 -p abc", "abc"),
+        (server, "-c 0 -s 1 -h 127.0.0.1 -k 9000 -p 9001", "0"),
+        (server, "-c 1 -s 1 -h 127.0.0.1 -k 9000", "-p"),
         (
-            client,
-            &["-h", "127.0.0.1", "-k", "9000", "-u", "abc"],
-            "abc",
-        ),
-        (client, &["-h", "127.0.0.1", "-k", "9000", "-u", "-1"], "-1"),
-        (client, &["-h", "127.0.0.1", "-u", "1"], "-k"),
-        (client, &["-h", "127.0.0.1", "-k", "x", "-u", "1"], "x"),
-        (client, &["-h", "127.0.0.1", "-k", "9000"], "-u"),
-        (
-            client,
-            &["-h", "127.0.0.1", "-k", "9000", "-u", "1", "--bogus"],
+            server,
+            "-c 1 -s 1 -h 127.0.0.1 -k 9000 -p 9001 --bogus",
             "--bogus",
         ),
+        (synchronizer, "-h 127.0.0.1 -k 9000 -p 9100 -i abc", "abc"),
+        (synchronizer, "-h 127.0.0.1 -k 9000 -p 9100", "-i"),
         (
-            server,
-            &[
-                "-c",
-                "1",
-                "-s",
-                "1",
-                "-h",
-                "127.0.0.1",
-                "-k",
-                "9000",
-                "-p",
-                "abc",
-            ],
-            "abc",
-        ),
-        (
-            server,
-            &[
-                "-c",
-                "0",
-                "-s",
-                "1",
-                "-h",
-                "127.0.0.1",
-                "-k",
-                "9000",
-                "-p",
-                "9001",
-            ],
-            "0",
-        ),
-        (
-            server,
-            &["-c", "1", "-s", "1", "-h", "127.0.0.1", "-k", "9000"],
-            "-p",
-        ),
-        (
-            server,
-            &[
-                "-c",
-                "1",
-                "-s",
-                "1",
-                "-h",
-                "127.0.0.1",
-                "-k",
-                "9000",
-                "-p",
-                "9001",
-                "--bogus",
-            ],
+            synchronizer,
+            "-h 127.0.0.1 -k 9000 -p 9100 -i 1 --bogus",
             "--bogus",
         ),
-        (
-            synchronizer,
-            &["-h", "127.0.0.1", "-k", "9000", "-p", "9100", "-i", "abc"],
-            "abc",
-        ),
-        (
-            synchronizer,
-            &["-h", "127.0.0.1", "-k", "9000", "-p", "9100"],
-            "-i",
-        ),
-        (
-            synchronizer,
-            &[
-                "-h",
-                "127.0.0.1",
-                "-k",
-                "9000",
-                "-p",
-                "9100",
-                "-i",
-                "1",
-                "--bogus",
-            ],
-            "--bogus",
-        ),
-        (coordinator, &["-p", "abc"], "abc"),
-        (coordinator, &[], "-p"),
-        (coordinator, &["-p", "9000", "--bogus"], "--bogus"),
-        (coordinator, &["-p", "9000", "--clusters", "0"], "0"),
+        (coordinator, "-p abc", "abc"),
+        (coordinator, "", "-p"),
+        (coordinator, "-p 9000 --bogus", "--bogus"),
+        (coordinator, "-p 9000 --clusters 0", "0"),
     ];
     for (bin, args, mention) in cases {
+        let args: Vec<&str> = args.split_whitespace().collect();
         let name = Path::new(bin)
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let (code, out, err) = run_bad(bin, args);
+        let (code, out, err) = run_bad(bin, &args);
         assert_eq!(
             code,
             Some(2),
