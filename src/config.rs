@@ -33,6 +33,13 @@ pub struct Knobs {
         default_value = "./cluster_data"
     )]
     pub data_dir: PathBuf,
+    /// Durability: with `true` (the default) a write is acknowledged only once
+    /// it is flushed to disk (fdatasync) on both servers; `false` leaves the
+    /// flush to the kernel, so a machine crash (not a process crash) can lose
+    /// recent writes. Accepts true/false, 1/0, on/off, yes/no.
+    #[arg(long = "fsync", env = "SNS_FSYNC", default_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub fsync: bool,
 }
 
 impl Knobs {

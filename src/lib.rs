@@ -6,6 +6,7 @@
 pub mod client;
 pub mod config;
 pub mod coordinator;
+pub mod journal;
 pub mod membership;
 pub mod model;
 pub mod replication;

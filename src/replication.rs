@@ -147,9 +147,18 @@ impl Node {
                 if batch.is_empty() {
                     break;
                 }
-                let result = match self.replicate(&batch).await {
-                    Ok(()) => self.commit(&batch).await,
-                    Err(status) => Err(status),
+                // The journal is flushed while the slave stores the batch:
+                // the two flushes overlap instead of adding up.
+                let ops: Vec<WriteOp> = batch.iter().map(|p| p.op.clone()).collect();
+                let node = self.clone();
+                let journaled =
+                    tokio::task::spawn_blocking(move || lock(&node.journal).append(&ops));
+                let (replicated, journaled) = tokio::join!(self.replicate(&batch), journaled);
+                let result = match (replicated, journaled) {
+                    (Ok(()), Ok(Ok(()))) => self.commit(&batch).await,
+                    (Err(status), _) => Err(status),
+                    (_, Ok(Err(e))) => Err(storage_error(e)),
+                    (_, Err(e)) => Err(Status::internal(format!("journal task failed: {e}"))),
                 };
                 match result {
                     Ok(()) => {
@@ -159,8 +168,32 @@ impl Node {
                     }
                     Err(status) => self.abandon(batch, status),
                 }
+                if lock(&self.journal).wants_checkpoint() {
+                    let node = self.clone();
+                    match tokio::task::spawn_blocking(move || node.checkpoint()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => log::error!("checkpoint failed: {e}"),
+                        Err(e) => log::error!("checkpoint task failed: {e}"),
+                    }
+                }
             }
         }
+    }
+
+    /// Flushes every data file written since the last checkpoint, then
+    /// empties the journal, whose operations are now on disk in the files.
+    pub(crate) fn checkpoint(&self) -> std::io::Result<()> {
+        let mut journal = lock(&self.journal);
+        let dirty = lock(&self.store).take_dirty();
+        if journal.enabled() {
+            storage::sync_files(&dirty)?;
+        }
+        journal.clear()
+    }
+
+    /// As a slave: journals operations just applied (see [`crate::journal`]).
+    fn journal(&self, ops: &[WriteOp]) -> Result<(), Status> {
+        tokio::task::block_in_place(|| lock(&self.journal).append(ops)).map_err(storage_error)
     }
 
     /// Hands a batch to the slave in service, if any.
@@ -306,8 +339,11 @@ impl Node {
                 }
             };
             let bytes = installer.bytes;
-            tokio::task::block_in_place(|| installer.finish(&done.files))?;
+            tokio::task::block_in_place(|| installer.finish(&done.files, self.opts.fsync))?;
             lock(&self.store).reset();
+            // The journal held operations on the files as they were; they
+            // are the master's files now, flushed.
+            tokio::task::block_in_place(|| self.checkpoint())?;
             let join = JoinRequest {
                 cluster_id: self.opts.cluster,
                 server_id: self.opts.server_id,
@@ -328,6 +364,7 @@ impl Node {
                 }
                 changed
             };
+            self.journal(&reply.ops)?;
             for op in &reply.ops {
                 self.record_ids(op);
             }
@@ -435,9 +472,11 @@ impl Installer {
 
     /// Renames replaced files into place and removes files the master does
     /// not have.
-    fn finish(self, files: &[FileState]) -> Result<(), BoxError> {
+    fn finish(self, files: &[FileState], fsync: bool) -> Result<(), BoxError> {
         for (name, (f, tmp)) in self.open {
-            f.sync_data()?;
+            if fsync {
+                f.sync_data()?;
+            }
             drop(f);
             if let Some(tmp) = tmp {
                 std::fs::rename(&tmp, self.dir.join(&name))?;
@@ -571,6 +610,7 @@ impl Replica for ReplicaApi {
             }
             changed
         };
+        node.journal(ops)?;
         for op in ops {
             node.record_ids(op);
         }

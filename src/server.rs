@@ -39,6 +39,7 @@
 //! a client that exits cleanly logs out.
 
 use crate::config::{cluster_of, parse_user};
+use crate::journal::Journal;
 use crate::model::validate_post;
 use crate::proto::csce438::sns_service_server::{SnsService, SnsServiceServer};
 use crate::proto::csce438::{ListReply, Message, Reply, Request as SnsRequest};
@@ -78,6 +79,8 @@ pub struct Options {
     pub host: String,
     pub port: u16,
     pub heartbeat: Duration,
+    /// Acknowledge a write only once it is flushed to disk ([`crate::journal`]).
+    pub fsync: bool,
     pub data_dir: PathBuf,
 }
 
@@ -100,7 +103,18 @@ pub async fn run(
     let sent = Instant::now();
     let first = crate::membership::register(&mut coordinator, &info, opts.heartbeat).await?;
     let dir = crate::config::server_dir(&opts.data_dir, opts.cluster, opts.server_id);
-    let store = Store::open(&dir, opts.cluster, first.clusters)?;
+    let mut store = Store::open(&dir, opts.cluster, first.clusters)?;
+    let (mut journal, replay) = Journal::open(&dir, opts.fsync)?;
+    for op in &replay {
+        store.apply(op)?;
+    }
+    if !replay.is_empty() {
+        log::info!("replayed {} journaled operation(s)", replay.len());
+    }
+    // What the last run wrote may not be on disk yet (it was in its
+    // journal, which is emptied now).
+    storage::sync_files(&store.take_dirty())?;
+    journal.clear()?;
     let (report_tx, report_rx) = mpsc::channel(16);
     let node = Arc::new(Node {
         addr: format!("{}:{}", opts.host, opts.port),
@@ -110,6 +124,7 @@ pub async fn run(
         dir,
         clusters: first.clusters,
         store: Mutex::new(store),
+        journal: Mutex::new(journal),
         role: AtomicI32::new(Role::None as i32),
         epoch: AtomicU64::new(0),
         sessions: Mutex::new(HashMap::new()),
@@ -124,6 +139,9 @@ pub async fn run(
         resync_lock: tokio::sync::Mutex::new(()),
         report: report_tx,
     });
+    for op in &replay {
+        node.record_ids(op);
+    }
     node.clone().on_heartbeat(first, sent, 0);
     log::info!(
         "server {} of cluster {} serving at {} from {}",
@@ -213,6 +231,8 @@ pub(crate) struct Node {
     /// process failed.
     pub failure_window: Duration,
     pub store: Mutex<Store>,
+    /// Taken before the store lock when both are needed.
+    pub journal: Mutex<Journal>,
     role: AtomicI32,
     pub epoch: AtomicU64,
     sessions: Mutex<HashMap<u64, Session>>,

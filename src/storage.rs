@@ -113,6 +113,30 @@ impl FileKind {
             _ => None,
         }
     }
+
+    /// The file of this kind in `dir`.
+    pub fn path(self, dir: &Path) -> PathBuf {
+        match self {
+            FileKind::Users => users_file(dir),
+            FileKind::Posts(u) => posts_file(dir, u),
+            FileKind::Timeline(u) => timeline_file(dir, u),
+            FileKind::Following(u) => following_file(dir, u),
+            FileKind::Followers(u) => followers_file(dir, u),
+        }
+    }
+}
+
+/// Flushes the data of each file to disk (`fdatasync`). A file that is gone
+/// (its directory was reset) has nothing left to flush.
+pub fn sync_files(paths: &[PathBuf]) -> io::Result<()> {
+    for p in paths {
+        match File::open(p) {
+            Ok(f) => f.sync_data()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

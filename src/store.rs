@@ -28,7 +28,7 @@ use crate::storage::{
     following_file, posts_file, timeline_file, users_file,
 };
 use crate::timefmt::Nanos;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -41,6 +41,8 @@ pub struct Store {
     followers: HashMap<u64, Tail<FollowLog>>,
     posts: HashMap<u64, Tail<AuthorClock>>,
     timelines: HashMap<u64, Tail<AuthorClock>>,
+    /// Files written since [`Store::take_dirty`] was last called.
+    dirty: HashSet<FileKind>,
 }
 
 fn view<S: storage::Fold>(
@@ -67,6 +69,7 @@ impl Store {
             followers: HashMap::new(),
             posts: HashMap::new(),
             timelines: HashMap::new(),
+            dirty: HashSet::new(),
         })
     }
 
@@ -100,12 +103,29 @@ impl Store {
     /// Applies one operation now. Returns the users whose timeline got a
     /// post.
     pub fn apply(&mut self, op: &WriteOp) -> io::Result<Vec<u64>> {
-        let mut sink = Sink::Now(Vec::new());
-        self.put(op, &mut sink)?;
-        match sink {
-            Sink::Now(changed) => Ok(changed),
-            Sink::Later(_) => Ok(Vec::new()),
-        }
+        self.now(|s, sink| s.put(op, sink))
+    }
+
+    /// Runs `write` with its records written at once; notes the files it
+    /// wrote and returns the users whose timeline got a post.
+    fn now(
+        &mut self,
+        write: impl FnOnce(&mut Self, &mut Sink) -> io::Result<()>,
+    ) -> io::Result<Vec<u64>> {
+        let mut sink = Sink::Now(Vec::new(), Vec::new());
+        // Files written before an error are dirty too.
+        let result = write(self, &mut sink);
+        let Sink::Now(changed, written) = sink else {
+            return result.map(|_| Vec::new());
+        };
+        self.dirty.extend(written);
+        result.map(|_| changed)
+    }
+
+    /// The files written since the last call, to be flushed to disk by the
+    /// caller (outside the store lock: flushing is slow).
+    pub fn take_dirty(&mut self) -> Vec<PathBuf> {
+        self.dirty.drain().map(|k| k.path(&self.dir)).collect()
     }
 
     /// Stages one operation: decides its records and folds them into the
@@ -118,7 +138,7 @@ impl Store {
         self.put(op, &mut sink)?;
         match sink {
             Sink::Later(files) => Ok(files),
-            Sink::Now(_) => Ok(Vec::new()),
+            Sink::Now(..) => Ok(Vec::new()),
         }
     }
 
@@ -135,6 +155,7 @@ impl Store {
         }
         let mut changed = Vec::new();
         for (kind, n) in counts {
+            self.dirty.insert(kind);
             match kind {
                 FileKind::Users => self.users.flush_front(n)?,
                 FileKind::Following(u) => self.tail_following(u).flush_front(n)?,
@@ -169,7 +190,7 @@ impl Store {
     }
 
     pub fn add_user(&mut self, user: u64) -> io::Result<()> {
-        self.add_user_to(user, &mut Sink::Now(Vec::new()))
+        self.now(|s, sink| s.add_user_to(user, sink)).map(drop)
     }
 
     fn add_user_to(&mut self, user: u64, sink: &mut Sink) -> io::Result<()> {
@@ -181,7 +202,7 @@ impl Store {
     /// Records a follow event on whichever sides live in this cluster: the
     /// follower's `_following` file and the followee's `_followers` file.
     pub fn follow(&mut self, f: &FollowOp) -> io::Result<()> {
-        self.follow_to(f, &mut Sink::Now(Vec::new()))
+        self.now(|s, sink| s.follow_to(f, sink)).map(drop)
     }
 
     fn follow_to(&mut self, f: &FollowOp, sink: &mut Sink) -> io::Result<()> {
@@ -234,12 +255,7 @@ impl Store {
     /// Appends `post` to the timelines of `targets` that do not have it yet.
     /// Returns the users whose timeline changed.
     pub fn deliver(&mut self, post: &Post, targets: &[u64]) -> io::Result<Vec<u64>> {
-        let mut sink = Sink::Now(Vec::new());
-        self.deliver_to(post, targets, &mut sink)?;
-        match sink {
-            Sink::Now(changed) => Ok(changed),
-            Sink::Later(_) => Ok(Vec::new()),
-        }
+        self.now(|s, sink| s.deliver_to(post, targets, sink))
     }
 
     fn deliver_to(&mut self, post: &Post, targets: &[u64], sink: &mut Sink) -> io::Result<()> {
@@ -280,7 +296,8 @@ impl Store {
 /// Where an operation's records go: written now (collecting the users whose
 /// timeline changed), or staged (collecting the files to flush later).
 enum Sink {
-    Now(Vec<u64>),
+    /// Users whose timeline changed, and every file written.
+    Now(Vec<u64>, Vec<FileKind>),
     Later(Vec<FileKind>),
 }
 
@@ -292,11 +309,12 @@ impl Sink {
         decide: impl FnOnce(&S) -> Option<String>,
     ) -> io::Result<()> {
         match self {
-            Sink::Now(changed) => {
-                if tail.append_with(decide)?
-                    && let FileKind::Timeline(u) = kind
-                {
-                    changed.push(u);
+            Sink::Now(changed, written) => {
+                if tail.append_with(decide)? {
+                    written.push(kind);
+                    if let FileKind::Timeline(u) = kind {
+                        changed.push(u);
+                    }
                 }
             }
             Sink::Later(files) => {

@@ -74,6 +74,8 @@ pub struct Options {
     pub port: u16,
     pub heartbeat: Duration,
     pub sync_interval: Duration,
+    /// Flush what a push wrote to disk before acknowledging it.
+    pub fsync: bool,
     pub data_dir: PathBuf,
 }
 
@@ -231,7 +233,16 @@ impl Shared {
                     .map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?;
                 stores.insert(dir.clone(), s);
             }
-            let result = stores.get_mut(&dir).map(&mut f);
+            let result = stores.get_mut(&dir).map(|s| -> std::io::Result<()> {
+                f(s)?;
+                // The sender moves its cursor past what we acknowledge, so it
+                // must be on disk first.
+                let dirty = s.take_dirty();
+                if self.opts.fsync {
+                    storage::sync_files(&dirty)?;
+                }
+                Ok(())
+            });
             drop(gate);
             if let Some(Err(e)) = result {
                 if dir.exists() {

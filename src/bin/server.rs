@@ -31,6 +31,7 @@ async fn main() {
         host: p.host,
         port: p.port,
         heartbeat: p.knobs.heartbeat(),
+        fsync: p.knobs.fsync,
         data_dir: p.knobs.data_dir,
     };
     config::exit_with(

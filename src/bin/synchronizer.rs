@@ -28,6 +28,7 @@ async fn main() {
         port: p.port,
         heartbeat: p.knobs.heartbeat(),
         sync_interval: p.knobs.sync_interval(),
+        fsync: p.knobs.fsync,
         data_dir: p.knobs.data_dir,
     };
     config::exit_with(

@@ -464,7 +464,8 @@ pub fn records(dir: &Path) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(dir).expect("server dir").flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if !name.ends_with(".txt") {
+        // Data files only: the journal is each server's own.
+        if tinysns::storage::FileKind::parse(&e.path()).is_none() {
             continue;
         }
         let text = read(&e.path());
