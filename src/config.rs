@@ -170,6 +170,13 @@ pub async fn listen(name: &str, port: u16) -> tokio::net::TcpListener {
     }
 }
 
+/// The connections a gRPC server accepts on `listener`, with Nagle's
+/// algorithm off: a timeline sends small messages one at a time, and with
+/// Nagle on, each waits for the peer's delayed ACK (40 ms on Linux).
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Ends a daemon: status 0, or 1 with its error on one line.
 pub fn exit_with<E: std::fmt::Display>(name: &str, result: Result<(), E>) -> ! {
     match result {

@@ -1134,10 +1134,7 @@ pub async fn run(
     let checker = tokio::spawn(failure_checker(table.clone(), opts.heartbeat));
     let result = tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(Service { table }))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(crate::config::incoming(listener), shutdown)
         .await;
     checker.abort();
     result?;

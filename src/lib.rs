@@ -3,6 +3,7 @@
 //! See `docs/design.md` for the design; each module's documentation explains
 //! its part and the invariants it keeps.
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod coordinator;

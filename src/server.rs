@@ -162,10 +162,7 @@ pub async fn run(
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(crate::config::incoming(listener), shutdown)
         .await?;
     log::info!(
         "server {} of cluster {} stopped",

@@ -160,10 +160,7 @@ pub async fn run(
     );
     tonic::transport::Server::builder()
         .add_service(SynchronizerServer::new(Receiver(shared)))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(crate::config::incoming(listener), shutdown)
         .await?;
     log::info!("synchronizer {} stopped", opts.id);
     Ok(())

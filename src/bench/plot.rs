@@ -23,7 +23,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use plotters::coord::ranged1d::{AsRangedCoord, SegmentValue, ValueFormatter};
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::register_font;
 
@@ -77,9 +77,12 @@ pub fn latency_cdf(
         }
         if min_pos.is_finite() && hi / min_pos > 100.0 {
             // Zero or negative samples cannot sit on a log axis: clamp them to
-            // its left edge so they still count in the percentiles.
-            let x = (min_pos..hi).log_scale();
-            cdf_chart(&root, x, min_pos, x_label, series, &sorted)
+            // its left edge so they still count in the percentiles. The axis
+            // spans at most 12 decades: plotters' tick code never returns
+            // when hi/lo overflows (e.g. 1e15 over a subnormal 1e-320).
+            let floor = min_pos.max(hi * 1e-12);
+            let x = (floor..hi).log_scale();
+            cdf_chart(&root, x, floor, x_label, series, &sorted)
         } else {
             // A little room at both ends keeps the first and last steps off the axes.
             let pad = (hi - lo) * 0.02;
@@ -174,7 +177,7 @@ pub fn bars(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> 
     let (lo, hi) = vals
         .iter()
         .fold((0.0, 0.0), |(a, b), v| (f64::min(a, *v), f64::max(b, *v)));
-    let n = bars.len() as i32;
+    let n = bars.len() as f64;
     render(path, |root| {
         let root = titled(root, title)?;
         if bars.is_empty() {
@@ -192,13 +195,13 @@ pub fn bars(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> 
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(longest.clamp(30, W / 3) + 15)
-            .build_cartesian_2d(x, (0..n - 1).into_segmented())?;
-        // Bar i is drawn in segment n-1-i so the first bar is at the top.
-        let label = |v: &SegmentValue<i32>| match v {
-            SegmentValue::CenterOf(k) => bars
-                .get((n - 1 - k) as usize)
-                .map_or(String::new(), |b| b.0.clone()),
-            _ => String::new(),
+            .build_cartesian_2d(x, -0.5..n - 0.5)?;
+        // Bar i is centred on y = n-1-i so the first bar is at the top; only
+        // ticks at those whole numbers get a label.
+        let row = |y: f64| n - 1.0 - y.round();
+        let label = |y: &f64| match (y - y.round()).abs() < 1e-6 && (0.0..n).contains(&row(*y)) {
+            true => bars[row(*y) as usize].0.clone(),
+            false => String::new(),
         };
         chart
             .configure_mesh()
@@ -212,20 +215,19 @@ pub fn bars(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> 
             .draw()?;
         let font = ("sans-serif", TEXT).into_font();
         for (i, (_, v)) in bars.iter().enumerate() {
-            let seg = n - 1 - i as i32;
-            let (lo_y, hi_y) = (SegmentValue::Exact(seg), SegmentValue::Exact(seg + 1));
+            let y = row(i as f64);
             let (len, text) = if ok(*v) {
                 (*v, fmt_num(*v))
             } else {
                 (0.0, "n/a".to_string())
             };
             let color = Palette99::pick(i).to_rgba();
-            // Margins in pixels keep a gap between neighbouring bars.
-            let mut bar = Rectangle::new([(0.0, hi_y), (len, lo_y)], color.filled());
-            bar.set_margin(4, 4, 0, 0);
-            chart.draw_series([bar])?;
+            chart.draw_series([Rectangle::new(
+                [(0.0, y - 0.4), (len, y + 0.4)],
+                color.filled(),
+            )])?;
             // The value goes right of the bar's end (or of the axis, for negatives).
-            let at = (len.max(0.0), SegmentValue::CenterOf(seg));
+            let at = (len.max(0.0), y);
             chart.draw_series([
                 EmptyElement::at(at) + Text::new(text, (5, -(TEXT as i32) / 2), font.clone())
             ])?;

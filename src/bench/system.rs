@@ -1,0 +1,293 @@
+//! A whole Tiny SNS started by the benchmark: the release binaries (found
+//! beside the `bench` executable), each with its own log file, in a scratch
+//! directory. Processes are killed by pid (SIGKILL, the failure the system
+//! promises to survive) and when the [`System`] is dropped.
+
+use crate::proto::tinysns::coordinator_client::CoordinatorClient;
+use crate::proto::tinysns::{Empty, Role, ServerInfo, ServerList};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a system is started.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub clusters: u32,
+    pub heartbeat_ms: u64,
+    pub sync_interval_ms: u64,
+    pub fsync: bool,
+}
+
+pub struct System {
+    pub settings: Settings,
+    /// Root of the data directories.
+    pub data: PathBuf,
+    logs: PathBuf,
+    bin: PathBuf,
+    pub coord_port: u16,
+    ports: HashMap<String, u16>,
+    procs: HashMap<String, Child>,
+    client: CoordinatorClient<Channel>,
+}
+
+/// A port that was free a moment ago (the OS picks it).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The directory of the running executable: the other binaries of the same
+/// build are there.
+pub fn bin_dir() -> Result<PathBuf, BoxError> {
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .ok_or("the executable has no directory")?
+        .to_path_buf())
+}
+
+impl System {
+    /// Starts a coordinator, `clusters` × (master, slave) servers and one
+    /// synchronizer per cluster in `root`, whose data directory may already
+    /// hold files; returns once every slave is in service.
+    pub async fn start(root: &Path, settings: Settings) -> Result<System, BoxError> {
+        let data = root.join("data");
+        let logs = root.join("logs");
+        std::fs::create_dir_all(&data)?;
+        std::fs::create_dir_all(&logs)?;
+        let bin = bin_dir()?;
+        for b in ["coordinator", "server", "synchronizer"] {
+            if !bin.join(b).exists() {
+                return Err(format!(
+                    "{} not found: build the release binaries first (cargo build --release)",
+                    bin.join(b).display()
+                )
+                .into());
+            }
+        }
+        let coord_port = free_port()?;
+        let mut sys = System {
+            client: coordinator_client(&format!("127.0.0.1:{coord_port}"))?,
+            settings,
+            data,
+            logs,
+            bin,
+            coord_port,
+            ports: HashMap::new(),
+            procs: HashMap::new(),
+        };
+        let port = sys.coord_port.to_string();
+        let clusters = sys.settings.clusters.to_string();
+        sys.spawn(
+            "coordinator",
+            "coordinator",
+            &["-p", &port, "--clusters", &clusters],
+        )?;
+        sys.wait_for("the coordinator", Duration::from_secs(10), |t| t.is_some())
+            .await?;
+        for c in 1..=sys.settings.clusters {
+            sys.start_server(c, 1)?;
+        }
+        // Masters first, so that the first server of each cluster is master.
+        sys.wait_for("every master", Duration::from_secs(20), |t| {
+            t.is_some_and(|t| (1..=t.clusters).all(|c| master_of(t, c).is_some()))
+        })
+        .await?;
+        for c in 1..=sys.settings.clusters {
+            sys.start_server(c, 2)?;
+            sys.start_synchronizer(c)?;
+        }
+        sys.wait_ready(Duration::from_secs(120)).await?;
+        Ok(sys)
+    }
+
+    fn spawn(&mut self, name: &str, bin: &str, args: &[&str]) -> Result<(), BoxError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{name}.log")))?;
+        let s = &self.settings;
+        let child = Command::new(self.bin.join(bin))
+            .args(args)
+            .env("SNS_HEARTBEAT_MS", s.heartbeat_ms.to_string())
+            .env("SNS_SYNC_INTERVAL_MS", s.sync_interval_ms.to_string())
+            .env("SNS_FSYNC", if s.fsync { "1" } else { "0" })
+            .env("SNS_DATA_DIR", &self.data)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {bin}: {e}"))?;
+        self.procs.insert(name.to_string(), child);
+        Ok(())
+    }
+
+    fn port(&mut self, name: &str) -> Result<u16, BoxError> {
+        if let Some(p) = self.ports.get(name) {
+            return Ok(*p);
+        }
+        let p = free_port()?;
+        self.ports.insert(name.to_string(), p);
+        Ok(p)
+    }
+
+    pub fn server_name(c: u32, s: u32) -> String {
+        format!("server_{c}_{s}")
+    }
+
+    /// Starts (or restarts, on the same port) server `s` of cluster `c`.
+    pub fn start_server(&mut self, c: u32, s: u32) -> Result<(), BoxError> {
+        let name = Self::server_name(c, s);
+        let port = self.port(&name)?.to_string();
+        let coord = self.coord_port.to_string();
+        let (c, s) = (c.to_string(), s.to_string());
+        self.spawn(
+            &name,
+            "server",
+            &[
+                "-c",
+                &c,
+                "-s",
+                &s,
+                "-h",
+                "127.0.0.1",
+                "-k",
+                &coord,
+                "-p",
+                &port,
+            ],
+        )
+    }
+
+    pub fn start_synchronizer(&mut self, c: u32) -> Result<(), BoxError> {
+        let name = format!("synchronizer_{c}");
+        let port = self.port(&name)?.to_string();
+        let coord = self.coord_port.to_string();
+        let id = c.to_string();
+        self.spawn(
+            &name,
+            "synchronizer",
+            &["-h", "127.0.0.1", "-k", &coord, "-p", &port, "-i", &id],
+        )
+    }
+
+    /// SIGKILLs a process and reaps it.
+    pub fn kill(&mut self, name: &str) -> Result<(), BoxError> {
+        let mut child = self
+            .procs
+            .remove(name)
+            .ok_or_else(|| format!("no process {name}"))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{name}.log"))
+    }
+
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.get(name).map(Child::id)
+    }
+
+    pub fn server_dir(&self, c: u32, s: u32) -> PathBuf {
+        crate::config::server_dir(&self.data, c, s)
+    }
+
+    pub fn coordinator(&self) -> String {
+        format!("127.0.0.1:{}", self.coord_port)
+    }
+
+    pub async fn table(&self) -> Option<ServerList> {
+        let mut c = self.client.clone();
+        c.get_table(Empty {}).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Polls the routing table until `ok`, or fails after `limit`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        ok: impl Fn(Option<&ServerList>) -> bool,
+    ) -> Result<Duration, BoxError> {
+        let start = Instant::now();
+        loop {
+            if ok(self.table().await.as_ref()) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                return Err(format!(
+                    "gave up waiting for {what} after {limit:?} (logs in {})",
+                    self.logs.display()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until every cluster has a master and an in-service slave and
+    /// every synchronizer is alive.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<Duration, BoxError> {
+        let clusters = self.settings.clusters;
+        self.wait_for("every slave in service", limit, |t| {
+            t.is_some_and(|t| {
+                (1..=clusters).all(|c| {
+                    master_of(t, c).is_some()
+                        && in_service_slave(t, c).is_some()
+                        && t.servers.iter().any(|e| {
+                            e.kind == crate::proto::tinysns::Kind::Synchronizer as i32
+                                && e.cluster_id == c
+                                && e.alive
+                        })
+                })
+            })
+        })
+        .await
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for (_, mut child) in self.procs.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn is_server(e: &ServerInfo) -> bool {
+    e.kind == crate::proto::tinysns::Kind::Server as i32
+}
+
+/// The live master of cluster `c`.
+pub fn master_of(t: &ServerList, c: u32) -> Option<&ServerInfo> {
+    t.servers
+        .iter()
+        .find(|e| is_server(e) && e.cluster_id == c && e.alive && e.role == Role::Master as i32)
+}
+
+/// The live, in-service slave of cluster `c`.
+pub fn in_service_slave(t: &ServerList, c: u32) -> Option<&ServerInfo> {
+    t.servers.iter().find(|e| {
+        is_server(e) && e.cluster_id == c && e.alive && e.role == Role::Slave as i32 && e.in_service
+    })
+}
+
+/// A client of the coordinator at `addr` that connects on first use.
+pub fn coordinator_client(addr: &str) -> Result<CoordinatorClient<Channel>, BoxError> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .connect_lazy();
+    Ok(CoordinatorClient::new(ch))
+}
