@@ -202,30 +202,13 @@ pub async fn timeline_open(ctx: &Ctx) -> Result<Outcome, BoxError> {
     Ok(out)
 }
 
-/// CPU time a process has used, from /proc.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    // schedstat: nanoseconds on a CPU, more precise than the clock ticks of
-    // /proc/<pid>/stat.
-    if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        && let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse().ok())
-    {
-        return Some(Duration::from_nanos(ns));
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line; 100 ticks/s.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
 fn synchronizers_cpu(sys: &System) -> Result<Duration, BoxError> {
     let mut total = Duration::ZERO;
     for c in 1..=sys.settings.clusters {
         let pid = sys
             .pid(&format!("synchronizer_{c}"))
             .ok_or("no synchronizer")?;
-        total += cpu_time(pid).ok_or("cannot read a synchronizer's CPU time")?;
+        total += super::system::cpu_time(pid).ok_or("cannot read a synchronizer's CPU time")?;
     }
     Ok(total)
 }

@@ -13,8 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Concurrency levels of `echo` and `post`.
-pub const LEVELS: [usize; 3] = [1, 8, 64];
 
 /// Bytes of text in every post (and echo): a typical one-line post.
 const PAYLOAD: usize = 64;
@@ -102,7 +100,7 @@ pub async fn echo(ctx: &Ctx) -> Result<Outcome, BoxError> {
     let echo = EchoProcess::start()?;
     let mut series = Vec::new();
     let mut bars = Vec::new();
-    for c in LEVELS {
+    for c in ctx.levels.clone() {
         let (rate, samples) = echo_at(&echo, c, ctx).await?;
         out.rows
             .push(Row::new(format!("C={c} calls/s"), rate, "/s"));
@@ -177,20 +175,21 @@ pub async fn post(ctx: &Ctx) -> Result<Outcome, BoxError> {
         // Each poster has a follower in its own cluster, so that a post is
         // also written to a timeline, as most posts are.
         let base = ctx.user_base();
-        let max = LEVELS[LEVELS.len() - 1] as u64;
+        let max = ctx.levels.iter().copied().max().unwrap_or(1) as u64;
         let posters: Vec<u64> = (1..=max).map(|i| base + i).collect();
         let mut poster_users = login_all(&coord, posters.iter().copied()).await?;
         for u in login_all(&coord, posters.iter().map(|p| p + 3 * max)).await? {
             let mut u = u;
             u.follow(u.id - 3 * max).await?;
         }
-        for c in LEVELS {
+        for c in ctx.levels.clone() {
             let (echo_rate, _) = echo_at(&echo, c, ctx).await?;
             let mut timelines = Vec::new();
             for u in poster_users.iter_mut().take(c) {
                 u.login().await?;
                 timelines.push((u.id, u.timeline().await?));
             }
+            let cpu_before = sys.as_ref().map(|s| (s.cpu(), super::system::own_cpu()));
             let (rate, samples) = closed_loop(
                 timelines,
                 ctx.warmup(),
@@ -201,6 +200,13 @@ pub async fn post(ctx: &Ctx) -> Result<Outcome, BoxError> {
                 },
             )
             .await?;
+            if let (Some(sys), Some((before, own))) = (sys.as_ref(), cpu_before) {
+                let posts = samples.0.len().max(1) as f64;
+                out.notes.push(format!(
+                    "C={c} {label}: CPU per post: {}",
+                    cpu_per_post(sys, &before, own, posts)
+                ));
+            }
             let mut row = Row::new(format!("C={c} posts/s ({label})"), rate, "/s")
                 .beside(format!("echo C={c}"), echo_rate);
             if c == 64 && fsync {
@@ -237,6 +243,37 @@ pub async fn post(ctx: &Ctx) -> Result<Outcome, BoxError> {
             .into(),
     );
     Ok(out)
+}
+
+/// Where the CPU went while posting, per post, grouped by role (roles by
+/// the table: masters and slaves may have swapped).
+fn cpu_per_post(
+    sys: &System,
+    before: &std::collections::HashMap<String, Duration>,
+    own_before: Option<Duration>,
+    posts: f64,
+) -> String {
+    let after = sys.cpu();
+    let mut groups: std::collections::BTreeMap<&str, f64> = Default::default();
+    for (name, t) in &after {
+        let used = t.saturating_sub(before.get(name).copied().unwrap_or_default());
+        let group = if name.starts_with("server") {
+            "servers"
+        } else if name.starts_with("synchronizer") {
+            "synchronizers"
+        } else {
+            "coordinator"
+        };
+        *groups.entry(group).or_default() += used.as_secs_f64();
+    }
+    if let (Some(b), Some(a)) = (own_before, super::system::own_cpu()) {
+        groups.insert("bench", a.saturating_sub(b).as_secs_f64());
+    }
+    groups
+        .iter()
+        .map(|(g, s)| format!("{g} {:.0} us", s / posts * 1e6))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn unix_ns() -> i128 {

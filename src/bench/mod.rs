@@ -92,6 +92,10 @@ pub struct Args {
     /// Run every scenario briefly: a check that each runs, not a measurement.
     #[arg(long)]
     pub quick: bool,
+    /// Concurrency levels of echo and post.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64",
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub levels: Vec<u64>,
     /// Write every figure, and the samples behind the charts, as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -127,6 +131,7 @@ pub struct Ctx {
     pub scratch: PathBuf,
     /// The coordinator attached to, if any.
     pub attach: Option<String>,
+    pub levels: Vec<usize>,
 }
 
 impl Ctx {
@@ -196,6 +201,7 @@ pub async fn run(args: Args) -> i32 {
         quick: args.quick,
         scratch: scratch.clone(),
         attach,
+        levels: args.levels.iter().map(|&l| l as usize).collect(),
     };
     let mut outcomes = Vec::new();
     for s in scenarios {

@@ -13,8 +13,8 @@
 //! crate encodes it and the text uses DejaVu Sans embedded in the binary
 //! (the `dejavu` crate), so no system fonts or C libraries are needed.
 //! Bad input (empty, NaN, infinite, all zeros) never panics: non-finite
-//! values are dropped, degenerate ranges are widened, and a chart with
-//! nothing to show says "no data".
+//! values (and any beyond ±1e15) are dropped, degenerate ranges are widened,
+//! and a chart with nothing to show says "no data".
 
 use std::error::Error;
 use std::fs::File;
@@ -59,7 +59,7 @@ pub fn latency_cdf(
     let sorted: Vec<Vec<f64>> = series
         .iter()
         .map(|s| {
-            let mut v = finite(s.values.iter().copied());
+            let mut v: Vec<f64> = s.values.iter().copied().filter(|v| usable(*v)).collect();
             v.sort_by(f64::total_cmp);
             v
         })
@@ -86,14 +86,8 @@ pub fn latency_cdf(
         } else {
             // A little room at both ends keeps the first and last steps off the axes.
             let pad = (hi - lo) * 0.02;
-            cdf_chart(
-                &root,
-                widen(lo - pad, hi + pad),
-                lo,
-                x_label,
-                series,
-                &sorted,
-            )
+            let x = widen(lo - pad, hi + pad);
+            cdf_chart(&root, x, lo, x_label, series, &sorted)
         }
     })
 }
@@ -111,10 +105,10 @@ pub fn throughput(
     let mut pts: Vec<(f64, f64)> = points
         .iter()
         .copied()
-        .filter(|&(t, r)| ok(t) && ok(r))
+        .filter(|&(t, r)| usable(t) && usable(r))
         .collect();
     pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let marks: Vec<&(f64, String)> = marks.iter().filter(|m| ok(m.0)).collect();
+    let marks: Vec<&(f64, String)> = marks.iter().filter(|m| usable(m.0)).collect();
     let ts = pts.iter().map(|p| p.0).chain(marks.iter().map(|m| m.0));
     // Time starts at 0 (the run's start) unless the data says otherwise.
     let (t0, t1) = ts.fold((0.0, f64::NEG_INFINITY), |(a, b), t| {
@@ -173,10 +167,12 @@ pub fn throughput(
 /// value axis, which runs horizontally. A non-finite value gets no bar and
 /// reads "n/a".
 pub fn bars(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> Result<(), String> {
-    let vals = finite(bars.iter().map(|b| b.1));
-    let (lo, hi) = vals
+    // Bars grow from 0, so the axis always includes it.
+    let (lo, hi) = bars
         .iter()
-        .fold((0.0, 0.0), |(a, b), v| (f64::min(a, *v), f64::max(b, *v)));
+        .map(|b| b.1)
+        .filter(|v| usable(*v))
+        .fold((0.0, 0.0), |(a, b), v| (f64::min(a, v), f64::max(b, v)));
     let n = bars.len() as f64;
     render(path, |root| {
         let root = titled(root, title)?;
@@ -199,9 +195,12 @@ pub fn bars(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> 
         // Bar i is centred on y = n-1-i so the first bar is at the top; only
         // ticks at those whole numbers get a label.
         let row = |y: f64| n - 1.0 - y.round();
-        let label = |y: &f64| match (y - y.round()).abs() < 1e-6 && (0.0..n).contains(&row(*y)) {
-            true => bars[row(*y) as usize].0.clone(),
-            false => String::new(),
+        let label = |y: &f64| {
+            if (y - y.round()).abs() < 1e-6 && (0.0..n).contains(&row(*y)) {
+                bars[row(*y) as usize].0.clone()
+            } else {
+                String::new()
+            }
         };
         chart
             .configure_mesh()
@@ -216,7 +215,7 @@ pub fn bars(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> 
         let font = ("sans-serif", TEXT).into_font();
         for (i, (_, v)) in bars.iter().enumerate() {
             let y = row(i as f64);
-            let (len, text) = if ok(*v) {
+            let (len, text) = if usable(*v) {
                 (*v, fmt_num(*v))
             } else {
                 (0.0, "n/a".to_string())
@@ -356,20 +355,17 @@ fn text_width(root: &Area, text: &str, style: &TextStyle) -> u32 {
 }
 
 /// Values a chart can place: finite and not absurdly large.
-fn ok(v: f64) -> bool {
+fn usable(v: f64) -> bool {
     v.is_finite() && v.abs() <= LIMIT
 }
 
-fn finite(values: impl Iterator<Item = f64>) -> Vec<f64> {
-    values.filter(|v| ok(*v)).collect()
-}
-
-/// An axis range of non-zero width: a single value gets room on both sides.
+/// An axis range of non-zero width: a single value gets 10% room on both
+/// sides (at least 1e-6, as plotters' ticks misbehave on tinier spans).
 fn widen(lo: f64, hi: f64) -> Range<f64> {
     if hi > lo {
         lo..hi
     } else {
-        let pad = (lo.abs() * 0.1).max(1.0);
+        let pad = (lo.abs() * 0.1).max(1e-6);
         lo - pad..hi + pad
     }
 }
@@ -391,9 +387,10 @@ fn fmt_num(v: f64) -> String {
         let decimals = (2.0 - a.log10().floor()).clamp(0.0, 3.0) as usize;
         // Tick labels read better as "10" and "2.5" than "10.0" and "2.50".
         let s = format!("{v:.decimals$}");
-        match s.contains('.') {
-            true => s.trim_end_matches('0').trim_end_matches('.').to_string(),
-            false => s,
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
         }
     }
 }
@@ -453,7 +450,7 @@ mod tests {
             (21.0, "restart 1".to_string()),
             (f64::NAN, "bad".to_string()),
         ];
-        let cases: [(&str, Vec<(f64, f64)>, Vec<(f64, String)>); 6] = [
+        let cases = [
             ("normal", pts.clone(), marks.clone()),
             ("empty", vec![], vec![]),
             ("marks_only", vec![], marks),

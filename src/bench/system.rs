@@ -195,6 +195,14 @@ impl System {
         self.logs.join(format!("{name}.log"))
     }
 
+    /// CPU time used so far by each process, by name.
+    pub fn cpu(&self) -> HashMap<String, Duration> {
+        self.procs
+            .iter()
+            .filter_map(|(n, c)| Some((n.clone(), cpu_time(c.id())?)))
+            .collect()
+    }
+
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.procs.get(name).map(Child::id)
     }
@@ -290,4 +298,21 @@ pub fn coordinator_client(addr: &str) -> Result<CoordinatorClient<Channel>, BoxE
         .timeout(Duration::from_secs(2))
         .connect_lazy();
     Ok(CoordinatorClient::new(ch))
+}
+
+/// CPU time a process has used (all its threads, also those that ended),
+/// from /proc/<pid>/stat, in clock ticks of 10 ms.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line; Linux reports
+    // them in USER_HZ, which is 100 on every architecture it runs on.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time used so far by this process (the bench's simulated users).
+pub fn own_cpu() -> Option<Duration> {
+    cpu_time(std::process::id())
 }
