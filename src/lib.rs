@@ -16,6 +16,7 @@ pub mod storage;
 pub mod store;
 pub mod synchronizer;
 pub mod timefmt;
+pub mod watch;
 
 /// Generated gRPC code.
 pub mod proto {

@@ -614,36 +614,22 @@ impl Node {
     }
 
     /// Watches the directory so that timelines see what the synchronizer
-    /// appends. The watcher lives as long as the returned value.
-    fn watch_directory(self: Arc<Self>) -> Result<notify::RecommendedWatcher, BoxError> {
-        use notify::Watcher;
+    /// appends. The watch lives as long as the returned value.
+    fn watch_directory(self: Arc<Self>) -> std::io::Result<crate::watch::DirWatch> {
         let node = self.clone();
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-                // Our own reads (opens) are events too: ignoring them keeps
-                // a reading timeline from waking itself.
-                Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
-                Ok(ev) => {
-                    if ev.need_rescan() {
-                        node.wake_all();
-                    }
-                    let users: Vec<u64> = ev
-                        .paths
-                        .iter()
-                        .filter_map(|p| match FileKind::parse(p) {
-                            Some(FileKind::Timeline(u)) => Some(u),
-                            _ => None,
-                        })
-                        .collect();
-                    node.wake(&users);
-                }
-                Err(e) => {
-                    log::warn!("directory watch error: {e}; waking every timeline");
-                    node.wake_all();
-                }
-            })?;
-        watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
-        Ok(watcher)
+        crate::watch::watch_dir(&self.dir, move |change| match change {
+            crate::watch::Change::Files(paths) => {
+                let users: Vec<u64> = paths
+                    .iter()
+                    .filter_map(|p| match FileKind::parse(p) {
+                        Some(FileKind::Timeline(u)) => Some(u),
+                        _ => None,
+                    })
+                    .collect();
+                node.wake(&users);
+            }
+            crate::watch::Change::Rescan => node.wake_all(),
+        })
     }
 }
 

@@ -53,6 +53,7 @@ use crate::store::Store;
 use crate::timefmt::Nanos;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -129,27 +130,7 @@ pub async fn run(
         });
     }
 
-    // Watch the whole cluster directory: whichever server is master, its
-    // files are below it.
-    let _watcher = {
-        use notify::Watcher;
-        let tx = tx.clone();
-        let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            let msg = match res {
-                Ok(ev) if ev.need_rescan() => Event::Rescan,
-                // Our own reads (opens) are events too: ignoring them keeps
-                // reading from causing more reading.
-                Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => return,
-                Ok(ev) => Event::Changed(ev.paths),
-                Err(_) => Event::Rescan,
-            };
-            let _ = tx.send(msg);
-        })?;
-        w.watch(&cluster_root, notify::RecursiveMode::Recursive)?;
-        w
-    };
-
-    let sender = Sender::new(shared.clone(), coordinator, state_dir, rpc_timeout)?;
+    let sender = Sender::new(shared.clone(), coordinator, state_dir, rpc_timeout, tx)?;
     tokio::spawn(sender.run(rx));
     log::info!(
         "synchronizer {} serving at {}:{} ({} clusters)",
@@ -370,6 +351,39 @@ struct Sender {
     changed: bool,
     /// When the coordinator was last asked for the master and the peers.
     last_lookup: Option<std::time::Instant>,
+    /// Where inotify events go, and the watch on the source directory.
+    events: mpsc::UnboundedSender<Event>,
+    watch: Option<SourceWatch>,
+}
+
+/// The watch on the master's directory ([`crate::watch`]): only the files we
+/// send from are of interest, so the slave's directory and our own state
+/// are not watched, and changes to other files are dropped in the callback.
+struct SourceWatch {
+    _watch: crate::watch::DirWatch,
+    dir: PathBuf,
+    /// The directory's inode: a directory deleted and made again (a reset
+    /// server) needs a new watch.
+    ino: u64,
+}
+
+fn watch_source(dir: &Path, tx: mpsc::UnboundedSender<Event>) -> std::io::Result<crate::watch::DirWatch> {
+    crate::watch::watch_dir(dir, move |change| {
+        let msg = match change {
+            crate::watch::Change::Files(paths) => {
+                let paths: Vec<PathBuf> = paths
+                    .into_iter()
+                    .filter(|p| FileKind::parse(p).is_some())
+                    .collect();
+                if paths.is_empty() {
+                    return;
+                }
+                Event::Changed(paths)
+            }
+            crate::watch::Change::Rescan => Event::Rescan,
+        };
+        let _ = tx.send(msg);
+    })
 }
 
 impl Sender {
@@ -378,6 +392,7 @@ impl Sender {
         coordinator: CoordinatorClient<Channel>,
         state_dir: PathBuf,
         rpc_timeout: Duration,
+        events: mpsc::UnboundedSender<Event>,
     ) -> Result<Sender, BoxError> {
         let positions = state_dir.join("positions.txt");
         let cursors = load_positions(&positions)?;
@@ -398,6 +413,8 @@ impl Sender {
             failed: HashSet::new(),
             changed: false,
             last_lookup: None,
+            events,
+            watch: None,
         })
     }
 
@@ -411,6 +428,12 @@ impl Sender {
             tokio::select! {
                 _ = cycle.tick() => self.full_cycle().await,
                 _ = retry.tick() => {
+                    // Cursors are saved once a heartbeat, not after every
+                    // push: one that is saved late only makes a restarted
+                    // synchronizer send again what the peer already has.
+                    if self.changed {
+                        self.save_positions();
+                    }
                     // Every heartbeat: notice a failover (a new master's
                     // directory to read) and retry what failed.
                     self.refresh_topology().await;
@@ -427,9 +450,6 @@ impl Sender {
                 self.on_event(ev);
             }
             self.push_dirty().await;
-            if self.changed {
-                self.save_positions();
-            }
         }
     }
 
@@ -519,6 +539,7 @@ impl Sender {
             }
             Err(e) => log::debug!("no master for cluster {me}: {}", e.message()),
         }
+        self.ensure_watch();
         match self.coordinator.get_all_synchronizers(Empty {}).await {
             Ok(r) => {
                 let servers = r.into_inner().servers;
@@ -556,6 +577,37 @@ impl Sender {
                 }
             }
             Err(e) => log::debug!("cannot list synchronizers: {}", e.message()),
+        }
+    }
+
+    /// Watches the source directory, anew when it changed or was made
+    /// again; whatever happened before the watch began is looked at once.
+    fn ensure_watch(&mut self) {
+        let Some(src) = self.source.clone() else {
+            return;
+        };
+        let ino = std::fs::metadata(&src).ok().map(|m| m.ino());
+        if self
+            .watch
+            .as_ref()
+            .is_some_and(|w| w.dir == src && Some(w.ino) == ino)
+        {
+            return;
+        }
+        self.watch = None;
+        let Some(ino) = ino else {
+            return; // not there yet: next heartbeat
+        };
+        match watch_source(&src, self.events.clone()) {
+            Ok(w) => {
+                self.watch = Some(SourceWatch {
+                    _watch: w,
+                    dir: src,
+                    ino,
+                });
+                self.mark_all_dirty();
+            }
+            Err(e) => log::warn!("cannot watch {}: {e}; will retry", src.display()),
         }
     }
 
@@ -789,12 +841,21 @@ impl Sender {
                 earliest_new = Some(earliest_new.map_or(time, |t: i64| t.min(time)));
             }
         }
-        if let Some(t) = earliest_new
-            && t < c.mark
-        {
-            log::debug!("re-sending posts of {author} since {t} to cluster {peer}");
-            c.mark = t;
-            c.offset = None;
+        match earliest_new {
+            Some(t) if t < c.mark => {
+                log::debug!("re-sending posts of {author} since {t} to cluster {peer}");
+                c.mark = t;
+                c.offset = None;
+            }
+            // The first follower there: earlier posts are not for that
+            // cluster, and the cursor did not move while nobody there
+            // followed (see push_posts), so skip to the follow instead of
+            // reading the history since.
+            Some(t) if c.follows == 0 => {
+                c.mark = t;
+                c.offset = None;
+            }
+            _ => {}
         }
         if latest != c.follows {
             c.follows = latest;
@@ -813,6 +874,17 @@ impl Sender {
         };
         let clusters = self.shared.clusters;
         self.rewind_for_new_followers(author, peer, &followers_path)?;
+        // Nobody in the peer's cluster has ever followed the author: there
+        // is nothing to send, so nothing to read. The cursor stays; when
+        // someone there follows, the rewind above moves it up to the follow.
+        let followed_there = self.followers.get(&author).is_some_and(|f| {
+            f.state
+                .users()
+                .any(|u| cluster_of(u, clusters) == peer)
+        });
+        if !followed_there {
+            return Ok(());
+        }
         while let Some((records, next)) = self.next_records(kind, peer, &path)? {
             let followers = self
                 .followers
