@@ -623,14 +623,22 @@ impl<S: Fold> Tail<S> {
         let mut f = open_append(&self.path)?;
         f.lock()?;
         let result = (|| {
-            // Nobody else can be writing now, so an incomplete tail is torn.
-            repair_locked(&mut f, self.format)?;
             let meta = f.metadata()?;
-            if self.replaced(meta.len(), meta.ino()) {
+            // The common case: the file is the one we know and ends where we
+            // last read or wrote, at a record boundary. Otherwise someone
+            // else appended (or a writer crashed), and since nobody else can
+            // be writing now, an incomplete tail is torn: cut it.
+            let known = self.ino == Some(meta.ino()) && meta.len() == self.offset;
+            let len = if known || repair_locked(&mut f, self.format)? == 0 {
+                meta.len()
+            } else {
+                f.metadata()?.len()
+            };
+            if self.replaced(len, meta.ino()) {
                 self.reset();
             }
             self.ino = Some(meta.ino());
-            self.read_rest(&mut f, meta.len(), true)?;
+            self.read_rest(&mut f, len, true)?;
             body(self, &mut f)
         })();
         let unlocked = f.unlock();
