@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    tonic_prost_build::configure()
+        // Snapshot pieces (megabytes) are decoded without a copy.
+        .bytes(".tinysns.SnapshotChunk.data")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -284,6 +284,16 @@ fn last_boundary(f: &mut File, len: u64, format: Format) -> io::Result<u64> {
     Ok(0)
 }
 
+/// The end of the last whole record of `path` within `[from, to)` (`from`
+/// if there is none), found by reading backwards from `to`.
+pub fn records_end(path: &Path, from: u64, to: u64) -> io::Result<u64> {
+    if to <= from {
+        return Ok(from);
+    }
+    let mut f = File::open(path)?;
+    Ok(last_boundary(&mut f, to, Format::of(path))?.max(from))
+}
+
 /// Cuts a torn last record off `path`; returns how many bytes were cut.
 pub fn repair(path: &Path) -> io::Result<u64> {
     let format = Format::of(path);
