@@ -187,8 +187,10 @@ fn decode(line: &str) -> Option<WriteOp> {
     Some(op)
 }
 
-/// The operations of a journal's bytes, up to its first line that is cut
-/// short or does not parse.
+/// The operations of a journal's bytes. Each line stands alone, so a line
+/// that does not parse (a damaged disk block) is skipped, with a warning,
+/// and the rest is replayed; a last line without its newline was never
+/// acknowledged and is ignored.
 fn decode_all(bytes: &[u8], path: &Path) -> Vec<WriteOp> {
     let mut ops = Vec::new();
     let mut rest = bytes;
@@ -197,15 +199,11 @@ fn decode_all(bytes: &[u8], path: &Path) -> Vec<WriteOp> {
         rest = &rest[end + 1..];
         match std::str::from_utf8(line).ok().and_then(decode) {
             Some(op) => ops.push(op),
-            None => {
-                log::warn!(
-                    "{}: unreadable line {:?}; replaying the {} operations before it",
-                    path.display(),
-                    String::from_utf8_lossy(line),
-                    ops.len()
-                );
-                return ops;
-            }
+            None => log::warn!(
+                "{}: skipping an unreadable line {:?}",
+                path.display(),
+                String::from_utf8_lossy(line)
+            ),
         }
     }
     if !rest.is_empty() {
@@ -271,12 +269,12 @@ mod tests {
     }
 
     #[test]
-    fn garbage_stops_replay_and_clear_empties() {
+    fn garbage_lines_are_skipped_and_clear_empties() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(JOURNAL_FILE);
         std::fs::write(&path, "A 4\nP x y z\nA 5\n").unwrap();
         let (mut j, ops) = Journal::open(dir.path(), true).unwrap();
-        assert_eq!(ops.len(), 1);
+        assert_eq!(ops.len(), 2, "the bad line is skipped, the others kept");
         j.clear().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     }

@@ -144,6 +144,7 @@ impl Node {
             self.mirror.kick.notified().await;
             loop {
                 let batch = std::mem::take(&mut *lock(&self.mirror.queue));
+                log::trace!("mirroring a batch of {}", batch.len());
                 if batch.is_empty() {
                     break;
                 }

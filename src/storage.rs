@@ -335,7 +335,8 @@ pub fn repair_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut repaired = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "txt") && path.is_file() && repair(&path)? > 0 {
+        // Data files only: the journal has a format and a repair of its own.
+        if FileKind::parse(&path).is_some() && path.is_file() && repair(&path)? > 0 {
             repaired.push(path);
         }
     }

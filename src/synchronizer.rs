@@ -367,7 +367,10 @@ struct SourceWatch {
     ino: u64,
 }
 
-fn watch_source(dir: &Path, tx: mpsc::UnboundedSender<Event>) -> std::io::Result<crate::watch::DirWatch> {
+fn watch_source(
+    dir: &Path,
+    tx: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<crate::watch::DirWatch> {
     crate::watch::watch_dir(dir, move |change| {
         let msg = match change {
             crate::watch::Change::Files(paths) => {
@@ -877,11 +880,10 @@ impl Sender {
         // Nobody in the peer's cluster has ever followed the author: there
         // is nothing to send, so nothing to read. The cursor stays; when
         // someone there follows, the rewind above moves it up to the follow.
-        let followed_there = self.followers.get(&author).is_some_and(|f| {
-            f.state
-                .users()
-                .any(|u| cluster_of(u, clusters) == peer)
-        });
+        let followed_there = self
+            .followers
+            .get(&author)
+            .is_some_and(|f| f.state.users().any(|u| cluster_of(u, clusters) == peer));
         if !followed_there {
             return Ok(());
         }

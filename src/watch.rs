@@ -157,7 +157,10 @@ mod tests {
         .unwrap();
         // A read (open and close) says nothing.
         let _ = std::fs::read(&file).unwrap();
-        let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
         f.write_all(b"x\n").unwrap();
         assert_eq!(next(&rx), Change::Files(vec![file.clone()]));
         let tmp = dir.path().join("u2_posts.txt.resync");

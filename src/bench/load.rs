@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-
 /// Bytes of text in every post (and echo): a typical one-line post.
 const PAYLOAD: usize = 64;
 

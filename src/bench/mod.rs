@@ -84,7 +84,7 @@ impl Scenario {
 
 /// Tiny SNS benchmark: measures the system beside this machine's own limits.
 #[derive(clap::Parser, Debug)]
-#[command(name = "bench", version, about, disable_help_flag = true)]
+#[command(name = "bench", version, disable_help_flag = true)]
 pub struct Args {
     /// Scenarios to run (default: all), in this order.
     #[arg(value_enum)]

@@ -187,12 +187,19 @@ impl System {
     }
 
     pub fn start_server(&mut self, c: u32, s: u32) {
+        self.start_server_with(c, s, &[]);
+    }
+
+    /// [`System::start_server`] with extra environment variables (knobs
+    /// such as `SNS_FSYNC`).
+    pub fn start_server_with(&mut self, c: u32, s: u32, env: &[(&str, &str)]) {
         let name = Self::server_name(c, s);
         let port = *self.ports.entry(name.clone()).or_insert_with(free_port);
         let mut cmd = self.command(env!("CARGO_BIN_EXE_server"));
         cmd.args(["-c", &c.to_string(), "-s", &s.to_string()])
             .args(["-h", "127.0.0.1", "-k", &self.coord_port.to_string()])
-            .args(["-p", &port.to_string()]);
+            .args(["-p", &port.to_string()])
+            .envs(env.iter().copied());
         self.spawn(&name, cmd);
     }
 

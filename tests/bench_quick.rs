@@ -1,0 +1,207 @@
+//! The benchmark tool never rots: `bench --quick` runs every scenario to the
+//! end, writes its JSON report and draws its charts. Its figures mean little
+//! with `--quick`, so nothing here looks at a timing or at whether a target
+//! was met; only at whether each scenario ran and produced what it should.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Every scenario, in the order the bench runs them.
+const SCENARIOS: [&str; 7] = [
+    "echo",
+    "post",
+    "delivery",
+    "timeline-open",
+    "failover",
+    "resync",
+    "quiet-cycle",
+];
+
+/// How long a whole `--quick` run may take before it counts as hung: it
+/// takes well under a minute, but debug binaries on a busy 2-core machine
+/// are slow, and this is a hang detector, not a measurement.
+const RUN_DEADLINE: Duration = Duration::from_secs(600);
+
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+/// Runs `bench` with `args`; kills it and panics if it outlives `RUN_DEADLINE`.
+fn bench(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bench");
+    // Drain both pipes while it runs, so that a full pipe cannot stall it.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for bench") {
+            break st;
+        }
+        if start.elapsed() > RUN_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = String::from_utf8_lossy(&out.join().unwrap_or_default()).to_string();
+            let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).to_string();
+            panic!(
+                "bench {args:?} still running after {RUN_DEADLINE:?}; killed it\n\
+                 --- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// Keeps the scratch directory (every process's log) when the test fails.
+struct Scratch(Option<tempfile::TempDir>);
+
+impl Scratch {
+    fn path(&self) -> &Path {
+        self.0.as_ref().expect("scratch dir").path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if (std::thread::panicking() || std::env::var_os("TEST_KEEP").is_some())
+            && let Some(d) = self.0.take()
+        {
+            eprintln!("bench output, data and logs kept in {}", d.keep().display());
+        }
+    }
+}
+
+#[test]
+fn quick_run_completes_every_scenario_with_json_and_charts() {
+    let tmp = Scratch(Some(tempfile::tempdir().expect("tempdir")));
+    let json_path = tmp.path().join("b.json");
+    let plots = tmp.path().join("plots");
+    let scratch = tmp.path().join("scratch");
+    let path_arg = |p: &Path| p.to_str().expect("utf-8 temp path").to_string();
+    let (json_arg, plots_arg, scratch_arg) =
+        (path_arg(&json_path), path_arg(&plots), path_arg(&scratch));
+    let out = bench(&[
+        "--quick",
+        "--json",
+        &json_arg,
+        "--plot",
+        &plots_arg,
+        "--scratch",
+        &scratch_arg,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    // Every failure below shows what the bench printed.
+    let context = format!("\n--- bench stdout ---\n{stdout}\n--- bench stderr ---\n{stderr}");
+
+    assert!(
+        out.status.success(),
+        "bench --quick exited with {}{context}",
+        out.status
+    );
+
+    let text = std::fs::read_to_string(&json_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}{context}", json_path.display()));
+    let report: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}{context}", json_path.display()));
+    let outcomes = report["outcomes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `outcomes` array in the JSON report{context}"));
+    let names: Vec<&str> = outcomes
+        .iter()
+        .map(|o| o["scenario"].as_str().unwrap_or("<no name>"))
+        .collect();
+    assert_eq!(names, SCENARIOS, "scenarios in the report{context}");
+
+    let mut charts = 0;
+    for o in outcomes {
+        let name = o["scenario"].as_str().unwrap_or_default();
+        assert!(
+            o["error"].is_null(),
+            "scenario {name} failed: {}{context}",
+            o["error"]
+        );
+        let rows = o["rows"].as_array();
+        assert!(
+            rows.is_some_and(|r| !r.is_empty()),
+            "scenario {name} has no rows: {}{context}",
+            o["rows"]
+        );
+        let Some(list) = o["charts"].as_array() else {
+            panic!("scenario {name} has no `charts` array{context}");
+        };
+        for c in list {
+            let file = c["file"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a chart of {name} names no file: {c}{context}"));
+            let png = plots.join(file);
+            let bytes = std::fs::read(&png)
+                .unwrap_or_else(|e| panic!("chart {} of {name}: {e}{context}", png.display()));
+            assert!(
+                bytes.starts_with(&PNG_SIGNATURE),
+                "chart {} of {name} is not a PNG ({} bytes){context}",
+                png.display(),
+                bytes.len()
+            );
+            charts += 1;
+        }
+    }
+    assert!(charts > 0, "the report names no chart at all{context}");
+}
+
+#[test]
+fn help_names_every_scenario() {
+    let out = bench(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench --help exited with {}; stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // clap lists the scenario argument's values; whitespace is folded in
+    // case the help is ever wrapped.
+    let folded = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let listed: Vec<&str> = folded
+        .split_once("[possible values: ")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(values, _)| values.split(", ").collect())
+        .unwrap_or_default();
+    assert_eq!(
+        listed, SCENARIOS,
+        "the scenarios bench --help lists:\n{help}"
+    );
+}
+
+#[test]
+fn a_bad_flag_exits_2() {
+    let out = bench(&["--levels", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "bench --levels 0: {}; stderr: {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.starts_with("error:") && stderr.contains("--levels"),
+        "bench --levels 0 does not say what is wrong: {stderr}"
+    );
+}
