@@ -72,8 +72,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How many recent operations a master keeps for slaves that are joining.
 const LOG_CAPACITY: usize = 100_000;
-/// Size of the pieces of a snapshot.
-const CHUNK: usize = 4 << 20;
+/// Size of the pieces of a snapshot: the frame size below (256 KB and 4 MB
+/// pieces were both slower).
+const CHUNK: usize = 1 << 20;
 
 /// The master's recent operations, numbered from 1 in each incarnation.
 #[derive(Debug, Default)]
@@ -131,6 +132,13 @@ pub fn replica_client(
     let ch = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(timeout)
         .timeout(timeout)
+        // A snapshot is tens of megabytes: HTTP/2's default 16 KB frames and
+        // 64 KB windows would cut it into thousands of frames and make the
+        // master wait for a window update every 64 KB (bench resync: 205 ms
+        // for 93 MB with the defaults, 120 ms with these).
+        .max_frame_size(1 << 20)
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(16 << 20)
         .connect_lazy();
     Ok(ReplicaClient::new(ch)
         .max_decoding_message_size(64 << 20)
@@ -343,7 +351,9 @@ impl Node {
                 }
             };
             let bytes = installer.bytes;
+            let received = started.elapsed();
             tokio::task::block_in_place(|| installer.finish(&done.files))?;
+            let flushed = started.elapsed() - received;
             lock(&self.store).reset();
             // The journal held operations on the files as they were; they
             // are the master's files now, flushed.
@@ -380,7 +390,8 @@ impl Node {
             self.wake(&changed);
             self.wake_all();
             log::info!(
-                "resynced from {master}: {bytes} bytes and {} operations in {:?}",
+                "resynced from {master}: {bytes} bytes and {} operations in {:?} \
+                 (received after {received:?}, then flushed in {flushed:?})",
                 reply.ops.len(),
                 started.elapsed()
             );
@@ -579,8 +590,11 @@ fn send_snapshot(
             let mut offset = from;
             loop {
                 let n = (end - offset).min(CHUNK as u64) as usize;
-                let mut data = vec![0u8; n];
-                f.read_exact(&mut data)?;
+                let mut data = Vec::with_capacity(n);
+                (&mut f).take(n as u64).read_to_end(&mut data)?;
+                if data.len() != n {
+                    return Err(format!("{name} shrank during a snapshot").into());
+                }
                 tx.blocking_send(Ok(SnapshotChunk {
                     name: name.clone(),
                     offset,
