@@ -127,14 +127,20 @@ pub fn write_history(data: &Path, long: u64) -> std::io::Result<()> {
 }
 
 /// Starts a system on a written history.
-async fn start(ctx: &Ctx, name: &str, long: u64, sync_ms: u64) -> Result<System, BoxError> {
+async fn start(
+    ctx: &Ctx,
+    name: &str,
+    long: u64,
+    heartbeat_ms: u64,
+    sync_ms: u64,
+) -> Result<System, BoxError> {
     let root = ctx.scratch.join(name);
     write_history(&root.join("data"), long)?;
     System::start(
         &root,
         Settings {
             clusters: 3,
-            heartbeat_ms: 1000,
+            heartbeat_ms,
             sync_interval_ms: sync_ms,
             fsync: true,
         },
@@ -159,7 +165,7 @@ async fn open_once(user: &mut User) -> Result<Duration, BoxError> {
 pub async fn timeline_open(ctx: &Ctx) -> Result<Outcome, BoxError> {
     let mut out = Outcome::new("timeline-open");
     let long = long_posts(ctx);
-    let sys = start(ctx, "timeline-open", long, 30_000).await?;
+    let sys = start(ctx, "timeline-open", long, 1000, 30_000).await?;
     let coord = sys.coordinator();
     let mut short = User::new(&coord, SHORT_READER)?;
     let mut longer = User::new(&coord, LONG_READER)?;
@@ -216,11 +222,20 @@ fn synchronizers_cpu(sys: &System) -> Result<Duration, BoxError> {
 pub async fn quiet_cycle(ctx: &Ctx) -> Result<Outcome, BoxError> {
     let mut out = Outcome::new("quiet-cycle");
     let long = long_posts(ctx);
-    let interval = if ctx.quick { 1_000 } else { 30_000 };
+    // The defaults (30 s cycle, 10 s heartbeat): the window then holds one
+    // full cycle and three heartbeats of each synchronizer.
+    let (interval, heartbeat) = if ctx.quick {
+        (1_000, 1_000)
+    } else {
+        (
+            crate::config::DEFAULT_SYNC_INTERVAL_MS,
+            crate::config::DEFAULT_HEARTBEAT_MS,
+        )
+    };
     // Two systems side by side, measured over the same window: the long
     // history and the short one.
-    let big = start(ctx, "quiet-cycle-long", long, interval).await?;
-    let small = start(ctx, "quiet-cycle-short", SHORT_POSTS, interval).await?;
+    let big = start(ctx, "quiet-cycle-long", long, heartbeat, interval).await?;
+    let small = start(ctx, "quiet-cycle-short", SHORT_POSTS, heartbeat, interval).await?;
     // Start-up work (reading the topology, a first cycle) is not quiet:
     // wait for a window in which neither system's synchronizers work.
     let settle_deadline = Instant::now() + Duration::from_secs(60);
@@ -245,8 +260,9 @@ pub async fn quiet_cycle(ctx: &Ctx) -> Result<Outcome, BoxError> {
             .target("< 50 ms", b < 50.0),
     );
     out.notes.push(format!(
-        "CPU time of all three synchronizers over one {} s cycle period with no traffic (one full cycle and the heartbeats at 1 s)",
-        interval / 1000
+        "CPU time of all three synchronizers over one {} s cycle period with no traffic: one full cycle and the heartbeats ({} s)",
+        interval / 1000,
+        heartbeat / 1000
     ));
     out.charts.push(Chart::Bars {
         file: "quiet_cycle.png".into(),
@@ -273,7 +289,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 pub async fn resync(ctx: &Ctx) -> Result<Outcome, BoxError> {
     let mut out = Outcome::new("resync");
     let long = long_posts(ctx);
-    let mut sys = start(ctx, "resync", long, 30_000).await?;
+    let mut sys = start(ctx, "resync", long, 1000, 30_000).await?;
     let name = System::server_name(1, 2);
     sys.kill(&name)?;
     sys.wait_for(

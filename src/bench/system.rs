@@ -300,8 +300,10 @@ pub fn coordinator_client(addr: &str) -> Result<CoordinatorClient<Channel>, BoxE
     Ok(CoordinatorClient::new(ch))
 }
 
-/// CPU time a process has used (all its threads, also those that ended),
-/// from /proc/<pid>/stat, in clock ticks of 10 ms.
+/// CPU time a process has used, from /proc: the sum over its threads of
+/// their nanoseconds on a CPU (`task/*/schedstat`), or the process's clock
+/// ticks of 10 ms (`stat`, which also counts threads that have ended),
+/// whichever is larger.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
@@ -309,7 +311,17 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     // utime and stime are fields 14 and 15 of the whole line; Linux reports
     // them in USER_HZ, which is 100 on every architecture it runs on.
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
+    let coarse = Duration::from_millis(ticks * 10);
+    let mut fine = Duration::ZERO;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let ns = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+            fine += Duration::from_nanos(ns.unwrap_or(0));
+        }
+    }
+    Some(coarse.max(fine))
 }
 
 /// CPU time used so far by this process (the bench's simulated users).
