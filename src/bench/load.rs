@@ -424,8 +424,8 @@ pub async fn delivery(ctx: &Ctx) -> Result<Outcome, BoxError> {
         d.abort();
     }
     let (l, r) = (local.summary(), remote.summary());
-    out.rows
-        .push(Row::new("posts sent", total as f64, "").beside("rate", rate));
+    out.rows.push(Row::new("posts sent", total as f64, ""));
+    out.rows.push(Row::new("rate offered", rate, "/s"));
     for (what, s, limit) in [("in-cluster", l, 20.0), ("cross-cluster", r, 100.0)] {
         out.summaries.push((what.to_string(), s));
         out.rows.push(Row::new(format!("{what} p50"), s.p50, "ms"));
@@ -440,8 +440,12 @@ pub async fn delivery(ctx: &Ctx) -> Result<Outcome, BoxError> {
             .target("0", got == expected),
     );
     out.notes.push(format!(
-        "{n_posters} posters, each followed in its own cluster and in the next; {rate} posts/s for {seconds} s; synchronizer cycle {} s (the event path carries delivery)",
-        if ctx.attach.is_some() { "as attached".to_string() } else { "30".to_string() }
+        "{n_posters} posters, each followed in its own cluster and in the next; {rate} posts/s for {seconds} s; {} (the event path carries delivery)",
+        if ctx.attach.is_some() {
+            "the attached system's synchronizer cycle"
+        } else {
+            "synchronizer cycle 30 s"
+        }
     ));
     out.charts.push(Chart::Cdf {
         file: "delivery_latency.png".into(),
