@@ -104,7 +104,7 @@ pub async fn echo(ctx: &Ctx) -> Result<Outcome, BoxError> {
         out.rows
             .push(Row::new(format!("C={c} calls/s"), rate, "/s"));
         out.latency(&format!("C={c} latency"), samples.summary());
-        series.push((format!("C={c}"), samples.thinned(20_000)));
+        series.push((format!("C={c}"), samples.thinned(5_000)));
         bars.push((format!("C={c}"), rate));
     }
     out.charts.push(Chart::Cdf {
@@ -220,7 +220,7 @@ pub async fn post(ctx: &Ctx) -> Result<Outcome, BoxError> {
                 .push(Row::new(format!("C={c} p99 ({label})"), s.p99, "ms"));
             out.rows
                 .push(Row::new(format!("C={c} p99.9 ({label})"), s.p999, "ms"));
-            series.push((format!("C={c} {label}"), samples.thinned(20_000)));
+            series.push((format!("C={c} {label}"), samples.thinned(5_000)));
             bars.push((format!("echo C={c}"), echo_rate));
             bars.push((format!("post C={c} {label}"), rate));
         }
@@ -452,8 +452,8 @@ pub async fn delivery(ctx: &Ctx) -> Result<Outcome, BoxError> {
         title: format!("delivery: post-to-screen latency at {rate} posts/s"),
         x_label: "latency (ms)".into(),
         series: vec![
-            ("in-cluster".into(), local.thinned(20_000)),
-            ("cross-cluster".into(), remote.thinned(20_000)),
+            ("in-cluster".into(), local.thinned(5_000)),
+            ("cross-cluster".into(), remote.thinned(5_000)),
         ],
     });
     drop(sys);
