@@ -52,19 +52,6 @@ fn lines_equal(path: &Path, line: &str) -> usize {
     read(path).lines().filter(|l| *l == line).count()
 }
 
-/// Restarts a server (same port and directory), keeping the log of its
-/// previous run as `<name>.log.<n>` (the harness truncates the log).
-fn restart_server(sys: &mut System, c: u32, s: u32) {
-    let name = System::server_name(c, s);
-    let log = sys.data_dir().join(format!("{name}.log"));
-    let mut n = 1;
-    while sys.data_dir().join(format!("{name}.log.{n}")).exists() {
-        n += 1;
-    }
-    let _ = std::fs::rename(&log, sys.data_dir().join(format!("{name}.log.{n}")));
-    sys.start_server(c, s);
-}
-
 #[test]
 fn journal_is_replayed_at_start_up_once_and_a_torn_line_ignored() {
     let mut sys = System::new(3, 500, 30_000);
@@ -101,7 +88,7 @@ fn journal_is_replayed_at_start_up_once_and_a_torn_line_ignored() {
     // The journal also holds what the first run journaled (user 1's login).
     let journaled = read(&journal).matches('\n').count();
 
-    restart_server(&mut sys, 1, 1);
+    sys.restart_server(1, 1);
     // The journal is emptied only after its operations are in the files.
     wait_until("the journal replayed and emptied", || {
         journal_len(&dir) == Some(0)
@@ -175,7 +162,7 @@ fn journal_is_replayed_at_start_up_once_and_a_torn_line_ignored() {
     sys.kill(&System::server_name(1, 1));
     let before = data_files(&dir);
     append(&journal, &whole);
-    restart_server(&mut sys, 1, 1);
+    sys.restart_server(1, 1);
     wait_until("the journal replayed again and emptied", || {
         journal_len(&dir) == Some(0)
     });

@@ -241,19 +241,6 @@ fn now() -> String {
     chrono::Utc::now().format("%H:%M:%S%.3f").to_string()
 }
 
-/// Restarts a server (same port, same directory), first keeping the log of
-/// its previous run as `<name>.log.<n>` (the harness truncates the log).
-fn restart_server(sys: &mut System, c: u32, s: u32) {
-    let name = System::server_name(c, s);
-    let log = sys.data_dir().join(format!("{name}.log"));
-    let mut n = 1;
-    while sys.data_dir().join(format!("{name}.log.{n}")).exists() {
-        n += 1;
-    }
-    let _ = std::fs::rename(&log, sys.data_dir().join(format!("{name}.log.{n}")));
-    sys.start_server(c, s);
-}
-
 fn signal(sys: &System, name: &str, sig: &str) {
     let pid = sys.procs[name].pid();
     let st = std::process::Command::new("kill")
@@ -356,7 +343,7 @@ fn master_killed_and_restarted_while_posting() {
     say!("failover: 20 posts stored after {:?}", killed.elapsed());
 
     // Restart the killed server (same port, same directory) while posting.
-    restart_server(&mut sys, 1, m);
+    sys.restart_server(1, m);
     let restarted = Instant::now();
     sends(&mut poster, &posts[20..25]);
     wait_until("the restarted server to register", || {
@@ -449,7 +436,7 @@ fn deleted_directory_resync_then_promoted_server_killed() {
         killed.elapsed()
     );
     std::fs::remove_dir_all(sys.server_dir(1, m)).expect("remove the directory");
-    restart_server(&mut sys, 1, m);
+    sys.restart_server(1, m);
     let restarted = Instant::now();
     wait_slave_in_service(&sys, 1, m);
     say!(

@@ -190,6 +190,19 @@ impl System {
         self.start_server_with(c, s, &[]);
     }
 
+    /// Restarts a server (same port, same directory), first keeping the log
+    /// of its previous run as `<name>.log.<n>` (starting truncates the log).
+    pub fn restart_server(&mut self, c: u32, s: u32) {
+        let name = Self::server_name(c, s);
+        let log = self.data_dir().join(format!("{name}.log"));
+        let mut n = 1;
+        while self.data_dir().join(format!("{name}.log.{n}")).exists() {
+            n += 1;
+        }
+        let _ = std::fs::rename(&log, self.data_dir().join(format!("{name}.log.{n}")));
+        self.start_server(c, s);
+    }
+
     /// [`System::start_server`] with extra environment variables (knobs
     /// such as `SNS_FSYNC`).
     pub fn start_server_with(&mut self, c: u32, s: u32, env: &[(&str, &str)]) {
