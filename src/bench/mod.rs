@@ -84,7 +84,23 @@ impl Scenario {
 
 /// Tiny SNS benchmark: measures the system beside this machine's own limits.
 #[derive(clap::Parser, Debug)]
-#[command(name = "bench", version, disable_help_flag = true)]
+#[command(
+    name = "bench",
+    version,
+    disable_help_flag = true,
+    after_help = "Scenarios (each beside a baseline measured in the same run):
+  echo           a bare tonic unary echo at each --levels concurrency (the baseline)
+  post           acknowledged posts/s and latency, mirrored, SNS_FSYNC on and off, beside echo
+  delivery       post-to-screen latency at 1,000 posts/s, in-cluster and cross-cluster
+  timeline-open  time to the last 20 posts with 1,000,000 posts of history, beside 100
+  failover       SIGKILLs of a master under posting load (SNS_HEARTBEAT_MS=100): time to
+                 the next acknowledged post, acknowledged posts missing
+  resync         a deleted ~100 MB directory rebuilt from the peer, beside cp -r
+  quiet-cycle    synchronizer CPU in one quiet 30 s cycle on 1,000,000 posts, beside 100
+
+Systems are started from the binaries beside this one (build them with
+cargo build --release) in a scratch directory, with every process's log."
+)]
 pub struct Args {
     /// Scenarios to run (default: all), in this order.
     #[arg(value_enum)]
