@@ -93,9 +93,39 @@ impl Journal {
         if text.is_empty() {
             return Ok(());
         }
-        f.write_all(text.as_bytes())?;
-        f.sync_data()?;
+        if let Err(e) = f.write_all(text.as_bytes()).and_then(|_| f.sync_data()) {
+            // A partial write would run into the next batch's first line
+            // and make one bogus line of two: cut it off.
+            let _ = f.set_len(self.len);
+            return Err(e);
+        }
         self.len += text.len() as u64;
+        Ok(())
+    }
+
+    /// The journal's length: [`Journal::truncate_to`] it to take back what
+    /// was appended since.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes back the operations appended after `len` (a batch that was
+    /// abandoned: never written to the files nor acknowledged, so it must not
+    /// be replayed).
+    pub fn truncate_to(&mut self, len: u64) -> io::Result<()> {
+        let Some(f) = self.file.as_mut() else {
+            return Ok(());
+        };
+        if len >= self.len {
+            return Ok(());
+        }
+        f.set_len(len)?;
+        f.sync_data()?;
+        self.len = len;
         Ok(())
     }
 
@@ -277,6 +307,18 @@ mod tests {
         assert_eq!(ops.len(), 2, "the bad line is skipped, the others kept");
         j.clear().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn an_abandoned_batch_is_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), true).unwrap();
+        j.append(&sample()[..1]).unwrap();
+        let mark = j.len();
+        j.append(&sample()[1..]).unwrap();
+        j.truncate_to(mark).unwrap();
+        let (_, ops) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(ops, sample()[..1]);
     }
 
     #[test]

@@ -160,6 +160,7 @@ impl Node {
                 // the two flushes overlap instead of adding up.
                 let ops: Vec<WriteOp> = batch.iter().map(|p| p.op.clone()).collect();
                 let node = self.clone();
+                let mark = lock(&self.journal).len();
                 let journaled =
                     tokio::task::spawn_blocking(move || lock(&node.journal).append(&ops));
                 let (replicated, journaled) = tokio::join!(self.replicate(&batch), journaled);
@@ -175,7 +176,13 @@ impl Node {
                             let _ = p.done.send(Ok(()));
                         }
                     }
-                    Err(status) => self.abandon(batch, status),
+                    Err(status) => {
+                        // Not written, not acknowledged: not to be replayed.
+                        if let Err(e) = lock(&self.journal).truncate_to(mark) {
+                            log::error!("cannot take an abandoned batch out of the journal: {e}");
+                        }
+                        self.abandon(batch, status)
+                    }
                 }
                 if lock(&self.journal).wants_checkpoint() {
                     let node = self.clone();
@@ -194,8 +201,12 @@ impl Node {
     pub(crate) fn checkpoint(&self) -> std::io::Result<()> {
         let mut journal = lock(&self.journal);
         let dirty = lock(&self.store).take_dirty();
-        if journal.enabled() {
-            storage::sync_files(&dirty)?;
+        if journal.enabled()
+            && let Err(e) = storage::sync_files(&dirty).and_then(|_| storage::sync_dir(&self.dir))
+        {
+            // Still to be flushed by the next checkpoint.
+            lock(&self.store).mark_dirty(&dirty);
+            return Err(e);
         }
         journal.clear()
     }
@@ -303,6 +314,9 @@ impl Node {
             repl.committed = 0;
             repl.incarnation = rand::random();
             repl.slave = None;
+            // The coordinator may still count the slave in service: nothing
+            // goes out before a heartbeat has told it otherwise.
+            repl.lease_until = None;
             rest
         };
         for p in batch.into_iter().chain(rest) {
@@ -546,6 +560,10 @@ impl Installer {
                 std::fs::remove_file(&path)?;
             }
         }
+        if self.fsync {
+            // The renames and removals too.
+            storage::sync_dir(&self.dir)?;
+        }
         Ok(())
     }
 }
@@ -671,6 +689,11 @@ impl Replica for ReplicaApi {
             changed
         };
         node.journal(ops)?;
+        if lock(&node.journal).wants_checkpoint()
+            && let Err(e) = node.checkpoint()
+        {
+            log::error!("checkpoint failed: {e}");
+        }
         for op in ops {
             node.record_ids(op);
         }

@@ -111,9 +111,14 @@ pub async fn run(
     if !replay.is_empty() {
         log::info!("replayed {} journaled operation(s)", replay.len());
     }
-    // What the last run wrote may not be on disk yet (it was in its
-    // journal, which is emptied now).
-    storage::sync_files(&store.take_dirty())?;
+    // What the last run wrote may not be on disk yet: replay found it in the
+    // files (the page cache outlives a killed process) but not necessarily
+    // on the disk. Flush every data file before the journal is emptied.
+    store.take_dirty();
+    if !journal.is_empty() && opts.fsync {
+        storage::sync_files(&storage::data_files(&dir)?)?;
+        storage::sync_dir(&dir)?;
+    }
     journal.clear()?;
     let (report_tx, report_rx) = mpsc::channel(16);
     let node = Arc::new(Node {

@@ -126,6 +126,23 @@ impl FileKind {
     }
 }
 
+/// Flushes a directory's entries (new, renamed and removed files) to disk.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Every data file of a directory (not the journal or the gate).
+pub fn data_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        if FileKind::parse(&path).is_some() {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
 /// Flushes the data of each file to disk (`fdatasync`). A file that is gone
 /// (its directory was reset) has nothing left to flush.
 pub fn sync_files(paths: &[PathBuf]) -> io::Result<()> {

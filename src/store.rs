@@ -128,6 +128,12 @@ impl Store {
         self.dirty.drain().map(|k| k.path(&self.dir)).collect()
     }
 
+    /// Puts back files whose flush failed.
+    pub fn mark_dirty(&mut self, paths: &[PathBuf]) {
+        self.dirty
+            .extend(paths.iter().filter_map(|p| FileKind::parse(p)));
+    }
+
     /// Stages one operation: decides its records and folds them into the
     /// views, but writes nothing. Returns the files it will append to, for
     /// [`Store::flush`]. Operations must be flushed in the order they were

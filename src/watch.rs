@@ -38,6 +38,9 @@ pub enum Change {
 pub struct DirWatch {
     dir: PathBuf,
     stop: Arc<AtomicBool>,
+    /// Set by the thread when it ends (the directory went away, or reading
+    /// failed): the owner should watch again.
+    ended: Arc<AtomicBool>,
     watches: inotify::Watches,
     wd: inotify::WatchDescriptor,
 }
@@ -45,6 +48,11 @@ pub struct DirWatch {
 impl DirWatch {
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the watch has ended by itself.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
     }
 }
 
@@ -78,9 +86,12 @@ pub fn watch_dir(
     let stop = Arc::new(AtomicBool::new(false));
     let root = dir.to_path_buf();
     let stopped = stop.clone();
+    let ended = Arc::new(AtomicBool::new(false));
+    let done = ended.clone();
     std::thread::Builder::new()
         .name("dir-watch".into())
         .spawn(move || {
+            let _done = SetOnDrop(done);
             let mut buffer = vec![0u8; 64 * 1024];
             loop {
                 let events = match inotify.read_events_blocking(&mut buffer) {
@@ -129,9 +140,19 @@ pub fn watch_dir(
     Ok(DirWatch {
         dir: dir.to_path_buf(),
         stop,
+        ended,
         watches,
         wd,
     })
+}
+
+/// Sets its flag when dropped: whichever way the thread ends.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]
@@ -183,7 +204,7 @@ mod tests {
         let sub = dir.path().join("server_1");
         std::fs::create_dir(&sub).unwrap();
         let (tx, rx) = mpsc::channel();
-        let _w = watch_dir(&sub, move |c| {
+        let w = watch_dir(&sub, move |c| {
             let _ = tx.send(c);
         })
         .unwrap();
@@ -192,6 +213,14 @@ mod tests {
             if next(&rx) == Change::Rescan {
                 break;
             }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !w.ended() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watch did not end"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
