@@ -349,6 +349,10 @@ struct Sender {
     users_offset: u64,
     /// Followers of local authors, to pick the targets of their posts.
     followers: HashMap<u64, Tail<FollowLog>>,
+    /// Per (author, peer): the follow events of the peer's users already
+    /// taken into account. Events from different users can arrive out of
+    /// time order, so "not later than the latest seen" would miss a late one.
+    handled: HashMap<(u64, u32), HashSet<(u64, Nanos)>>,
     dirty: HashSet<FileKind>,
     /// Files with a push that failed, retried every heartbeat.
     failed: HashSet<FileKind>,
@@ -416,6 +420,7 @@ impl Sender {
             local_user_set: HashSet::new(),
             users_offset: 0,
             followers: HashMap::new(),
+            handled: HashMap::new(),
             dirty: HashSet::new(),
             failed: HashSet::new(),
             changed: false,
@@ -837,10 +842,23 @@ impl Sender {
             .cursors
             .entry((FileKind::Posts(author), peer))
             .or_default();
+        let peer_events = || {
+            followers
+                .state
+                .events()
+                .filter(move |(u, _, _)| cluster_of(*u, clusters) == peer)
+        };
+        // After a start, what the saved cursor covers counts as handled.
+        let handled = self.handled.entry((author, peer)).or_insert_with(|| {
+            peer_events()
+                .filter(|(_, t, _)| *t <= c.follows)
+                .map(|(u, t, _)| (u, t))
+                .collect()
+        });
         let mut earliest_new = None;
         let mut latest = c.follows;
-        for (user, time, follow) in followers.state.events() {
-            if cluster_of(user, clusters) != peer || time <= c.follows {
+        for (user, time, follow) in peer_events() {
+            if !handled.insert((user, time)) {
                 continue;
             }
             latest = latest.max(time);
