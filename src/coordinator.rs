@@ -179,6 +179,8 @@ type Key = (Kind, u32, u32);
 struct Entry {
     hostname: String,
     port: u32,
+    /// The process's random start number (0: unknown).
+    process: u64,
     role: Role,
     alive: bool,
     last: Instant,
@@ -341,6 +343,7 @@ impl Table {
         info: &ServerInfo,
         epoch: u64,
         in_service_slave: u32,
+        in_service_process: u64,
         now: Instant,
     ) -> Result<HeartbeatReply, Status> {
         let kind = Kind::try_from(info.kind)
@@ -394,6 +397,7 @@ impl Table {
             Entry {
                 hostname: hostname.to_string(),
                 port: info.port,
+                process: info.process,
                 role: old_role,
                 alive: true,
                 last: now,
@@ -466,6 +470,23 @@ impl Table {
                 0
             } else {
                 in_service_slave
+            };
+            // The master took in an earlier run of that slave, which has
+            // restarted since (maybe with an empty directory) and not yet
+            // joined again: it is not in service.
+            let registered = self
+                .entries
+                .get(&(Kind::Server, cluster, slave))
+                .map_or(0, |e| e.process);
+            let slave = if slave != 0
+                && in_service_process != 0
+                && registered != 0
+                && registered != in_service_process
+            {
+                log::debug!("{what} reports an earlier run of server {slave} in service; ignored");
+                0
+            } else {
+                slave
             };
             self.set_in_service(cluster, slave, &format!("reported by master {id}"));
         } else if in_service_slave != 0 {
@@ -787,6 +808,7 @@ impl Table {
             alive: e.alive,
             last_heartbeat_ms_ago: age,
             in_service: self.is_in_service(key),
+            process: e.process,
         }
     }
 
@@ -987,7 +1009,13 @@ impl Coordinator for Service {
         let table = self.table.clone();
         let work = tokio::spawn(async move {
             let mut table = table.lock().await;
-            let reply = table.heartbeat(&info, req.epoch, req.in_service_slave, Instant::now())?;
+            let reply = table.heartbeat(
+                &info,
+                req.epoch,
+                req.in_service_slave,
+                req.in_service_process,
+                Instant::now(),
+            )?;
             if let Err(e) = persist(&mut table).await {
                 log::error!("cannot persist the cluster state: {e}");
                 return Err(Status::unavailable(format!(
@@ -1175,7 +1203,7 @@ mod tests {
         now: Instant,
     ) -> HeartbeatReply {
         let reply = t
-            .heartbeat(info, epoch, slave, now)
+            .heartbeat(info, epoch, slave, 0, now)
             .expect("valid heartbeat");
         t.save().expect("save state");
         reply
@@ -1255,6 +1283,41 @@ mod tests {
         );
         assert_eq!(t.epoch(2), 1);
         assert_eq!(t.epoch(3), 0);
+    }
+
+    #[test]
+    fn a_report_about_an_earlier_run_of_the_slave_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t0 = Instant::now();
+        let mut t = Table::load(3, HB, dir.path(), t0).expect("load");
+        let run = |id, role, process| ServerInfo {
+            process,
+            ..server(1, id, role)
+        };
+        hb(&mut t, &run(1, Role::None, 11), 0, t0);
+        hb(&mut t, &run(2, Role::None, 21), 0, t0);
+        let t1 = t0 + HB * 3;
+        let beat = |t: &mut Table, info: &ServerInfo, slave, process, now| {
+            let r = t
+                .heartbeat(info, 1, slave, process, now)
+                .expect("valid heartbeat");
+            t.save().expect("save state");
+            r
+        };
+        // The master took in run 21 of server 2: in service.
+        beat(&mut t, &run(1, Role::Master, 11), 2, 21, t1);
+        assert!(listed_in_service(&t, 1, 2));
+        // Server 2 restarts (run 22, maybe with an empty directory): out of
+        // service, and the master, which has not noticed yet, cannot put it
+        // back by reporting run 21.
+        beat(&mut t, &run(2, Role::None, 22), 0, 0, t1 + HB);
+        assert!(!listed_in_service(&t, 1, 2));
+        beat(&mut t, &run(1, Role::Master, 11), 2, 21, t1 + HB);
+        assert!(!listed_in_service(&t, 1, 2));
+        assert_eq!(t.state(1).in_service, 0);
+        // Once run 22 has joined, the master reports it.
+        beat(&mut t, &run(1, Role::Master, 11), 2, 22, t1 + HB * 2);
+        assert!(listed_in_service(&t, 1, 2));
     }
 
     #[test]
@@ -1666,7 +1729,7 @@ mod tests {
         r.role = 9;
         bad.push(r);
         for info in bad {
-            let err = t.heartbeat(&info, 0, 0, t0).expect_err("rejected");
+            let err = t.heartbeat(&info, 0, 0, 0, t0).expect_err("rejected");
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{info:?}");
         }
         assert!(t.all(t0).is_empty());

@@ -113,6 +113,8 @@ impl OpLog {
 #[derive(Clone)]
 pub struct SlaveLink {
     pub server_id: u32,
+    /// The slave's run that joined (`ServerInfo.process`).
+    pub process: u64,
     pub addr: String,
     pub client: ReplicaClient<Channel>,
 }
@@ -378,6 +380,7 @@ impl Node {
                 address: self.addr.clone(),
                 from_seq: done.seq,
                 incarnation: done.incarnation,
+                process: self.process,
             };
             let reply = client.join(join).await?.into_inner();
             if reply.too_far_behind {
@@ -784,6 +787,7 @@ impl Replica for ReplicaApi {
                 Some(ops) => {
                     repl.slave = Some(SlaveLink {
                         server_id: req.server_id,
+                        process: req.process,
                         addr: req.address.clone(),
                         client,
                     });

@@ -91,13 +91,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     let mut coordinator = crate::membership::client(&opts.coordinator, opts.heartbeat)?;
-    let info = crate::membership::info(
+    let mut info = crate::membership::info(
         Kind::Server,
         opts.cluster,
         opts.server_id,
         &opts.host,
         opts.port,
     );
+    // Tells this run from earlier ones: a master's report that it took in
+    // an earlier run of us does not make us in service.
+    info.process = rand::random::<u64>() | 1;
+    let process = info.process;
     // Register before serving: the reply says how many clusters there are,
     // which decides which users live here.
     let sent = Instant::now();
@@ -142,6 +146,7 @@ pub async fn run(
             ..Default::default()
         }),
         resync_lock: tokio::sync::Mutex::new(()),
+        process,
         report: report_tx,
     });
     for op in &replay {
@@ -247,6 +252,8 @@ pub(crate) struct Node {
     pub repl: Mutex<Repl>,
     /// Held by a resync; mirrored batches wait for it.
     pub resync_lock: tokio::sync::Mutex<()>,
+    /// This run's random start number (`ServerInfo.process`).
+    pub process: u64,
     /// Asks the heartbeat task for a heartbeat now; answers whether the
     /// coordinator took it (and we are still master).
     report: mpsc::Sender<oneshot::Sender<bool>>,
@@ -588,15 +595,19 @@ impl Node {
             };
             let mut info = info.clone();
             info.role = self.role() as i32;
-            let in_service_slave = if self.role() == Role::Master {
-                lock(&self.repl).slave.as_ref().map_or(0, |l| l.server_id)
+            let (in_service_slave, in_service_process) = if self.role() == Role::Master {
+                lock(&self.repl)
+                    .slave
+                    .as_ref()
+                    .map_or((0, 0), |l| (l.server_id, l.process))
             } else {
-                0
+                (0, 0)
             };
             let req = HeartbeatRequest {
                 info: Some(info),
                 epoch: self.epoch.load(Ordering::SeqCst),
                 in_service_slave,
+                in_service_process,
             };
             let sent = Instant::now();
             let master = match coordinator.heartbeat(req).await {
