@@ -304,7 +304,7 @@ pub async fn delivery(ctx: &Ctx) -> Result<Outcome, BoxError> {
     for (f, p, local) in &followers {
         let mut u = User::new(&coord, *f)?;
         u.login().await?;
-        u.follow(*p).await?;
+        u.follow_remote(*p).await?;
         streams.push((u.timeline().await?, *local));
     }
     let mut poster_tls = Vec::new();

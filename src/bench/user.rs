@@ -93,6 +93,24 @@ impl User {
         Ok(())
     }
 
+    /// Follows a user who may live in another cluster and may have just been
+    /// created: until the synchronizers have carried the new user here, the
+    /// server answers "no such user", so ask again for a while.
+    pub async fn follow_remote(&mut self, target: u64) -> Result<(), BoxError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.follow(target).await {
+                Err(e)
+                    if e.to_string().starts_with("NotFound")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Opens the TIMELINE stream.
     pub async fn timeline(&mut self) -> Result<Timeline, BoxError> {
         let (tx, rx) = mpsc::channel(1024);
