@@ -1202,8 +1202,20 @@ mod tests {
         slave: u32,
         now: Instant,
     ) -> HeartbeatReply {
+        report_run(t, info, epoch, slave, 0, now)
+    }
+
+    /// A heartbeat naming run `process` of `slave` as in service.
+    fn report_run(
+        t: &mut Table,
+        info: &ServerInfo,
+        epoch: u64,
+        slave: u32,
+        process: u64,
+        now: Instant,
+    ) -> HeartbeatReply {
         let reply = t
-            .heartbeat(info, epoch, slave, 0, now)
+            .heartbeat(info, epoch, slave, process, now)
             .expect("valid heartbeat");
         t.save().expect("save state");
         reply
@@ -1297,26 +1309,19 @@ mod tests {
         hb(&mut t, &run(1, Role::None, 11), 0, t0);
         hb(&mut t, &run(2, Role::None, 21), 0, t0);
         let t1 = t0 + HB * 3;
-        let beat = |t: &mut Table, info: &ServerInfo, slave, process, now| {
-            let r = t
-                .heartbeat(info, 1, slave, process, now)
-                .expect("valid heartbeat");
-            t.save().expect("save state");
-            r
-        };
         // The master took in run 21 of server 2: in service.
-        beat(&mut t, &run(1, Role::Master, 11), 2, 21, t1);
+        report_run(&mut t, &run(1, Role::Master, 11), 1, 2, 21, t1);
         assert!(listed_in_service(&t, 1, 2));
         // Server 2 restarts (run 22, maybe with an empty directory): out of
         // service, and the master, which has not noticed yet, cannot put it
         // back by reporting run 21.
-        beat(&mut t, &run(2, Role::None, 22), 0, 0, t1 + HB);
+        report_run(&mut t, &run(2, Role::None, 22), 1, 0, 0, t1 + HB);
         assert!(!listed_in_service(&t, 1, 2));
-        beat(&mut t, &run(1, Role::Master, 11), 2, 21, t1 + HB);
+        report_run(&mut t, &run(1, Role::Master, 11), 1, 2, 21, t1 + HB);
         assert!(!listed_in_service(&t, 1, 2));
         assert_eq!(t.state(1).in_service, 0);
         // Once run 22 has joined, the master reports it.
-        beat(&mut t, &run(1, Role::Master, 11), 2, 22, t1 + HB * 2);
+        report_run(&mut t, &run(1, Role::Master, 11), 1, 2, 22, t1 + HB * 2);
         assert!(listed_in_service(&t, 1, 2));
     }
 

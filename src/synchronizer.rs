@@ -369,7 +369,6 @@ struct Sender {
 /// are not watched, and changes to other files are dropped in the callback.
 struct SourceWatch {
     watch: crate::watch::DirWatch,
-    dir: PathBuf,
     /// The directory's inode: a directory deleted and made again (a reset
     /// server) needs a new watch.
     ino: u64,
@@ -602,7 +601,7 @@ impl Sender {
         if self
             .watch
             .as_ref()
-            .is_some_and(|w| w.dir == src && Some(w.ino) == ino && !w.watch.ended())
+            .is_some_and(|w| w.watch.dir() == src && Some(w.ino) == ino && !w.watch.ended())
         {
             return;
         }
@@ -612,11 +611,7 @@ impl Sender {
         };
         match watch_source(&src, self.events.clone()) {
             Ok(w) => {
-                self.watch = Some(SourceWatch {
-                    watch: w,
-                    dir: src,
-                    ino,
-                });
+                self.watch = Some(SourceWatch { watch: w, ino });
                 self.mark_all_dirty();
             }
             Err(e) => log::warn!("cannot watch {}: {e}; will retry", src.display()),

@@ -107,19 +107,39 @@ pub async fn echo(ctx: &Ctx) -> Result<Outcome, BoxError> {
         series.push((format!("C={c}"), samples.thinned(5_000)));
         bars.push((format!("C={c}"), rate));
     }
+    rate_charts(
+        &mut out,
+        "echo",
+        "echo: unary gRPC round trip on loopback",
+        "echo: calls per second",
+        series,
+        bars,
+    );
+    Ok(out)
+}
+
+/// The two charts of a rate scenario: `<name>_latency.png` (latency
+/// distributions) and `<name>_rate.png` (rates as bars).
+fn rate_charts(
+    out: &mut Outcome,
+    name: &str,
+    latency_title: &str,
+    rate_title: &str,
+    series: Vec<(String, Vec<f64>)>,
+    bars: Vec<(String, f64)>,
+) {
     out.charts.push(Chart::Cdf {
-        file: "echo_latency.png".into(),
-        title: "echo: unary gRPC round trip on loopback".into(),
+        file: format!("{name}_latency.png"),
+        title: latency_title.into(),
         x_label: "latency (ms)".into(),
         series,
     });
     out.charts.push(Chart::Bars {
-        file: "echo_rate.png".into(),
-        title: "echo: calls per second".into(),
-        y_label: "calls/s".into(),
+        file: format!("{name}_rate.png"),
+        title: rate_title.into(),
+        y_label: "per second".into(),
         bars,
     });
-    Ok(out)
 }
 
 /// Logs in every user (creating it).
@@ -225,18 +245,14 @@ pub async fn post(ctx: &Ctx) -> Result<Outcome, BoxError> {
             bars.push((format!("post C={c} {label}"), rate));
         }
     }
-    out.charts.push(Chart::Cdf {
-        file: "post_latency.png".into(),
-        title: "post: acknowledgement latency (mirrored)".into(),
-        x_label: "latency (ms)".into(),
+    rate_charts(
+        &mut out,
+        "post",
+        "post: acknowledgement latency (mirrored)",
+        "post: acknowledged posts/s beside echo calls/s",
         series,
-    });
-    out.charts.push(Chart::Bars {
-        file: "post_rate.png".into(),
-        title: "post: acknowledged posts/s beside echo calls/s".into(),
-        y_label: "per second".into(),
         bars,
-    });
+    );
     out.notes.push(
         "each poster has one follower in its cluster; echo is measured right before each post level"
             .into(),
