@@ -7,7 +7,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/coordinator.proto",
         "proto/replica.proto",
         "proto/synchronizer.proto",
-        "proto/bench.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

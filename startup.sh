@@ -69,7 +69,7 @@ if ls "$RUN"/pids/*.pid >/dev/null 2>&1; then
 fi
 
 echo "building release binaries..."
-cargo build --release --bins
+cargo build --release -p tiny-sns --bins
 mkdir -p "$RUN/logs" "$RUN/pids"
 
 start coordinator "$BIN/coordinator" -p "$COORD_PORT" --clusters "$CLUSTERS"

@@ -3,20 +3,14 @@
 //! See `docs/design.md` for the design; each module's documentation explains
 //! its part and the invariants it keeps.
 
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod coordinator;
-pub mod journal;
-pub mod membership;
 pub mod model;
-pub mod replication;
 pub mod server;
 pub mod storage;
-pub mod store;
 pub mod synchronizer;
 pub mod timefmt;
-pub mod watch;
 
 /// Generated gRPC code.
 pub mod proto {

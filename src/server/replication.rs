@@ -213,7 +213,7 @@ impl Node {
         journal.clear()
     }
 
-    /// As a slave: journals operations just applied (see [`crate::journal`]).
+    /// As a slave: journals operations just applied (see [`crate::storage::journal`]).
     /// The flush runs on this worker thread, like the appends before it:
     /// handing it to another thread costs more than the flush holds the
     /// worker up (`bench post`).

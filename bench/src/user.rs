@@ -5,11 +5,11 @@
 //! measured with the same concurrency and the same number of connections.
 
 use super::system::coordinator_client;
-use crate::proto::csce438::sns_service_client::SnsServiceClient;
-use crate::proto::csce438::{Message, Request};
-use crate::proto::tinysns::UserRequest;
-use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use std::time::Duration;
+use tinysns::proto::csce438::sns_service_client::SnsServiceClient;
+use tinysns::proto::csce438::{Message, Request};
+use tinysns::proto::tinysns::UserRequest;
+use tinysns::proto::tinysns::coordinator_client::CoordinatorClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;

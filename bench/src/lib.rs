@@ -25,6 +25,11 @@
 //! [`failover`] the scenarios, [`stats`] and [`report`] the figures, and
 //! [`plot`] the charts.
 
+/// The echo baseline's generated gRPC code.
+pub mod proto {
+    tonic::include_proto!("tinysns.bench");
+}
+
 pub mod echo;
 pub mod failover;
 pub mod history;

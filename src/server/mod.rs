@@ -7,7 +7,7 @@
 //! epoch and who its peer is. Only the master serves clients; a slave answers
 //! them `UNAVAILABLE`, so that a client with a stale address asks the
 //! coordinator again. A slave first brings its directory up to date with the
-//! master's and then follows every write (see [`crate::replication`]).
+//! master's and then follows every write (see [`crate::server::replication`]).
 //!
 //! # Writes
 //! Every client write (a new user, a follow, an unfollow, a post) becomes one
@@ -38,8 +38,9 @@
 //! SPEC's duplicate-login rule; a killed client's session simply runs out, and
 //! a client that exits cleanly logs out.
 
+pub mod replication;
+
 use crate::config::{cluster_of, parse_user};
-use crate::journal::Journal;
 use crate::model::validate_post;
 use crate::proto::csce438::sns_service_server::{SnsService, SnsServiceServer};
 use crate::proto::csce438::{ListReply, Message, Reply, Request as SnsRequest};
@@ -49,9 +50,10 @@ use crate::proto::tinysns::{
     AddUser, FollowOp, HeartbeatReply, HeartbeatRequest, Kind, PostOp, Role, ServerInfo, WriteOp,
     write_op,
 };
-use crate::replication::{Following, OpLog, ReplicaApi, SlaveLink, op_id};
+use crate::server::replication::{Following, OpLog, ReplicaApi, SlaveLink, op_id};
+use crate::storage::journal::Journal;
+use crate::storage::store::Store;
 use crate::storage::{self, FileKind, FollowLog, Post, timeline_file};
-use crate::store::Store;
 use crate::timefmt::{self, MonotonicClock};
 use std::collections::HashMap;
 use std::future::Future;
@@ -79,7 +81,7 @@ pub struct Options {
     pub host: String,
     pub port: u16,
     pub heartbeat: Duration,
-    /// Acknowledge a write only once it is flushed to disk ([`crate::journal`]).
+    /// Acknowledge a write only once it is flushed to disk ([`crate::storage::journal`]).
     pub fsync: bool,
     pub data_dir: PathBuf,
 }
@@ -90,8 +92,9 @@ pub async fn run(
     opts: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
-    let mut coordinator = crate::membership::client(&opts.coordinator, opts.heartbeat)?;
-    let mut info = crate::membership::info(
+    let mut coordinator =
+        crate::coordinator::membership::client(&opts.coordinator, opts.heartbeat)?;
+    let mut info = crate::coordinator::membership::info(
         Kind::Server,
         opts.cluster,
         opts.server_id,
@@ -105,7 +108,8 @@ pub async fn run(
     // Register before serving: the reply says how many clusters there are,
     // which decides which users live here.
     let sent = Instant::now();
-    let first = crate::membership::register(&mut coordinator, &info, opts.heartbeat).await?;
+    let first =
+        crate::coordinator::membership::register(&mut coordinator, &info, opts.heartbeat).await?;
     let dir = crate::config::server_dir(&opts.data_dir, opts.cluster, opts.server_id);
     let mut store = Store::open(&dir, opts.cluster, first.clusters)?;
     let (mut journal, replay) = Journal::open(&dir, opts.fsync)?;
@@ -631,10 +635,10 @@ impl Node {
 
     /// Watches the directory so that timelines see what the synchronizer
     /// appends. The watch lives as long as the returned value.
-    fn watch_directory(self: Arc<Self>) -> std::io::Result<crate::watch::DirWatch> {
+    fn watch_directory(self: Arc<Self>) -> std::io::Result<crate::storage::watch::DirWatch> {
         let node = self.clone();
-        crate::watch::watch_dir(&self.dir, move |change| match change {
-            crate::watch::Change::Files(paths) => {
+        crate::storage::watch::watch_dir(&self.dir, move |change| match change {
+            crate::storage::watch::Change::Files(paths) => {
                 let users: Vec<u64> = paths
                     .iter()
                     .filter_map(|p| match FileKind::parse(p) {
@@ -644,7 +648,7 @@ impl Node {
                     .collect();
                 node.wake(&users);
             }
-            crate::watch::Change::Rescan => node.wake_all(),
+            crate::storage::watch::Change::Rescan => node.wake_all(),
         })
     }
 }

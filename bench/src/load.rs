@@ -7,9 +7,9 @@ use super::report::{Chart, Outcome, Row};
 use super::stats::Samples;
 use super::system::{Settings, System};
 use super::user::{Timeline, User};
-use crate::proto::csce438::Message;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tinysns::proto::csce438::Message;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

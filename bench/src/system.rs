@@ -3,12 +3,12 @@
 //! directory. Processes are killed by pid (SIGKILL, the failure the system
 //! promises to survive) and when the [`System`] is dropped.
 
-use crate::proto::tinysns::coordinator_client::CoordinatorClient;
-use crate::proto::tinysns::{Empty, Role, ServerInfo, ServerList};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tinysns::proto::tinysns::coordinator_client::CoordinatorClient;
+use tinysns::proto::tinysns::{Empty, Role, ServerInfo, ServerList};
 use tonic::transport::Channel;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -208,7 +208,7 @@ impl System {
     }
 
     pub fn server_dir(&self, c: u32, s: u32) -> PathBuf {
-        crate::config::server_dir(&self.data, c, s)
+        tinysns::config::server_dir(&self.data, c, s)
     }
 
     pub fn coordinator(&self) -> String {
@@ -253,7 +253,7 @@ impl System {
                     master_of(t, c).is_some()
                         && in_service_slave(t, c).is_some()
                         && t.servers.iter().any(|e| {
-                            e.kind == crate::proto::tinysns::Kind::Synchronizer as i32
+                            e.kind == tinysns::proto::tinysns::Kind::Synchronizer as i32
                                 && e.cluster_id == c
                                 && e.alive
                         })
@@ -274,7 +274,7 @@ impl Drop for System {
 }
 
 fn is_server(e: &ServerInfo) -> bool {
-    e.kind == crate::proto::tinysns::Kind::Server as i32
+    e.kind == tinysns::proto::tinysns::Kind::Server as i32
 }
 
 /// The live master of cluster `c`.

@@ -16,7 +16,7 @@
 //! * Every operation in the journal is, or will be after replay, in the data
 //!   files. The journal is emptied only after a *checkpoint*: every data file
 //!   written since the last one has been flushed.
-//! * Replay is [`Store::apply`](crate::store::Store::apply), which is
+//! * Replay is [`Store::apply`](crate::storage::store::Store::apply), which is
 //!   idempotent: after a process crash (the page cache survives) replay writes
 //!   nothing; after a machine crash it re-appends what the disk lost.
 //!

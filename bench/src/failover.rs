@@ -165,7 +165,7 @@ pub async fn failover(ctx: &Ctx) -> Result<Outcome, BoxError> {
             let dir = sys.server_dir(1, s);
             let mut files = HashMap::new();
             for &p in &posters {
-                files.insert(p, texts(&crate::storage::posts_file(&dir, p)));
+                files.insert(p, texts(&tinysns::storage::posts_file(&dir, p)));
             }
             for (_, author, text) in &acks {
                 match files.get(author).and_then(|f| f.get(text)) {

@@ -1,6 +1,6 @@
-//! `bench`: the Tiny SNS benchmark (see `tinysns::bench` and README).
+//! `bench`: the Tiny SNS benchmark (see the `snsbench` library and README).
 
-use tinysns::bench::{self, Args};
+use snsbench::{self as bench, Args};
 use tinysns::config;
 
 #[tokio::main]

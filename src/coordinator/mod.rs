@@ -134,6 +134,8 @@
 //! they can be tested without a network or a clock; the gRPC service is a thin
 //! layer that locks it, calls it and persists the state before replying.
 
+pub mod membership;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::future::Future;

@@ -48,8 +48,8 @@ use crate::proto::tinysns::{
     Empty, FollowBatch, FollowOp, HeartbeatRequest, Kind, PostBatch, PostOp, PushReply, RemotePost,
     UserBatch, UserRequest,
 };
+use crate::storage::store::Store;
 use crate::storage::{self, FileKind, FollowEvent, FollowLog, Post, Tail};
-use crate::store::Store;
 use crate::timefmt::Nanos;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -91,11 +91,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     let rpc_timeout = (2 * opts.heartbeat).max(Duration::from_millis(500));
-    let mut coordinator = crate::membership::client(&opts.coordinator, opts.heartbeat)?;
-    let info = crate::membership::info(Kind::Synchronizer, opts.id, opts.id, &opts.host, opts.port);
-    let clusters = crate::membership::register(&mut coordinator, &info, opts.heartbeat)
-        .await?
-        .clusters;
+    let mut coordinator =
+        crate::coordinator::membership::client(&opts.coordinator, opts.heartbeat)?;
+    let info = crate::coordinator::membership::info(
+        Kind::Synchronizer,
+        opts.id,
+        opts.id,
+        &opts.host,
+        opts.port,
+    );
+    let clusters =
+        crate::coordinator::membership::register(&mut coordinator, &info, opts.heartbeat)
+            .await?
+            .clusters;
     // inotify reports absolute paths; make ours absolute too so that they
     // compare equal (SNS_DATA_DIR is relative by default).
     std::fs::create_dir_all(cluster_dir(&opts.data_dir, opts.id).join("synchronizer"))?;
@@ -364,11 +372,11 @@ struct Sender {
     watch: Option<SourceWatch>,
 }
 
-/// The watch on the master's directory ([`crate::watch`]): only the files we
+/// The watch on the master's directory ([`crate::storage::watch`]): only the files we
 /// send from are of interest, so the slave's directory and our own state
 /// are not watched, and changes to other files are dropped in the callback.
 struct SourceWatch {
-    watch: crate::watch::DirWatch,
+    watch: crate::storage::watch::DirWatch,
     /// The directory's inode: a directory deleted and made again (a reset
     /// server) needs a new watch.
     ino: u64,
@@ -377,10 +385,10 @@ struct SourceWatch {
 fn watch_source(
     dir: &Path,
     tx: mpsc::UnboundedSender<Event>,
-) -> std::io::Result<crate::watch::DirWatch> {
-    crate::watch::watch_dir(dir, move |change| {
+) -> std::io::Result<crate::storage::watch::DirWatch> {
+    crate::storage::watch::watch_dir(dir, move |change| {
         let msg = match change {
-            crate::watch::Change::Files(paths) => {
+            crate::storage::watch::Change::Files(paths) => {
                 let paths: Vec<PathBuf> = paths
                     .into_iter()
                     .filter(|p| FileKind::parse(p).is_some())
@@ -390,7 +398,7 @@ fn watch_source(
                 }
                 Event::Changed(paths)
             }
-            crate::watch::Change::Rescan => Event::Rescan,
+            crate::storage::watch::Change::Rescan => Event::Rescan,
         };
         let _ = tx.send(msg);
     })

@@ -2,11 +2,11 @@
 //! (`bench --serve-echo`, as the servers are processes of their own) and
 //! called with the same concurrency, connections and payload as `post`.
 
-use crate::proto::csce438::Message;
-use crate::proto::tinysns::echo_client::EchoClient;
-use crate::proto::tinysns::echo_server::{Echo, EchoServer};
+use crate::proto::echo_client::EchoClient;
+use crate::proto::echo_server::{Echo, EchoServer};
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
+use tinysns::proto::csce438::Message;
 use tonic::{Request, Response, Status};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,7 +26,7 @@ pub async fn serve(listener: tokio::net::TcpListener) -> Result<(), BoxError> {
     println!("port {}", listener.local_addr()?.port());
     tonic::transport::Server::builder()
         .add_service(EchoServer::new(Echoer))
-        .serve_with_incoming(crate::config::incoming(listener))
+        .serve_with_incoming(tinysns::config::incoming(listener))
         .await?;
     Ok(())
 }

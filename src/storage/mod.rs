@@ -33,6 +33,10 @@
 //!   with history. A file that shrank (deleted and rebuilt) is read again from
 //!   the start.
 
+pub mod journal;
+pub mod store;
+pub mod watch;
+
 use crate::timefmt::{self, Nanos};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};

@@ -13,12 +13,12 @@ use super::report::{Chart, Outcome, Row};
 use super::stats::Samples;
 use super::system::{Settings, System, in_service_slave};
 use super::user::User;
-use crate::config::{cluster_dir, server_dir};
-use crate::storage::{FollowEvent, Post};
-use crate::timefmt::{self, Nanos};
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tinysns::config::{cluster_dir, server_dir};
+use tinysns::storage::{FollowEvent, Post};
+use tinysns::timefmt::{self, Nanos};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -228,8 +228,8 @@ pub async fn quiet_cycle(ctx: &Ctx) -> Result<Outcome, BoxError> {
         (1_000, 1_000)
     } else {
         (
-            crate::config::DEFAULT_SYNC_INTERVAL_MS,
-            crate::config::DEFAULT_HEARTBEAT_MS,
+            tinysns::config::DEFAULT_SYNC_INTERVAL_MS,
+            tinysns::config::DEFAULT_HEARTBEAT_MS,
         )
     };
     // Two systems side by side, measured over the same window: the long
