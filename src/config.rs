@@ -188,21 +188,28 @@ pub fn exit_with<E: std::fmt::Display>(name: &str, result: Result<(), E>) -> ! {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM: the daemons' shutdown future.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+/// A token that is cancelled on Ctrl-C or SIGTERM: the daemons' shutdown.
+/// Every task of a daemon watches it (or a child of it) and ends cleanly.
+pub fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    log::info!("shutting down");
+        log::info!("shutting down");
+        cancel.cancel();
+    });
+    token
 }
 
 #[cfg(test)]

@@ -1,11 +1,31 @@
 //! Tiny SNS: a highly available, partitioned social network service.
 //!
-//! See `docs/design.md` for the design; each module's documentation explains
-//! its part and the invariants it keeps.
+//! `docs/design.md` tells the whole design; each folder's `mod.rs` is the
+//! chapter of its part, with the invariants it keeps.
+//!
+//! # Layout
+//!
+//! | module | what it is | reads first |
+//! |---|---|---|
+//! | [`coordinator`] | the routing table as a pure state machine, its state file, the gRPC adapter; [`coordinator::membership`] is how the others talk to it | `Table::heartbeat`, `Table::check` |
+//! | [`server`] | one server: its role and lease rules, sessions and client ids (pure cores), the client API, timelines, and [`server::replication`] (op log, mirror, snapshot, resync) | the role core |
+//! | [`synchronizer`] | carries users, follows and posts between clusters: cursors and push plan (pure), the pusher, the receiver | the push plan |
+//! | [`storage`] | records on disk, files under `flock`, incremental views, the store (a directory as a state machine of operations), the journal, the directory watch | `storage::store` |
+//! | [`client`] | the terminal client: commands, screen, session, timeline | `client::run` |
+//! | [`model`] | ids as types, the rules about posts | |
+//! | [`error`] | the one error type, mapped to `tonic::Status` in one place | |
+//! | [`config`], [`timefmt`] | flags and knobs shared by the binaries; time formats | |
+//!
+//! Dependencies point one way: `client` and `coordinator` use only `model`,
+//! `error`, `config` and the protos; `server` and `synchronizer` use
+//! `storage` and `coordinator::membership`; nothing uses `server` or
+//! `synchronizer`. The binaries in `src/bin/` only parse flags and call a
+//! part's `run`. The benchmark is a crate of its own (`bench/`).
 
 pub mod client;
 pub mod config;
 pub mod coordinator;
+pub mod error;
 pub mod model;
 pub mod server;
 pub mod storage;

@@ -33,6 +33,6 @@ async fn main() {
     };
     config::exit_with(
         "coordinator",
-        coordinator::run(listener, opts, config::shutdown_signal()).await,
+        coordinator::run(listener, opts, config::shutdown_on_signal()).await,
     );
 }

@@ -36,6 +36,6 @@ async fn main() {
     };
     config::exit_with(
         "server",
-        tinysns::server::run(listener, opts, config::shutdown_signal()).await,
+        tinysns::server::run(listener, opts, config::shutdown_on_signal()).await,
     );
 }

@@ -33,6 +33,6 @@ async fn main() {
     };
     config::exit_with(
         "synchronizer",
-        tinysns::synchronizer::run(listener, opts, config::shutdown_signal()).await,
+        tinysns::synchronizer::run(listener, opts, config::shutdown_on_signal()).await,
     );
 }

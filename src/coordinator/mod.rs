@@ -138,11 +138,11 @@ pub mod membership;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::future::Future;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
@@ -1123,14 +1123,14 @@ async fn failure_checker(table: Arc<Mutex<Table>>, heartbeat: Duration) {
     }
 }
 
-/// Serves the coordinator on `listener` until `shutdown` completes.
+/// Serves the coordinator on `listener` until `shutdown` is cancelled.
 ///
 /// Fails at start-up if the state directory cannot be created or its epoch
 /// state file is unreadable or malformed.
 pub async fn run(
     listener: tokio::net::TcpListener,
     opts: Options,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     std::fs::create_dir_all(&opts.state_dir).map_err(|e| {
         format!(
@@ -1164,7 +1164,10 @@ pub async fn run(
     let checker = tokio::spawn(failure_checker(table.clone(), opts.heartbeat));
     let result = tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(Service { table }))
-        .serve_with_incoming_shutdown(crate::config::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            crate::config::incoming(listener),
+            shutdown.clone().cancelled_owned(),
+        )
         .await;
     checker.abort();
     result?;

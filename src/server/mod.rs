@@ -56,7 +56,6 @@ use crate::storage::store::Store;
 use crate::storage::{self, FileKind, FollowLog, Post, timeline_file};
 use crate::timefmt::{self, MonotonicClock};
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -65,6 +64,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -86,11 +86,11 @@ pub struct Options {
     pub data_dir: PathBuf,
 }
 
-/// Runs a server on `listener` until `shutdown` completes.
+/// Runs a server on `listener` until `shutdown` is cancelled.
 pub async fn run(
     listener: tokio::net::TcpListener,
     opts: Options,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
     let mut coordinator =
         crate::coordinator::membership::client(&opts.coordinator, opts.heartbeat)?;
@@ -176,7 +176,10 @@ pub async fn run(
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(crate::config::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            crate::config::incoming(listener),
+            shutdown.clone().cancelled_owned(),
+        )
         .await?;
     log::info!(
         "server {} of cluster {} stopped",

@@ -52,12 +52,12 @@ use crate::storage::store::Store;
 use crate::storage::{self, FileKind, FollowEvent, FollowLog, Post, Tail};
 use crate::timefmt::Nanos;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -84,11 +84,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs a synchronizer on `listener` until `shutdown` completes.
+/// Runs a synchronizer on `listener` until `shutdown` is cancelled.
 pub async fn run(
     listener: tokio::net::TcpListener,
     mut opts: Options,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
     let rpc_timeout = (2 * opts.heartbeat).max(Duration::from_millis(500));
     let mut coordinator =
@@ -149,7 +149,10 @@ pub async fn run(
     );
     tonic::transport::Server::builder()
         .add_service(SynchronizerServer::new(Receiver(shared)))
-        .serve_with_incoming_shutdown(crate::config::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            crate::config::incoming(listener),
+            shutdown.clone().cancelled_owned(),
+        )
         .await?;
     log::info!("synchronizer {} stopped", opts.id);
     Ok(())
