@@ -1,0 +1,303 @@
+//! One server process's state, who owns it, and the write path.
+//!
+//! # Who owns what
+//! Everything that changes lives in [`State`] behind one lock, because a
+//! write's checks, its staging, its sequence number and its place in the
+//! mirror queue must be one step (the next request's checks must see it),
+//! and the role decides whether any of it may happen at all. Three more
+//! locks have one job each and are never held while taking another, except
+//! in the one order written below:
+//!
+//! | field | guards | why apart |
+//! |---|---|---|
+//! | `state` | store (views, staged records), role and replication state, sessions, client ids, mirror queue | the invariants above |
+//! | `journal` | the journal file | its `fdatasync` overlaps the mirroring RPC; taken *before* `state` (checkpoints) |
+//! | `timelines` | the wakers of open timelines | woken from the watch thread and after commits, without waiting for a write |
+//! | `resync_gate` (async) | a resync in progress | held across awaits for a whole resync; mirrored batches wait for it so that its operations come first |
+//!
+//! # Disk work
+//! A request's bounded file work (the appends of its own records, the
+//! incremental reads of the views: a few KB at page-cache speed, like the
+//! syscalls they are) runs inline under `state`, where the invariants need
+//! it. Anything that waits for the disk or grows with the data (`fdatasync`,
+//! checkpoints, snapshots, resync) runs on tokio's blocking pool through
+//! [`Node::blocking`], never on an async worker.
+
+use super::Options;
+use super::role::{Incarnation, Replica, Seq};
+use super::session::{ClientId, ClientIds, Sessions};
+use crate::error::Error;
+use crate::model::{RunId, UserId};
+use crate::proto::tinysns::WriteOp;
+use crate::storage::FileKind;
+use crate::storage::journal::Journal;
+use crate::storage::store::Store;
+use crate::timefmt::MonotonicClock;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A staged write waiting for the mirror.
+pub(crate) struct Pending {
+    pub seq: Seq,
+    pub op: WriteOp,
+    /// The files its staged records go to ([`Store::stage`]).
+    pub files: Vec<FileKind>,
+    pub done: oneshot::Sender<Result<(), Error>>,
+}
+
+/// What changes, behind [`Node::state`].
+pub(crate) struct State {
+    pub store: Store,
+    pub replica: Replica,
+    pub sessions: Sessions,
+    pub ids: ClientIds,
+    /// Staged writes in staging order, taken by the mirror task in batches.
+    pub queue: Vec<Pending>,
+}
+
+/// The state of one server process.
+pub(crate) struct Node {
+    pub opts: Options,
+    /// How others reach us, `host:port`.
+    pub addr: String,
+    pub dir: PathBuf,
+    pub clusters: u32,
+    /// Two heartbeats: how long the coordinator waits before declaring a
+    /// process failed.
+    pub failure_window: Duration,
+    /// This run's random start number (`ServerInfo.process`).
+    pub run: RunId,
+    pub clock: MonotonicClock,
+    state: Mutex<State>,
+    journal: Mutex<Journal>,
+    timelines: Mutex<HashMap<UserId, watch::Sender<u64>>>,
+    pub resync_gate: tokio::sync::Mutex<()>,
+    /// Wakes the mirror task: a write was queued.
+    pub kick: Notify,
+    /// Asks the heartbeat task for a heartbeat now; answers whether the
+    /// coordinator took it (and we are still master).
+    report: mpsc::Sender<oneshot::Sender<bool>>,
+    /// Cancelled when the server shuts down; every task watches it.
+    pub shutdown: CancellationToken,
+    /// Every task the server spawns, so that shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (our
+/// critical sections leave the data consistent at every step).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fresh incarnation for a new reign or a reset log.
+pub(crate) fn fresh_incarnation() -> Incarnation {
+    Incarnation(rand::random())
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        opts: Options,
+        dir: PathBuf,
+        clusters: u32,
+        run: RunId,
+        store: Store,
+        journal: Journal,
+        report: mpsc::Sender<oneshot::Sender<bool>>,
+        shutdown: CancellationToken,
+    ) -> Node {
+        let failure_window = 2 * opts.heartbeat;
+        Node {
+            addr: format!("{}:{}", opts.host, opts.port),
+            dir,
+            clusters,
+            failure_window,
+            run,
+            clock: MonotonicClock::default(),
+            state: Mutex::new(State {
+                store,
+                replica: Replica::new(failure_window),
+                // A session lives two heartbeats without a refresh.
+                sessions: Sessions::new(failure_window),
+                ids: ClientIds::default(),
+                queue: Vec::new(),
+            }),
+            journal: Mutex::new(journal),
+            timelines: Mutex::new(HashMap::new()),
+            resync_gate: tokio::sync::Mutex::new(()),
+            kick: Notify::new(),
+            report,
+            shutdown,
+            tasks: TaskTracker::new(),
+            opts,
+        }
+    }
+
+    /// The state, for in-memory work and bounded file work; never held
+    /// across an await.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// The journal; taken before [`Node::state`] when both are needed.
+    pub fn journal(&self) -> MutexGuard<'_, Journal> {
+        lock(&self.journal)
+    }
+
+    /// Runs disk work that waits for the disk or grows with the data on the
+    /// blocking pool.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Node) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || work(&node)).await?
+    }
+
+    pub fn is_master(&self) -> bool {
+        self.state().replica.is_master()
+    }
+
+    pub fn require_master(&self) -> Result<(), Error> {
+        if self.is_master() {
+            Ok(())
+        } else {
+            Err(self.not_master())
+        }
+    }
+
+    pub fn not_master(&self) -> Error {
+        Error::Unavailable(format!(
+            "server {} is not the master of cluster {}",
+            self.opts.server_id, self.opts.cluster
+        ))
+    }
+
+    pub fn check_cluster(&self, cluster: u32) -> Result<(), Error> {
+        if cluster == self.opts.cluster {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "this server is in cluster {}, not {cluster}",
+                self.opts.cluster
+            )))
+        }
+    }
+
+    /// Whether this master may let a write out now, renewing its lease with
+    /// a heartbeat first if it ran out (a busy machine delays heartbeats):
+    /// the coordinator's answer shows whether anyone took over meanwhile.
+    pub async fn ensure_lease(&self) -> Result<(), Error> {
+        let epoch = {
+            let st = self.state();
+            match st.replica.check_lease(Instant::now()) {
+                Ok(()) => return Ok(()),
+                Err(_) if !st.replica.is_master() => return Err(self.not_master()),
+                Err(_) => st.replica.epoch,
+            }
+        };
+        if self.report_now().await && self.state().replica.epoch == epoch {
+            self.state().replica.check_lease(Instant::now())
+        } else {
+            Err(Error::Unavailable(
+                "this server is no longer the master".into(),
+            ))
+        }
+    }
+
+    /// Asks for a heartbeat now and waits for the coordinator's answer.
+    pub async fn report_now(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.report.send(tx).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// A version counter for `user`'s timeline, bumped when the file may
+    /// have grown.
+    pub fn subscribe(&self, user: UserId) -> watch::Receiver<u64> {
+        lock(&self.timelines)
+            .entry(user)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    pub fn wake(&self, users: &[u64]) {
+        let timelines = lock(&self.timelines);
+        for u in users.iter().filter_map(|u| UserId::new(*u)) {
+            if let Some(w) = timelines.get(&u) {
+                w.send_modify(|v| *v += 1);
+            }
+        }
+    }
+
+    pub fn wake_all(&self) {
+        for w in lock(&self.timelines).values() {
+            w.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Whether this client id was taken already.
+    pub fn seen(st: &State, id: Option<ClientId>) -> bool {
+        id.is_some_and(|id| st.ids.contains(id))
+    }
+
+    /// Checks a client write and, if it is to be done, stages it and queues
+    /// it for the mirror; then waits until it is mirrored and written.
+    /// `build` runs under the state lock, so the checks and writes of
+    /// concurrent requests do not interleave; `None` means nothing to write
+    /// (a retry of a write already done).
+    pub async fn write(
+        &self,
+        build: impl FnOnce(&mut State, &MonotonicClock) -> Result<Option<WriteOp>, Error>,
+    ) -> Result<(), Error> {
+        self.ensure_lease().await?;
+        let done = {
+            let mut guard = self.state();
+            let st = &mut *guard;
+            if !st.replica.is_master() {
+                return Err(self.not_master());
+            }
+            let Some(op) = build(st, &self.clock)? else {
+                return Ok(());
+            };
+            let files = st.store.stage(&op).map_err(|e| {
+                st.store.reset();
+                Error::from(e)
+            })?;
+            st.ids.record(&op);
+            let seq = st.replica.stage(op.clone())?;
+            let (tx, rx) = oneshot::channel();
+            st.queue.push(Pending {
+                seq,
+                op,
+                files,
+                done: tx,
+            });
+            self.kick.notify_one();
+            rx
+        };
+        done.await
+            .unwrap_or_else(|_| Err(Error::Unavailable("the server is shutting down".into())))
+    }
+
+    /// Stops acting as master: no write gets out any more, and the
+    /// timelines end so their clients move on.
+    pub fn step_down(&self, why: &str) {
+        let was = self.state().replica.step_down();
+        if was {
+            log::warn!(
+                "server {} of cluster {} steps down: {why}",
+                self.opts.server_id,
+                self.opts.cluster
+            );
+        }
+        self.wake_all();
+    }
+}

@@ -1,0 +1,128 @@
+//! The `Replica` gRPC service: `Apply` on a slave, `Snapshot` and `Join` on
+//! a master. Each handler checks, asks the role core, and does the I/O.
+
+use super::replica_client;
+use super::snapshot::{data_file_name, send_snapshot};
+use crate::error::Error;
+use crate::model::{RunId, ServerId};
+use crate::proto::tinysns::replica_server::Replica;
+use crate::proto::tinysns::{
+    ApplyReply, ApplyRequest, JoinReply, JoinRequest, SnapshotChunk, SnapshotRequest,
+};
+use crate::server::node::Node;
+use crate::server::role::{Incarnation, SlaveLink};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+pub(crate) struct ReplicaApi(pub Arc<Node>);
+
+#[tonic::async_trait]
+impl Replica for ReplicaApi {
+    async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
+        self.0.apply_batch(req.into_inner()).await?;
+        Ok(Response::new(ApplyReply {}))
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
+    async fn snapshot(
+        &self,
+        req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Ok(Response::new(self.start_snapshot(req.into_inner()).await?))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        Ok(Response::new(self.take_in(req.into_inner()).await?))
+    }
+}
+
+impl ReplicaApi {
+    async fn start_snapshot(
+        &self,
+        req: SnapshotRequest,
+    ) -> Result<<Self as Replica>::SnapshotStream, Error> {
+        let node = &self.0;
+        node.check_cluster(req.cluster_id)?;
+        node.require_master()?;
+        // A slave that asks for a snapshot has lost track (it restarted, or
+        // missed writes): it is out of service until it joins again, and the
+        // coordinator must hear so before it could promote it.
+        let dropped = node.drop_slave(ServerId(req.server_id));
+        if dropped && !node.report_now().await {
+            return Err(Error::Unavailable("cannot reach the coordinator".into()));
+        }
+        // Under the state lock no operation is half done: the files hold
+        // exactly the operations up to the cut. (The one directory listing
+        // under the lock: the cut must be consistent with `seq`.)
+        let (cut, seq, incarnation) = {
+            let st = node.state();
+            let (seq, incarnation) = st.replica.snapshot_cut()?;
+            let mut cut = Vec::new();
+            for e in std::fs::read_dir(&node.dir)? {
+                let path = e?.path();
+                if let Some(name) = data_file_name(&path) {
+                    cut.push((name, std::fs::metadata(&path)?.len()));
+                }
+            }
+            (cut, seq, incarnation)
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let dir = node.dir.clone();
+        // Reading the files grows with the data: the blocking pool.
+        node.tasks.spawn_blocking(move || {
+            if let Err(e) = send_snapshot(&dir, cut, &req.files, seq, incarnation.0, &tx) {
+                log::warn!("snapshot for a slave failed: {e}");
+                let e = Error::Internal(format!("snapshot failed: {e}"));
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn take_in(&self, req: JoinRequest) -> Result<JoinReply, Error> {
+        let node = &self.0;
+        node.check_cluster(req.cluster_id)?;
+        if !node.is_master() {
+            return Err(Error::Precondition("this server is not the master".into()));
+        }
+        // The address must be one we can dial before the slave is in service.
+        replica_client(&req.address, node.failure_window)?;
+        let link = SlaveLink {
+            server: ServerId(req.server_id),
+            run: RunId::from_wire(req.process),
+            addr: req.address.clone(),
+        };
+        // Under the state lock no write is staged while the slave is taken
+        // in: every operation after `from_seq` is either in this reply or
+        // will be mirrored to it.
+        let ops = node
+            .state()
+            .replica
+            .join(link, req.from_seq, Incarnation(req.incarnation))?;
+        let Some(ops) = ops else {
+            return Ok(JoinReply {
+                too_far_behind: true,
+                ..Default::default()
+            });
+        };
+        log::info!(
+            "slave {} (server {}) is in service",
+            req.address,
+            req.server_id
+        );
+        let n = node.clone();
+        node.tasks.spawn(async move {
+            n.report_now().await;
+        });
+        Ok(JoinReply {
+            ops,
+            first_seq: req.from_seq + 1,
+            too_far_behind: false,
+        })
+    }
+}

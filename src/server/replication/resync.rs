@@ -1,0 +1,139 @@
+//! Resync: a slave brings its directory to its master's state and joins.
+//!
+//! 1. It closes its directory to other writers (the synchronizer) with the
+//!    directory gate ([`storage::close_dir`]); their pushes fail and are
+//!    retried after.
+//! 2. `Snapshot`: it describes its files and installs what the master sends
+//!    ([`super::snapshot`]), consistent with one sequence number.
+//! 3. `Join`: it applies the operations after that number, and the master
+//!    takes it into service in the same step. If the master's log no longer
+//!    reaches back that far, it takes another (now small) snapshot.
+//!
+//! The disk work runs on the blocking pool, so heartbeats go on during a
+//! long resync. A resync stops where it stands at shutdown: what it wrote is
+//! whole pieces of files that are not in service yet (a torn last record is
+//! cut at the next start), and the next start resyncs again.
+
+use super::replica_client;
+use super::snapshot::{Installer, manifest};
+use crate::error::Error;
+use crate::proto::tinysns::{JoinRequest, SnapshotRequest};
+use crate::server::node::Node;
+use crate::server::role::{Following, Incarnation};
+use crate::storage;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How many snapshots a resync takes before it gives up for this round.
+const ATTEMPTS: usize = 5;
+
+impl Node {
+    /// As a slave: brings the directory to the master's state, then joins.
+    pub(crate) async fn resync(self: Arc<Self>, master: String) {
+        let _gate = self.resync_gate.lock().await;
+        let result = tokio::select! {
+            _ = self.shutdown.cancelled() => Err(Error::Unavailable("shutting down".into())),
+            r = self.resync_from(&master) => r,
+        };
+        match result {
+            Ok(following) => {
+                log::info!("in sync with master {master}");
+                self.state().replica.resync_done(Some(following));
+            }
+            Err(e) => {
+                log::warn!("resync from {master} failed: {e}; will retry");
+                self.state().replica.resync_done(None);
+            }
+        }
+        self.wake_all();
+    }
+
+    async fn resync_from(self: &Arc<Self>, master: &str) -> Result<Following, Error> {
+        let started = Instant::now();
+        let gate = self.blocking(|n| Ok(storage::close_dir(&n.dir)?)).await?;
+        let mut client =
+            replica_client(master, 10 * self.failure_window.max(Duration::from_secs(1)))?;
+        for _ in 0..ATTEMPTS {
+            let files = self.blocking(|n| Ok(manifest(&n.dir)?)).await?;
+            let req = SnapshotRequest {
+                cluster_id: self.opts.cluster,
+                epoch: self.state().replica.epoch,
+                files,
+                server_id: self.opts.server_id,
+            };
+            let mut stream = client
+                .snapshot(req)
+                .await
+                .map_err(Error::from)?
+                .into_inner();
+            let mut installer = Installer::new(self.dir.clone(), self.opts.fsync);
+            let mut done = loop {
+                match stream.message().await.map_err(Error::from)? {
+                    Some(c) if c.done => break c,
+                    Some(c) => {
+                        installer = self
+                            .blocking(move |_| {
+                                installer.write(&c)?;
+                                Ok(installer)
+                            })
+                            .await?;
+                    }
+                    None => return Err(Error::Unavailable("the snapshot ended early".into())),
+                }
+            };
+            let bytes = installer.bytes;
+            let received = started.elapsed();
+            let files = std::mem::take(&mut done.files);
+            self.blocking(move |n| {
+                installer.finish(&files)?;
+                n.state().store.reset();
+                // The journal held operations on the files as they were;
+                // they are the master's files now, flushed.
+                n.checkpoint()
+            })
+            .await?;
+            let flushed = started.elapsed() - received;
+            let join = JoinRequest {
+                cluster_id: self.opts.cluster,
+                server_id: self.opts.server_id,
+                address: self.addr.clone(),
+                from_seq: done.seq,
+                incarnation: done.incarnation,
+                process: self.run.0,
+            };
+            let reply = client.join(join).await.map_err(Error::from)?.into_inner();
+            if reply.too_far_behind {
+                log::info!("master {master} moved on during the snapshot; taking another");
+                continue;
+            }
+            let changed = {
+                let mut st = self.state();
+                let mut changed = Vec::new();
+                for op in &reply.ops {
+                    changed.extend(st.store.apply(op)?);
+                    st.ids.record(op);
+                }
+                changed
+            };
+            let ops = reply.ops.clone();
+            self.blocking(move |n| Ok(n.journal().append(&ops)?))
+                .await?;
+            self.wake(&changed);
+            log::info!(
+                "resynced from {master}: {bytes} bytes and {} operations in {:?} \
+                 (received after {received:?}, then flushed in {flushed:?})",
+                reply.ops.len(),
+                started.elapsed()
+            );
+            drop(gate);
+            return Ok(Following {
+                master: master.to_string(),
+                incarnation: Incarnation(done.incarnation),
+                next_seq: reply.first_seq + reply.ops.len() as u64,
+            });
+        }
+        Err(Error::Unavailable(
+            "the master kept moving on; giving up for now".into(),
+        ))
+    }
+}

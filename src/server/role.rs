@@ -1,0 +1,699 @@
+//! The server's role and lease rules, as a pure state machine.
+//!
+//! [`Replica`] is what one server knows about its place in the cluster: its
+//! role (starting, master, slave), the cluster's epoch as far as it has seen,
+//! and, by role, what replication needs: a master's operation log, the slave
+//! in service and the lease; a slave's position in its master's operations.
+//! Every rule of the protocol that decides *what to do* lives here, driven
+//! with time as a value ([`Instant`]) and facts as arguments; the callers in
+//! [`super`] and [`super::replication`] do the I/O that the answers ask for
+//! (mirror, resync, heartbeat, wake timelines). So each rule can be tested
+//! without processes, and a reader finds them in one place.
+//!
+//! The rules, and why:
+//!
+//! * **Roles come from the coordinator.** A heartbeat reply that says MASTER
+//!   makes us master; any other reply makes us a slave, and a master that
+//!   hears it steps down at once. A new reign starts with a new
+//!   *incarnation* and an empty operation log: a slave's position is only
+//!   meaningful within one incarnation.
+//! * **The lease.** A master may let a write out (flush it to its files,
+//!   acknowledge it) only before `sent + failure window` of the last
+//!   heartbeat the coordinator answered, minus a small margin for timer
+//!   granularity. The coordinator declares a master failed no earlier than a
+//!   failure window after it *received* that heartbeat, so no write is ever
+//!   acknowledged beside a new master, even by a master that was paused. A
+//!   reply only renews the lease if that heartbeat named the slave we mirror
+//!   to now: a reply to a heartbeat that still named a slave we have since
+//!   dropped must not let us go on alone.
+//! * **Writes** are numbered in the operation log as they are staged; a
+//!   batch is *committed* once written to our files. A snapshot for a slave
+//!   is cut at the last committed operation, never the last staged one:
+//!   staged operations are not in the files yet, and the join replays them.
+//! * **Fencing.** A slave refuses a batch from a lower epoch (the sender is a
+//!   deposed master and steps down when told), refuses any batch while it is
+//!   master itself, and refuses one from another incarnation or with a gap
+//!   (it must resync). A resent batch is applied from where the slave stands.
+//! * **Resync.** A slave that does not follow the master the coordinator
+//!   names, or that its master dropped (two replies in a row say it is not in
+//!   service although it follows), resyncs; one resync at a time.
+
+use super::replication::OpLog;
+use crate::error::Error;
+use crate::model::{RunId, ServerId};
+use crate::proto::tinysns::{Role as WireRole, WriteOp};
+use std::time::{Duration, Instant};
+
+/// A master's operations are numbered from 1 within one incarnation.
+pub type Seq = u64;
+
+/// Tells one reign of a master from another: changes whenever the operation
+/// log starts afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incarnation(pub u64);
+
+/// The slave in service, as its master sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlaveLink {
+    pub server: ServerId,
+    /// The slave's run that joined.
+    pub run: Option<RunId>,
+    pub addr: String,
+}
+
+/// As a slave: the master we follow and where we stand in its operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Following {
+    pub master: String,
+    pub incarnation: Incarnation,
+    pub next_seq: Seq,
+}
+
+/// A master's replication state.
+#[derive(Debug)]
+pub struct Master {
+    pub incarnation: Incarnation,
+    pub log: OpLog,
+    /// The last operation written to our files.
+    pub committed: Seq,
+    pub slave: Option<SlaveLink>,
+    /// Until when writes may get out.
+    pub lease_until: Option<Instant>,
+}
+
+impl Master {
+    fn new(incarnation: Incarnation) -> Master {
+        Master {
+            incarnation,
+            log: OpLog::default(),
+            committed: 0,
+            slave: None,
+            lease_until: None,
+        }
+    }
+}
+
+/// A slave's replication state.
+#[derive(Debug, Default)]
+pub struct Slave {
+    /// The master we follow, once in sync.
+    pub following: Option<Following>,
+    /// Heartbeat replies in a row that said we are not in service although
+    /// we follow a master: our master dropped us.
+    pub dropped_replies: u32,
+}
+
+/// A server's role.
+#[derive(Debug)]
+pub enum Role {
+    /// Registered, not yet told a role.
+    Starting,
+    Master(Master),
+    Slave(Slave),
+}
+
+/// What the coordinator said in a heartbeat reply, as the core needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub master: bool,
+    pub epoch: u64,
+    /// For a slave: whether the coordinator counts it in service.
+    pub in_service: bool,
+    /// The cluster's alive master, if it is not us.
+    pub master_addr: Option<String>,
+}
+
+/// What the caller must do after a heartbeat reply.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    /// We just became master (log it).
+    pub became_master: bool,
+    /// We just became a slave (log it).
+    pub became_slave: bool,
+    /// We were master and are not any more: end the timelines so their
+    /// clients move on.
+    pub stepped_down: bool,
+    /// Bring the directory up to date from this master.
+    pub resync_from: Option<String>,
+}
+
+/// What a heartbeat reports about us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub role: WireRole,
+    pub epoch: u64,
+    /// A master's slave in service, with its run.
+    pub in_service: Option<(ServerId, Option<RunId>)>,
+}
+
+/// Where a slave takes up a batch: the operations to skip (already applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub skip: usize,
+}
+
+/// One server's role, epoch and replication state.
+#[derive(Debug)]
+pub struct Replica {
+    pub role: Role,
+    /// The highest epoch seen; it never goes down.
+    pub epoch: u64,
+    /// A resync task is running.
+    pub resyncing: bool,
+    failure_window: Duration,
+}
+
+impl Replica {
+    pub fn new(failure_window: Duration) -> Replica {
+        Replica {
+            role: Role::Starting,
+            epoch: 0,
+            resyncing: false,
+            failure_window,
+        }
+    }
+
+    pub fn is_master(&self) -> bool {
+        matches!(self.role, Role::Master(_))
+    }
+
+    pub fn master(&self) -> Option<&Master> {
+        match &self.role {
+            Role::Master(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn master_mut(&mut self) -> Option<&mut Master> {
+        match &mut self.role {
+            Role::Master(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The master state, or why there is none.
+    pub fn require_master(&mut self) -> Result<&mut Master, Error> {
+        self.master_mut()
+            .ok_or_else(|| Error::Unavailable("this server is not the master".into()))
+    }
+
+    /// Acts on a heartbeat reply to a heartbeat sent at `sent` that reported
+    /// `reported_slave` as in service. `fresh` is the incarnation to use if
+    /// this reply starts a reign.
+    pub fn on_verdict(
+        &mut self,
+        v: &Verdict,
+        sent: Instant,
+        reported_slave: Option<ServerId>,
+        fresh: Incarnation,
+    ) -> Reaction {
+        let mut out = Reaction::default();
+        self.epoch = self.epoch.max(v.epoch);
+        if v.master {
+            if !self.is_master() {
+                self.role = Role::Master(Master::new(fresh));
+                out.became_master = true;
+            }
+            let window = self.failure_window;
+            if let Role::Master(m) = &mut self.role
+                && m.slave.as_ref().map(|l| l.server) == reported_slave
+            {
+                m.lease_until = Some(sent + window - window / 16);
+            }
+            return out;
+        }
+        match &self.role {
+            Role::Master(_) => {
+                out.stepped_down = true;
+                out.became_slave = true;
+                self.role = Role::Slave(Slave::default());
+            }
+            Role::Starting => {
+                out.became_slave = true;
+                self.role = Role::Slave(Slave::default());
+            }
+            Role::Slave(_) => {}
+        }
+        let (Some(master), Role::Slave(s)) = (&v.master_addr, &mut self.role) else {
+            return out;
+        };
+        let in_sync = s.following.as_ref().is_some_and(|f| &f.master == master);
+        if in_sync && !v.in_service {
+            s.dropped_replies += 1;
+        } else {
+            s.dropped_replies = 0;
+        }
+        if (!in_sync || s.dropped_replies >= 2) && !self.resyncing {
+            self.resyncing = true;
+            s.following = None;
+            s.dropped_replies = 0;
+            out.resync_from = Some(master.clone());
+        }
+        out
+    }
+
+    /// Stops acting as master (a slave refused our epoch): nothing gets out
+    /// any more. Returns whether we were master.
+    pub fn step_down(&mut self) -> bool {
+        let was = self.is_master();
+        if was {
+            self.role = Role::Slave(Slave::default());
+        } else if let Role::Slave(s) = &mut self.role {
+            s.following = None;
+        }
+        was
+    }
+
+    /// Whether a write may get out now: we are master and the lease holds.
+    pub fn check_lease(&self, now: Instant) -> Result<(), Error> {
+        match &self.role {
+            Role::Master(m) if m.lease_until.is_some_and(|t| now < t) => Ok(()),
+            Role::Master(_) => Err(Error::Unavailable(
+                "this master has not reached the coordinator within the failure window".into(),
+            )),
+            _ => Err(Error::Unavailable("this server is not the master".into())),
+        }
+    }
+
+    /// What our next heartbeat says.
+    pub fn report(&self) -> Report {
+        let role = match &self.role {
+            Role::Starting => WireRole::None,
+            Role::Master(_) => WireRole::Master,
+            Role::Slave(_) => WireRole::Slave,
+        };
+        let in_service = self
+            .master()
+            .and_then(|m| m.slave.as_ref())
+            .map(|l| (l.server, l.run));
+        Report {
+            role,
+            epoch: self.epoch,
+            in_service,
+        }
+    }
+
+    /// As master: numbers a staged operation.
+    pub fn stage(&mut self, op: WriteOp) -> Result<Seq, Error> {
+        Ok(self.require_master()?.log.push(op))
+    }
+
+    /// As master: operations up to `seq` are in our files.
+    pub fn committed(&mut self, seq: Seq) {
+        if let Some(m) = self.master_mut() {
+            m.committed = m.committed.max(seq);
+        }
+    }
+
+    /// As master: a batch failed and nothing staged will be written. The log
+    /// starts afresh (any slave must resync), and no write gets out before a
+    /// heartbeat has told the coordinator the slave is gone.
+    pub fn abandon(&mut self, fresh: Incarnation) {
+        if let Some(m) = self.master_mut() {
+            *m = Master::new(fresh);
+        }
+    }
+
+    /// As master: the slave `server` did not store a batch; it is out of
+    /// service. Returns whether it was the slave in service.
+    pub fn drop_slave(&mut self, server: ServerId) -> bool {
+        match self.master_mut() {
+            Some(m) if m.slave.as_ref().is_some_and(|l| l.server == server) => {
+                m.slave = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// As master: where a snapshot is cut. Operations staged but not yet
+    /// written are not in the files; the join replays them.
+    pub fn snapshot_cut(&self) -> Result<(Seq, Incarnation), Error> {
+        let m = self
+            .master()
+            .ok_or_else(|| Error::Unavailable("this server is not the master".into()))?;
+        Ok((m.committed, m.incarnation))
+    }
+
+    /// As master: a slave that was cut a snapshot at `from` of `incarnation`
+    /// joins. It is in service from now on, with the operations since; or,
+    /// if the log no longer reaches back that far (or the reign changed),
+    /// `None`: it takes another snapshot.
+    pub fn join(
+        &mut self,
+        link: SlaveLink,
+        from: Seq,
+        incarnation: Incarnation,
+    ) -> Result<Option<Vec<WriteOp>>, Error> {
+        let m = self
+            .master_mut()
+            .ok_or_else(|| Error::Precondition("this server is not the master".into()))?;
+        if m.incarnation != incarnation {
+            return Ok(None);
+        }
+        let Some(ops) = m.log.since(from) else {
+            return Ok(None);
+        };
+        m.slave = Some(link);
+        Ok(Some(ops))
+    }
+
+    /// As slave: whether to take a batch of `len` operations from `first`,
+    /// sent by a master at `epoch` in `incarnation`. Raises our epoch.
+    pub fn accept_batch(
+        &mut self,
+        epoch: u64,
+        incarnation: Incarnation,
+        first: Seq,
+    ) -> Result<Accepted, Error> {
+        if epoch < self.epoch {
+            return Err(Error::Precondition(format!(
+                "stale epoch {epoch} (ours is {})",
+                self.epoch
+            )));
+        }
+        if self.is_master() {
+            return Err(Error::Precondition("this server is the master".into()));
+        }
+        self.epoch = epoch;
+        match &self.role {
+            Role::Slave(Slave {
+                following: Some(f), ..
+            }) if f.incarnation == incarnation && first <= f.next_seq => Ok(Accepted {
+                skip: (f.next_seq - first) as usize,
+            }),
+            _ => Err(Error::OutOfSync(
+                "not in sync with this master: resync needed".into(),
+            )),
+        }
+    }
+
+    /// As slave: a batch of `len` operations from `first` is stored.
+    pub fn applied(&mut self, first: Seq, len: usize) {
+        if let Role::Slave(Slave {
+            following: Some(f), ..
+        }) = &mut self.role
+        {
+            f.next_seq = f.next_seq.max(first + len as u64);
+        }
+    }
+
+    /// A resync ended; on success we follow `master` from `next_seq`, unless
+    /// our role changed meanwhile.
+    pub fn resync_done(&mut self, following: Option<Following>) {
+        self.resyncing = false;
+        if let (Some(f), Role::Slave(s)) = (following, &mut self.role) {
+            s.following = Some(f);
+            s.dropped_replies = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::tinysns::{AddUser, write_op};
+
+    const WINDOW: Duration = Duration::from_millis(1600);
+
+    fn master_verdict(epoch: u64) -> Verdict {
+        Verdict {
+            master: true,
+            epoch,
+            in_service: false,
+            master_addr: None,
+        }
+    }
+
+    fn slave_verdict(epoch: u64, master: &str, in_service: bool) -> Verdict {
+        Verdict {
+            master: false,
+            epoch,
+            in_service,
+            master_addr: Some(master.to_string()),
+        }
+    }
+
+    fn op(user: u64) -> WriteOp {
+        WriteOp {
+            op: Some(write_op::Op::AddUser(AddUser { user })),
+        }
+    }
+
+    fn link(id: u32) -> SlaveLink {
+        SlaveLink {
+            server: ServerId(id),
+            run: Some(RunId(7)),
+            addr: format!("127.0.0.1:900{id}"),
+        }
+    }
+
+    /// A master at epoch 1 with slave 2 in service, its lease fresh at `t0`.
+    fn master_with_slave(t0: Instant) -> Replica {
+        let mut r = Replica::new(WINDOW);
+        r.on_verdict(&master_verdict(1), t0, None, Incarnation(10));
+        let (from, inc) = r.snapshot_cut().unwrap();
+        r.join(link(2), from, inc).unwrap().unwrap();
+        r.on_verdict(&master_verdict(1), t0, Some(ServerId(2)), Incarnation(99));
+        r
+    }
+
+    /// A slave following `master` from operation 1 of incarnation 5.
+    fn following_slave(master: &str) -> Replica {
+        let mut r = Replica::new(WINDOW);
+        let t = Instant::now();
+        let re = r.on_verdict(&slave_verdict(1, master, false), t, None, Incarnation(1));
+        assert_eq!(re.resync_from.as_deref(), Some(master));
+        r.resync_done(Some(Following {
+            master: master.into(),
+            incarnation: Incarnation(5),
+            next_seq: 1,
+        }));
+        r
+    }
+
+    #[test]
+    fn a_master_reply_starts_a_reign_with_a_lease() {
+        let t0 = Instant::now();
+        let mut r = Replica::new(WINDOW);
+        assert!(r.check_lease(t0).is_err(), "starting: no writes");
+        let re = r.on_verdict(&master_verdict(3), t0, None, Incarnation(10));
+        assert!(re.became_master && !re.stepped_down);
+        assert_eq!(r.epoch, 3);
+        assert!(r.check_lease(t0 + WINDOW / 2).is_ok());
+        // The lease ends a little before the failure window does.
+        assert!(r.check_lease(t0 + WINDOW - WINDOW / 32).is_err());
+        assert_eq!(r.report().role, WireRole::Master);
+    }
+
+    #[test]
+    fn a_renewed_reign_keeps_its_log_and_incarnation() {
+        let t0 = Instant::now();
+        let mut r = Replica::new(WINDOW);
+        r.on_verdict(&master_verdict(1), t0, None, Incarnation(10));
+        r.stage(op(1)).unwrap();
+        let re = r.on_verdict(&master_verdict(1), t0, None, Incarnation(11));
+        assert!(!re.became_master);
+        let m = r.master().unwrap();
+        assert_eq!(m.incarnation, Incarnation(10));
+        assert_eq!(m.log.last(), 1);
+    }
+
+    #[test]
+    fn a_reply_about_a_dropped_slave_does_not_renew_the_lease() {
+        let t0 = Instant::now();
+        let mut r = master_with_slave(t0);
+        assert!(r.drop_slave(ServerId(2)));
+        // A late reply to a heartbeat that still named slave 2.
+        let later = t0 + WINDOW;
+        r.on_verdict(&master_verdict(1), later, Some(ServerId(2)), Incarnation(1));
+        assert!(r.check_lease(later + Duration::from_millis(1)).is_err());
+        // The reply to a heartbeat that said "no slave" does.
+        r.on_verdict(&master_verdict(1), later, None, Incarnation(1));
+        assert!(r.check_lease(later + Duration::from_millis(1)).is_ok());
+    }
+
+    #[test]
+    fn a_slave_verdict_makes_a_master_step_down() {
+        let t0 = Instant::now();
+        let mut r = master_with_slave(t0);
+        let re = r.on_verdict(
+            &slave_verdict(2, "10.0.0.2:1", false),
+            t0,
+            None,
+            Incarnation(1),
+        );
+        assert!(re.stepped_down && re.became_slave);
+        assert_eq!(re.resync_from.as_deref(), Some("10.0.0.2:1"));
+        assert!(r.check_lease(t0).is_err());
+        assert_eq!(r.report().in_service, None);
+        assert_eq!(r.epoch, 2);
+    }
+
+    #[test]
+    fn a_refused_epoch_steps_down_once() {
+        let t0 = Instant::now();
+        let mut r = master_with_slave(t0);
+        assert!(r.step_down());
+        assert!(!r.step_down(), "a slave has nothing to step down from");
+        assert!(r.check_lease(t0).is_err());
+    }
+
+    #[test]
+    fn one_resync_at_a_time() {
+        let mut r = Replica::new(WINDOW);
+        let t = Instant::now();
+        let v = slave_verdict(1, "m:1", false);
+        assert!(
+            r.on_verdict(&v, t, None, Incarnation(1))
+                .resync_from
+                .is_some()
+        );
+        assert!(
+            r.on_verdict(&v, t, None, Incarnation(1))
+                .resync_from
+                .is_none()
+        );
+        r.resync_done(None);
+        assert!(
+            r.on_verdict(&v, t, None, Incarnation(1))
+                .resync_from
+                .is_some(),
+            "a failed resync is tried again"
+        );
+    }
+
+    #[test]
+    fn a_slave_dropped_by_its_master_resyncs_after_two_replies() {
+        let mut r = following_slave("m:1");
+        let t = Instant::now();
+        let dropped = slave_verdict(1, "m:1", false);
+        assert!(
+            r.on_verdict(&dropped, t, None, Incarnation(1))
+                .resync_from
+                .is_none()
+        );
+        // An in-service reply in between resets the count.
+        r.on_verdict(&slave_verdict(1, "m:1", true), t, None, Incarnation(1));
+        assert!(
+            r.on_verdict(&dropped, t, None, Incarnation(1))
+                .resync_from
+                .is_none()
+        );
+        assert!(
+            r.on_verdict(&dropped, t, None, Incarnation(1))
+                .resync_from
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_new_master_address_means_resync() {
+        let mut r = following_slave("m:1");
+        let re = r.on_verdict(
+            &slave_verdict(2, "m:2", true),
+            Instant::now(),
+            None,
+            Incarnation(1),
+        );
+        assert_eq!(re.resync_from.as_deref(), Some("m:2"));
+    }
+
+    #[test]
+    fn batches_are_fenced_by_epoch_role_and_incarnation() {
+        let mut r = following_slave("m:1");
+        r.epoch = 4;
+        // A deposed master's batch changes nothing, not even our epoch.
+        assert!(matches!(
+            r.accept_batch(3, Incarnation(5), 1),
+            Err(Error::Precondition(_))
+        ));
+        assert_eq!(r.epoch, 4);
+        assert!(matches!(
+            r.accept_batch(4, Incarnation(6), 1),
+            Err(Error::OutOfSync(_))
+        ));
+        assert_eq!(
+            r.accept_batch(5, Incarnation(5), 1),
+            Ok(Accepted { skip: 0 })
+        );
+        assert_eq!(r.epoch, 5);
+        let mut m = Replica::new(WINDOW);
+        m.on_verdict(&master_verdict(1), Instant::now(), None, Incarnation(1));
+        assert!(matches!(
+            m.accept_batch(9, Incarnation(1), 1),
+            Err(Error::Precondition(_))
+        ));
+    }
+
+    #[test]
+    fn a_resent_batch_is_taken_up_where_the_slave_stands_and_a_gap_is_refused() {
+        let mut r = following_slave("m:1");
+        r.accept_batch(1, Incarnation(5), 1).unwrap();
+        r.applied(1, 3); // operations 1..=3
+        assert_eq!(
+            r.accept_batch(1, Incarnation(5), 2),
+            Ok(Accepted { skip: 2 })
+        );
+        r.applied(2, 2); // a resend of 2..=3 moves nothing back
+        assert_eq!(
+            r.accept_batch(1, Incarnation(5), 4),
+            Ok(Accepted { skip: 0 })
+        );
+        assert!(matches!(
+            r.accept_batch(1, Incarnation(5), 6),
+            Err(Error::OutOfSync(_))
+        ));
+    }
+
+    #[test]
+    fn a_snapshot_is_cut_at_the_last_written_operation() {
+        let t0 = Instant::now();
+        let mut r = Replica::new(WINDOW);
+        r.on_verdict(&master_verdict(1), t0, None, Incarnation(10));
+        let a = r.stage(op(1)).unwrap();
+        r.committed(a);
+        r.stage(op(2)).unwrap(); // staged, not yet written
+        let (cut, inc) = r.snapshot_cut().unwrap();
+        assert_eq!(cut, a, "not the last staged operation");
+        // The join replays what the files lack.
+        let ops = r.join(link(2), cut, inc).unwrap().unwrap();
+        assert_eq!(ops, vec![op(2)]);
+        assert_eq!(r.report().in_service, Some((ServerId(2), Some(RunId(7)))));
+    }
+
+    #[test]
+    fn a_join_from_another_reign_takes_another_snapshot() {
+        let t0 = Instant::now();
+        let mut r = Replica::new(WINDOW);
+        r.on_verdict(&master_verdict(1), t0, None, Incarnation(10));
+        let (cut, inc) = r.snapshot_cut().unwrap();
+        r.abandon(Incarnation(11));
+        assert_eq!(r.join(link(2), cut, inc).unwrap(), None);
+        assert_eq!(r.report().in_service, None);
+        assert!(r.check_lease(t0).is_err(), "abandon drops the lease");
+    }
+
+    #[test]
+    fn only_the_slave_in_service_is_dropped() {
+        let mut r = master_with_slave(Instant::now());
+        assert!(!r.drop_slave(ServerId(3)));
+        assert!(r.drop_slave(ServerId(2)));
+        assert!(!r.drop_slave(ServerId(2)));
+    }
+
+    #[test]
+    fn a_resync_that_ends_after_a_promotion_changes_nothing() {
+        let mut r = Replica::new(WINDOW);
+        let t = Instant::now();
+        r.on_verdict(&slave_verdict(1, "m:1", false), t, None, Incarnation(1));
+        r.on_verdict(&master_verdict(2), t, None, Incarnation(2));
+        r.resync_done(Some(Following {
+            master: "m:1".into(),
+            incarnation: Incarnation(5),
+            next_seq: 1,
+        }));
+        assert!(r.is_master());
+        assert!(!r.resyncing);
+    }
+}
