@@ -23,7 +23,16 @@ pub(crate) struct ReplicaApi(pub Arc<Node>);
 #[tonic::async_trait]
 impl Replica for ReplicaApi {
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
-        self.0.apply_batch(req.into_inner()).await?;
+        // In a task of its own: a master that dies mid-call drops this
+        // future, and a batch once applied to the files must still be
+        // journaled and its client ids recorded, or a retry of one of its
+        // posts on the promoted slave would be stored twice.
+        let node = self.0.clone();
+        let applied = self
+            .0
+            .tasks
+            .spawn(async move { node.apply_batch(req.into_inner()).await });
+        applied.await.map_err(Error::from)??;
         Ok(Response::new(ApplyReply {}))
     }
 
