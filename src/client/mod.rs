@@ -10,7 +10,8 @@
 //! failover) from "a second client for the same user" (refused with
 //! `ALREADY_EXISTS`). A background task keeps the session alive by repeating
 //! `Login` every quarter of the lease the server announced, so a client that is
-//! killed (even with SIGKILL) stops refreshing and its session lapses by itself.
+//! killed (even with SIGKILL) stops refreshing and its session lapses by itself;
+//! a client that ends stops the task, then logs out.
 //!
 //! **Start-up.** The coordinator names the master of the user's cluster; the
 //! client logs in there. Anything that looks transient (no master yet, refused
@@ -21,11 +22,13 @@
 //! **Failover.** Every call has a deadline (the lease, at least 500 ms) so that
 //! a hung server is noticed, and the timeline stream, which cannot have one,
 //! relies on HTTP/2 keep-alive pings (half a lease) to notice a dead
-//! connection. When a call fails in a way that says "nobody answered" rather
-//! than "the server said no", the client asks the coordinator again, backing
-//! off between attempts, and logs in with the same session on whatever server it
-//! names: silently if it is the same server (it may have come back), with
-//! `Reconnecting to <host>:<port>...` if it is a new master.
+//! connection. A failed call's status becomes a [`crate::error::Error`] in one
+//! place (in `session`), and the client decides from the variant: when it
+//! says "nobody answered" ([`Error::is_unavailable`](crate::error::Error::is_unavailable))
+//! rather than "the server said no", the client asks the coordinator again,
+//! backing off between attempts, and logs in with the same session on whatever
+//! server it names: silently if it is the same server (it may have come back),
+//! with `Reconnecting to <host>:<port>...` if it is a new master.
 //!
 //! **Idempotent retries.** After a failover the command in flight is retried
 //! once with the same `request_id`, so a FOLLOW that reached the old master
@@ -53,7 +56,7 @@
 //! | `session` | finding the master, login, the session refresher, failover with backoff, running a command with its one retry |
 //! | `timeline` | timeline mode: the stream, resuming, posts typed during an outage, acknowledgements |
 //!
-//! Read [`run`] first: it is the whole client in twenty lines.
+//! Read [`run`] first: it is the whole client on one screen.
 
 mod command;
 mod screen;
