@@ -1,0 +1,453 @@
+//! Files under `flock`: appends and reads of whole records, torn-tail repair,
+//! reading the last posts backwards from the end, the directory gate, content
+//! hashes for resync, and flushing to disk.
+//!
+//! Readers take a shared lock and stop before an incomplete last record; the
+//! appenders (in [`super::tail`]) take the exclusive lock and repair a torn
+//! tail first, with [`repair_locked`].
+
+use super::record::{FileKind, Format, Post, split_records};
+use crate::timefmt::Nanos;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+// ---------------------------------------------------------------------------
+// Flushing to disk
+
+/// Flushes a directory's entries (new, renamed and removed files) to disk.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Every data file of a directory (not the journal or the gate).
+pub fn data_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        if FileKind::parse(&path).is_some() {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// Flushes the data of each file to disk (`fdatasync`). A file that is gone
+/// (its directory was reset) has nothing left to flush.
+pub fn sync_files(paths: &[PathBuf]) -> io::Result<()> {
+    for p in paths {
+        match File::open(p) {
+            Ok(f) => f.sync_data()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Locked reads, appends and repair
+
+/// Opened for reading too: an appender reads what others appended before it
+/// decides what to write.
+pub(super) fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+}
+
+/// Opens `path` for reading with a shared lock held; `None` if it does not exist.
+pub(super) fn open_shared(path: &Path) -> io::Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) => {
+            f.lock_shared()?;
+            Ok(Some(f))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Offset just past the last complete record of a file of length `len`,
+/// scanning backwards from the end.
+fn last_boundary(f: &mut File, len: u64, format: Format) -> io::Result<u64> {
+    let term = format.terminator();
+    let mut end = len;
+    let mut carry: Vec<u8> = Vec::new();
+    while end > 0 {
+        let start = end.saturating_sub(4096);
+        let mut buf = vec![0u8; (end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut buf)?;
+        buf.extend_from_slice(&carry);
+        // Search from the end of this window (which includes the carried
+        // prefix of the previous window) for the last terminator.
+        if let Some(pos) = buf
+            .windows(term.len())
+            .rposition(|w| w == term)
+            .map(|p| start + (p + term.len()) as u64)
+            && pos <= len
+        {
+            return Ok(pos);
+        }
+        carry = buf[..term.len().saturating_sub(1).min(buf.len())].to_vec();
+        end = start;
+    }
+    Ok(0)
+}
+
+/// The end of the last whole record of `path` within `[from, to)` (`from`
+/// if there is none), found by reading backwards from `to`.
+pub fn records_end(path: &Path, from: u64, to: u64) -> io::Result<u64> {
+    if to <= from {
+        return Ok(from);
+    }
+    let mut f = File::open(path)?;
+    Ok(last_boundary(&mut f, to, Format::of(path))?.max(from))
+}
+
+/// Cuts a torn last record off `path`; returns how many bytes were cut.
+pub fn repair(path: &Path) -> io::Result<u64> {
+    let format = Format::of(path);
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    f.lock()?;
+    let cut = repair_locked(&mut f, format)?;
+    f.unlock()?;
+    Ok(cut)
+}
+
+/// Cuts a torn tail off a file whose exclusive lock the caller holds; returns
+/// how many bytes were cut.
+pub(super) fn repair_locked(f: &mut File, format: Format) -> io::Result<u64> {
+    let len = f.metadata()?.len();
+    if len == 0 || ends_with(f, len, format.terminator())? {
+        return Ok(0);
+    }
+    let keep = last_boundary(f, len, format)?;
+    f.set_len(keep)?;
+    Ok(len - keep)
+}
+
+fn ends_with(f: &mut File, len: u64, term: &[u8]) -> io::Result<bool> {
+    let n = term.len() as u64;
+    if len < n {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; term.len()];
+    f.seek(SeekFrom::Start(len - n))?;
+    f.read_exact(&mut buf)?;
+    Ok(buf == term)
+}
+
+/// Repairs every data file in `dir` (start-up). Returns the files that had a
+/// torn record.
+pub fn repair_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut repaired = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        // Data files only: the journal has a format and a repair of its own.
+        if FileKind::parse(&path).is_some() && path.is_file() && repair(&path)? > 0 {
+            repaired.push(path);
+        }
+    }
+    Ok(repaired)
+}
+
+/// Reads the complete records from `offset` to the end under a shared lock.
+/// Returns the bytes and the offset just past the last complete record.
+pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<u8>, u64)> {
+    read_at_most(path, offset, u64::MAX)
+}
+
+/// Like [`read_from`], but reads at most about `limit` bytes (always at least
+/// one whole record if there is one).
+pub fn read_at_most(path: &Path, offset: u64, limit: u64) -> io::Result<(Vec<u8>, u64)> {
+    let Some(mut f) = open_shared(path)? else {
+        return Ok((Vec::new(), 0));
+    };
+    let len = f.metadata()?.len();
+    let len = if len.saturating_sub(offset) > limit {
+        // Extend the window until it holds a whole record.
+        let mut end = offset.saturating_add(limit);
+        loop {
+            let (bytes, _) = read_window(&mut f, offset, end)?;
+            if split_records(&bytes, Format::of(path)).1 > 0 || end >= len {
+                break end.min(len);
+            }
+            end = end.saturating_add(limit).min(len);
+        }
+    } else {
+        len
+    };
+    if len <= offset {
+        return Ok((Vec::new(), len.min(offset)));
+    }
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity((len - offset) as usize);
+    (&mut f).take(len - offset).read_to_end(&mut buf)?;
+    let (_, used) = split_records(&buf, Format::of(path));
+    buf.truncate(used);
+    Ok((buf, offset + used as u64))
+}
+
+/// The last records of a file, oldest first, reading backwards from its end so
+/// that the cost does not depend on the file's length. Records for which
+/// `keep` returns false are skipped and not counted. `stop` ends the scan at
+/// the first record (from the end) for which it returns true, without
+/// counting it.
+pub fn last_posts(
+    path: &Path,
+    n: usize,
+    mut keep: impl FnMut(&Post) -> bool,
+    mut stop: impl FnMut(&Post) -> bool,
+) -> io::Result<LastPosts> {
+    let Some(mut f) = open_shared(path)? else {
+        return Ok(LastPosts::default());
+    };
+    let len = f.metadata()?.len();
+    let end = last_boundary(&mut f, len, Format::Records)?;
+    let mut out = Vec::new();
+    let mut hi = end; // records in [.., hi) not yet parsed
+    let mut window: Vec<u8> = Vec::new(); // bytes [lo, hi)
+    let mut lo = hi;
+    'scan: while out.len() < n && hi > 0 {
+        // Grow the window backwards until it holds at least one whole record
+        // before `hi` (or reaches the start of the file).
+        let new_lo = lo.saturating_sub(8192);
+        let mut buf = vec![0u8; (lo - new_lo) as usize];
+        f.seek(SeekFrom::Start(new_lo))?;
+        f.read_exact(&mut buf)?;
+        buf.extend_from_slice(&window);
+        window = buf;
+        lo = new_lo;
+        loop {
+            // The record ending at `hi` starts after the previous terminator.
+            let rel_hi = (hi - lo) as usize;
+            if rel_hi < 2 {
+                break;
+            }
+            let body_end = rel_hi - 2; // strip "\n\n"
+            let start = window[..body_end]
+                .windows(2)
+                .rposition(|w| w == b"\n\n")
+                .map(|p| p + 2);
+            let start = match start {
+                Some(s) => s,
+                None if lo == 0 => 0,
+                None => break, // need more bytes
+            };
+            match Post::decode(&window[start..body_end]) {
+                Some(p) => {
+                    if stop(&p) {
+                        break 'scan;
+                    }
+                    if keep(&p) {
+                        out.push(p);
+                    }
+                }
+                None => log::warn!("{}: skipping a malformed record", path.display()),
+            }
+            hi = lo + start as u64;
+            window.truncate(start);
+            if out.len() >= n || hi == 0 {
+                break 'scan;
+            }
+        }
+    }
+    out.reverse();
+    Ok(LastPosts {
+        posts: out,
+        start: hi,
+        end,
+    })
+}
+
+/// What [`last_posts`] found.
+#[derive(Debug, Default)]
+pub struct LastPosts {
+    /// The posts kept, oldest first.
+    pub posts: Vec<Post>,
+    /// Offset of the earliest record scanned (kept or not); the record that
+    /// stopped the scan ends here.
+    pub start: u64,
+    /// Offset just past the last complete record.
+    pub end: u64,
+}
+
+/// The offset of the first post in `path` whose time is after `after`,
+/// scanning back from the end (cheap when `after` is recent).
+pub fn offset_after(path: &Path, after: Nanos) -> io::Result<u64> {
+    Ok(last_posts(path, usize::MAX, |_| false, |p| p.time <= after)?.start)
+}
+
+fn read_window(f: &mut File, from: u64, to: u64) -> io::Result<(Vec<u8>, u64)> {
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::with_capacity((to - from) as usize);
+    (&mut *f).take(to - from).read_to_end(&mut buf)?;
+    Ok((buf, to))
+}
+
+// ---------------------------------------------------------------------------
+// The directory gate, content hashes
+
+/// Name of the lock file that gates writers of a server directory.
+pub const GATE_FILE: &str = "writers.lock";
+
+/// Takes the directory's gate shared, without waiting: writers other than the
+/// server itself (the synchronizer) hold it while they write. `None` when the
+/// server holds it exclusively (it is being rebuilt by a resync) or the
+/// directory is gone.
+pub fn try_enter_dir(dir: &Path) -> io::Result<Option<File>> {
+    let f = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(GATE_FILE))
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match f.try_lock_shared() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Takes the directory's gate exclusively, waiting for writers inside to
+/// finish. Held by a server while it rebuilds its directory; released when
+/// the returned file is dropped.
+pub fn close_dir(dir: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(GATE_FILE))?;
+    f.lock()?;
+    Ok(f)
+}
+
+/// A hash of the first `len` bytes of a file (resync compares a slave's copy
+/// with a prefix of the master's). Not cryptographic: it detects divergence
+/// caused by crashes, not malice.
+pub fn content_hash(path: &Path, len: u64) -> io::Result<u64> {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    let mut f = File::open(path)?;
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = f.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than expected",
+            ));
+        }
+        h.write(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::record::post;
+    use crate::storage::{AuthorClock, Tail, UserSet};
+    use std::io::Write;
+
+    /// Truncates a file of three posts at every byte: a repair keeps exactly
+    /// the whole records before the cut, and appending afterwards yields a
+    /// well-formed file.
+    #[test]
+    fn torn_record_cut_at_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u1_timeline.txt");
+        let posts: Vec<Post> = (1..=3)
+            .map(|i| post(i, i as i64 * 1000, "text é"))
+            .collect();
+        let full: String = posts.iter().map(Post::encode).collect();
+        let bounds: Vec<usize> = posts
+            .iter()
+            .scan(0, |acc, p| {
+                *acc += p.encode().len();
+                Some(*acc)
+            })
+            .collect();
+        for cut in 0..=full.len() {
+            std::fs::write(&path, &full.as_bytes()[..cut]).unwrap();
+            repair(&path).unwrap();
+            let kept = bounds.iter().filter(|b| **b <= cut).count();
+            let data = std::fs::read(&path).unwrap();
+            assert_eq!(
+                data.len(),
+                if kept == 0 { 0 } else { bounds[kept - 1] },
+                "cut {cut}"
+            );
+            let mut tail: Tail<AuthorClock> = Tail::new(path.clone());
+            tail.append_with(|_| Some(post(9, 9, "after").encode()))
+                .unwrap();
+            let last = last_posts(&path, 10, |_| true, |_| false).unwrap().posts;
+            assert_eq!(last.len(), kept + 1, "cut {cut}");
+            assert_eq!(last[..kept], posts[..kept]);
+        }
+    }
+
+    #[test]
+    fn lines_repair_and_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("all_users.txt");
+        std::fs::write(&path, "1\n2\n3").unwrap();
+        assert_eq!(repair(&path).unwrap(), 1);
+        let mut t: Tail<UserSet> = Tail::new(path.clone());
+        t.refresh().unwrap();
+        assert_eq!(t.state.0.iter().copied().collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn last_posts_reads_from_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u1_timeline.txt");
+        let mut t: Tail<AuthorClock> = Tail::new(path.clone());
+        for i in 1..=1000 {
+            let p = post(1 + i % 3, i as i64, &format!("post number {i}"));
+            t.append_with(|_| Some(p.encode())).unwrap();
+        }
+        // a torn tail is ignored by readers
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"T 2026")
+            .unwrap();
+        let last = last_posts(&path, 20, |_| true, |_| false).unwrap().posts;
+        assert_eq!(last.len(), 20);
+        assert_eq!(last[0].time, 981);
+        assert_eq!(last[19].time, 1000);
+        let only2 = last_posts(&path, 5, |p| p.author == 2, |_| false)
+            .unwrap()
+            .posts;
+        assert!(only2.iter().all(|p| p.author == 2));
+        assert_eq!(only2.len(), 5);
+        repair(&path).unwrap();
+        let off = offset_after(&path, 990).unwrap();
+        let (rest, _) = read_from(&path, off).unwrap();
+        let (recs, _) = split_records(&rest, Format::Records);
+        assert_eq!(recs.len(), 10);
+        assert_eq!(
+            offset_after(&path, 5000).unwrap(),
+            std::fs::metadata(&path).unwrap().len()
+        );
+    }
+}
