@@ -144,12 +144,14 @@ impl From<Status> for Error {
             return Error::Unavailable(m);
         }
         match s.code() {
-            Code::InvalidArgument | Code::OutOfRange => Error::Invalid(m),
+            Code::InvalidArgument => Error::Invalid(m),
             Code::NotFound => Error::NotFound(m),
             Code::AlreadyExists => Error::AlreadyExists(m),
             Code::FailedPrecondition => Error::Precondition(m),
             Code::Unauthenticated | Code::PermissionDenied => Error::Unauthenticated(m),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable(m),
+            // A CANCELLED that a server sent is its answer; one from a
+            // broken connection carries its cause (above).
+            Code::Unavailable | Code::DeadlineExceeded => Error::Unavailable(m),
             // The channel's readiness error is turned into a bare UNKNOWN.
             Code::Unknown if m.starts_with("Service was not ready") => Error::Unavailable(m),
             Code::Aborted => Error::OutOfSync(m),

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
 
 use super::Options;
 use super::command::{Command, SUCCESS, list_lines, reply_line};
@@ -82,20 +82,10 @@ impl Backoff {
     }
 }
 
-/// The one place a failed call's status becomes an [`Error`]: the crate's
-/// mapping ([`From<Status> for Error`]), except for two codes our server
-/// never sends, which the client has always treated otherwise: a CANCELLED
-/// that a server sent (a broken connection carries its cause and is
-/// unavailable either way) is an answer, not a reason to fail over; an
-/// OUT_OF_RANGE is "unknown reason", not "invalid username".
+/// A failed call's status as an [`Error`]: the crate's one mapping
+/// ([`From<Status> for Error`]).
 pub(super) fn call_error(status: Status) -> Error {
-    let from_server = std::error::Error::source(&status).is_none();
-    match status.code() {
-        Code::Cancelled | Code::OutOfRange if from_server => {
-            Error::Internal(status.message().to_owned())
-        }
-        _ => Error::from(status),
-    }
+    Error::from(status)
 }
 
 /// Runs one call under a deadline; an expired deadline means nobody answered.
