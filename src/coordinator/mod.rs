@@ -248,3 +248,37 @@ pub async fn run(
     log::info!("coordinator stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::tinysns::{Kind, Role};
+
+    #[tokio::test]
+    async fn run_ends_on_its_token_with_the_state_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let heartbeat = Duration::from_millis(50);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let addr = listener.local_addr().expect("address").to_string();
+        let opts = Options {
+            clusters: 1,
+            heartbeat,
+            state_dir: dir.path().join("coordinator"),
+        };
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(listener, opts, shutdown.clone()));
+        // A client that stays connected does not hold the shutdown up.
+        let mut coordinator = membership::client(&addr, heartbeat).expect("client");
+        let info = membership::info(Kind::Server, 1, 1, "127.0.0.1", 4000);
+        let reply = membership::register(&mut coordinator, &info, heartbeat)
+            .await
+            .expect("registered");
+        assert_eq!((reply.role, reply.epoch), (Role::Master as i32, 1));
+        shutdown.cancel();
+        running.await.expect("run's task").expect("a clean stop");
+        let file = std::fs::read_to_string(dir.path().join("coordinator").join(EPOCH_FILE));
+        assert_eq!(file.expect("state file"), "1 1 1 0\n");
+    }
+}
