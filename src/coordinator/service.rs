@@ -209,7 +209,7 @@ impl StallGuard {
             self.grace_until = Some(now + 2 * self.heartbeat);
         }
         self.last_check = now;
-        !self.grace_until.is_some_and(|g| now < g)
+        self.grace_until.is_none_or(|g| now >= g)
     }
 }
 

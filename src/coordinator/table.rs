@@ -347,9 +347,12 @@ impl Table {
         }
         let current = self.epoch(cluster);
         let (claimed, epoch) = (beat.claimed, beat.epoch);
+        // The first heartbeat this coordinator hears from it.
+        let first = !seen.known;
+        let still_its_slave = claimed == Role::Slave && epoch == current;
         if claimed == Role::None {
             self.set_in_service(cluster, None, &format!("server {id} restarted"));
-        } else if !seen.known && !(claimed == Role::Slave && epoch == current) {
+        } else if first && !still_its_slave {
             self.set_in_service(
                 cluster,
                 None,
