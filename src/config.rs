@@ -5,7 +5,10 @@
 //! benchmarks can shrink the periods without touching the public short flags.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
+
+use crate::error::Error;
 
 /// Default heartbeat period of servers and synchronizers.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 10_000;
@@ -122,52 +125,40 @@ pub fn init_daemon_logging() {
         .init();
 }
 
-/// Turns clap's error into SPEC §1's behaviour: a one-line reason and usage on
-/// stderr, exit status 2 (help and version still print and exit 0).
-pub fn parse_args<T: clap::Parser>() -> T {
-    match T::try_parse() {
-        Ok(v) => v,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-                    let _ = e.print();
-                    std::process::exit(0);
-                }
-                _ => {
-                    let text = e.to_string();
-                    // clap's message runs over several lines (the reason,
-                    // then e.g. the missing flags); fold it into one.
-                    let reason = text
-                        .lines()
-                        .map(str::trim)
-                        .take_while(|l| !l.starts_with("Usage:"))
-                        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    let reason = reason.trim_start_matches("error: ");
-                    let cmd = T::command();
-                    let mut cmd = cmd;
-                    let usage = cmd.render_usage();
-                    eprintln!("error: {reason}");
-                    eprintln!("{usage}");
-                    std::process::exit(2);
-                }
-            }
+/// Reads the flags, with SPEC §1's behaviour when they are wrong: a one-line
+/// reason and usage on stderr, then `Err` with status 2 for `main` to return.
+/// Help and version are printed, and `Err` carries status 0.
+pub fn parse_args<T: clap::Parser>() -> Result<T, ExitCode> {
+    T::try_parse().map_err(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
         }
-    }
+        let text = e.to_string();
+        // clap's message runs over several lines (the reason, then e.g. the
+        // missing flags); fold it into one.
+        let reason = text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.starts_with("Usage:"))
+            .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let reason = reason.trim_start_matches("error: ");
+        let usage = T::command().render_usage();
+        eprintln!("error: {reason}");
+        eprintln!("{usage}");
+        ExitCode::from(2)
+    })
 }
 
-/// Listens on `0.0.0.0:port`, or exits with status 1 and a one-line reason
-/// (e.g. the port is taken).
-pub async fn listen(name: &str, port: u16) -> tokio::net::TcpListener {
-    match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{name}: cannot listen on port {port}: {e}");
-            std::process::exit(1);
-        }
-    }
+/// Listens on `0.0.0.0:port`; the error is a one-line reason (e.g. the port
+/// is taken).
+pub async fn listen(port: u16) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(("0.0.0.0", port))
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen on port {port}: {e}")))
 }
 
 /// The connections a gRPC server accepts on `listener`, with Nagle's
@@ -177,14 +168,37 @@ pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Ends a daemon: status 0, or 1 with its error on one line.
-pub fn exit_with<E: std::fmt::Display>(name: &str, result: Result<(), E>) -> ! {
+/// How a daemon ends: status 0, or 1 with its error on one line of stderr,
+/// after its name.
+pub fn exit_code<E: std::fmt::Display>(name: &str, result: Result<(), E>) -> ExitCode {
     match result {
-        Ok(()) => std::process::exit(0),
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{name}: {e}");
-            std::process::exit(1);
+            ExitCode::FAILURE
         }
+    }
+}
+
+/// A status that a part's `run` returned as a number, for `main` to return
+/// (one outside 0..=255 is 1).
+pub fn exit_status(status: i32) -> ExitCode {
+    u8::try_from(status).map_or(ExitCode::FAILURE, ExitCode::from)
+}
+
+/// The rest of a daemon's `main` once its flags are read: logging, the
+/// listener on `port`, then `run` until Ctrl-C or SIGTERM, and the status it
+/// ends with ([`exit_code`]).
+pub async fn run_daemon<F, Fut, E>(name: &str, port: u16, run: F) -> ExitCode
+where
+    F: FnOnce(tokio::net::TcpListener, tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    init_daemon_logging();
+    match listen(port).await {
+        Ok(listener) => exit_code(name, run(listener, shutdown_on_signal()).await),
+        Err(e) => exit_code(name, Err(e)),
     }
 }
 

@@ -1,18 +1,23 @@
 //! `bench`: the Tiny SNS benchmark (see the `snsbench` library and README).
 
+use std::process::ExitCode;
+
 use snsbench::{self as bench, Args};
 use tinysns::config;
 
 #[tokio::main]
-async fn main() {
-    let args: Args = config::parse_args();
+async fn main() -> ExitCode {
+    let args: Args = match config::parse_args() {
+        Ok(args) => args,
+        Err(status) => return status,
+    };
     if args.serve_echo {
-        let listener = config::listen("bench", 0).await;
-        if let Err(e) = bench::echo::serve(listener).await {
-            eprintln!("bench: echo server: {e}");
-            std::process::exit(1);
-        }
-        return;
+        return match config::listen(0).await {
+            Ok(listener) => {
+                config::exit_code("bench: echo server", bench::echo::serve(listener).await)
+            }
+            Err(e) => config::exit_code("bench", Err(e)),
+        };
     }
-    std::process::exit(bench::run(args).await);
+    config::exit_status(bench::run(args).await)
 }

@@ -3,6 +3,7 @@
 //! standard input to [`tinysns::client::run`], where the logic lives.
 
 use std::io::BufRead;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
@@ -69,8 +70,11 @@ fn read_stdin(tx: tokio::sync::mpsc::Sender<String>) {
     }
 }
 
-fn main() {
-    let cli: Cli = config::parse_args();
+fn main() -> ExitCode {
+    let cli: Cli = match config::parse_args() {
+        Ok(cli) => cli,
+        Err(status) => return status,
+    };
     // The user interface owns stdout; diagnostics go to stderr, off unless
     // RUST_LOG asks for them.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"))
@@ -78,7 +82,7 @@ fn main() {
         .init();
 
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    // Detached: the process exits when `run` returns, even if this thread is
+    // Detached: the process exits when `main` returns, even if this thread is
     // still blocked in a read.
     std::thread::spawn(move || read_stdin(tx));
 
@@ -89,7 +93,7 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(1);
+            return ExitCode::FAILURE;
         }
     };
     let opts = Options {
@@ -97,6 +101,9 @@ fn main() {
         handle_interrupt: true,
         ..Options::new(cli.host, cli.port, cli.user)
     };
-    let code = runtime.block_on(client::run(opts, rx, std::io::stdout()));
-    std::process::exit(code);
+    let status = runtime.block_on(client::run(opts, rx, std::io::stdout()));
+    // As `exit` did: whatever `run` left behind (a stream, a retry) is
+    // dropped, not waited for.
+    runtime.shutdown_background();
+    config::exit_status(status)
 }

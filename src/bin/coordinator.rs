@@ -2,6 +2,8 @@
 //! and promotion. All the logic lives in `tinysns::coordinator`; this is flag
 //! parsing, logging and signal handling.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use tinysns::config;
 use tinysns::coordinator::{self, Options};
@@ -22,17 +24,18 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() {
-    let cli: Cli = config::parse_args();
-    config::init_daemon_logging();
-    let listener = config::listen("coordinator", cli.port).await;
+async fn main() -> ExitCode {
+    let cli: Cli = match config::parse_args() {
+        Ok(cli) => cli,
+        Err(status) => return status,
+    };
     let opts = Options {
         clusters: cli.clusters,
         heartbeat: cli.knobs.heartbeat(),
         state_dir: cli.knobs.data_dir.join("coordinator"),
     };
-    config::exit_with(
-        "coordinator",
-        coordinator::run(listener, opts, config::shutdown_on_signal()).await,
-    );
+    config::run_daemon("coordinator", cli.port, |listener, shutdown| {
+        coordinator::run(listener, opts, shutdown)
+    })
+    .await
 }

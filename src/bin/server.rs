@@ -1,5 +1,7 @@
 //! `server -c <clusterId> -s <serverId> -h <coordHost> -k <coordPort> -p <port>`
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use tinysns::config::{self, PeerArgs};
 
@@ -19,11 +21,12 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() {
-    let cli: Cli = config::parse_args();
-    config::init_daemon_logging();
+async fn main() -> ExitCode {
+    let cli: Cli = match config::parse_args() {
+        Ok(cli) => cli,
+        Err(status) => return status,
+    };
     let p = cli.peer;
-    let listener = config::listen("server", p.port).await;
     let opts = tinysns::server::Options {
         cluster: cli.cluster,
         server_id: cli.server,
@@ -34,8 +37,8 @@ async fn main() {
         fsync: p.knobs.fsync,
         data_dir: p.knobs.data_dir,
     };
-    config::exit_with(
-        "server",
-        tinysns::server::run(listener, opts, config::shutdown_on_signal()).await,
-    );
+    config::run_daemon("server", opts.port, |listener, shutdown| {
+        tinysns::server::run(listener, opts, shutdown)
+    })
+    .await
 }

@@ -1,5 +1,7 @@
 //! `synchronizer -h <coordHost> -k <coordPort> -p <port> -i <synchronizerId>`
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use tinysns::config::{self, PeerArgs};
 
@@ -16,11 +18,12 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() {
-    let cli: Cli = config::parse_args();
-    config::init_daemon_logging();
+async fn main() -> ExitCode {
+    let cli: Cli = match config::parse_args() {
+        Ok(cli) => cli,
+        Err(status) => return status,
+    };
     let p = cli.peer;
-    let listener = config::listen("synchronizer", p.port).await;
     let opts = tinysns::synchronizer::Options {
         id: cli.id,
         coordinator: p.coordinator(),
@@ -31,8 +34,8 @@ async fn main() {
         fsync: p.knobs.fsync,
         data_dir: p.knobs.data_dir,
     };
-    config::exit_with(
-        "synchronizer",
-        tinysns::synchronizer::run(listener, opts, config::shutdown_on_signal()).await,
-    );
+    config::run_daemon("synchronizer", opts.port, |listener, shutdown| {
+        tinysns::synchronizer::run(listener, opts, shutdown)
+    })
+    .await
 }

@@ -1,20 +1,21 @@
 //! Talking to the coordinator from a server or a synchronizer: the client,
 //! and registration (the first heartbeat), retried until the coordinator
-//! answers.
+//! answers. A status from the coordinator is read as an [`Error`] (the one
+//! conversion in [`crate::error`]): what to do is decided by its variant.
 
+use crate::error::Error;
 use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::{HeartbeatReply, HeartbeatRequest, Kind, ServerInfo};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// A client for the coordinator at `host:port`, whose calls give up after the
 /// failure window (two heartbeats, at least 200 ms): by then the coordinator
 /// has judged us anyway.
-pub fn client(addr: &str, heartbeat: Duration) -> Result<CoordinatorClient<Channel>, BoxError> {
+pub fn client(addr: &str, heartbeat: Duration) -> Result<CoordinatorClient<Channel>, Error> {
     let timeout = (2 * heartbeat).max(Duration::from_millis(200));
-    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+    let ch = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Error::Invalid(e.to_string()))?
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect_lazy();
@@ -39,19 +40,19 @@ pub async fn register(
     coordinator: &mut CoordinatorClient<Channel>,
     info: &ServerInfo,
     heartbeat: Duration,
-) -> Result<HeartbeatReply, BoxError> {
+) -> Result<HeartbeatReply, Error> {
     let mut backoff = Duration::from_millis(50);
     loop {
         let req = HeartbeatRequest {
             info: Some(info.clone()),
             ..Default::default()
         };
-        match coordinator.heartbeat(req).await {
+        match coordinator.heartbeat(req).await.map_err(Error::from) {
             Ok(r) => return Ok(r.into_inner()),
-            Err(e) if e.code() == tonic::Code::InvalidArgument => {
-                return Err(
-                    format!("the coordinator refused to register us: {}", e.message()).into(),
-                );
+            Err(Error::Invalid(m)) => {
+                return Err(Error::Invalid(format!(
+                    "the coordinator refused to register us: {m}"
+                )));
             }
             Err(e) => {
                 log::warn!("cannot reach the coordinator: {}", e.message());
