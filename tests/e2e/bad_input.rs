@@ -6,7 +6,7 @@
 use crate::harness::grpc::{connect, login, login_ok, request};
 use crate::harness::*;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use tinysns::proto::csce438::Message;
 use tinysns::proto::csce438::sns_service_client::SnsServiceClient;
@@ -43,6 +43,50 @@ fn expect_code<T: std::fmt::Debug>(r: Result<T, Status>, want: Code, what: &str)
             s.message()
         ),
     }
+}
+
+/// Cluster 1 of 3 (master and in-service slave, no synchronizer), for
+/// requests sent straight to its master.
+struct Cluster {
+    sys: System,
+    /// The cluster's directory (both servers').
+    dir: PathBuf,
+    /// The master's address.
+    url: String,
+    /// User 1's posts on the master.
+    posts_file: PathBuf,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let sys = System::one_cluster(HEARTBEAT_MS);
+        Cluster {
+            dir: sys.data_dir().join("cluster_1"),
+            url: sys.server_url(1, 1),
+            posts_file: sys.server_dir(1, 1).join("u1_posts.txt"),
+            sys,
+        }
+    }
+
+    /// A connection to the master, user 1 logged in with session `token-1`.
+    async fn user_1(url: &str) -> SnsServiceClient<Channel> {
+        let mut c = connect(url).await;
+        login_ok(&mut c, "1", "token-1").await;
+        c
+    }
+}
+
+/// Sends `request` (a future: nothing is sent before it is awaited); it
+/// must fail with `want` and leave every file of `dir` as it was.
+async fn refused<T: std::fmt::Debug>(
+    dir: &Path,
+    want: Code,
+    what: &str,
+    request: impl Future<Output = Result<T, Status>>,
+) {
+    let before = cluster_files(dir);
+    expect_code(request.await, want, what);
+    assert_unchanged(dir, &before, what);
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -144,16 +188,14 @@ async fn outcome_within_deadline<M>(
 
 #[test]
 fn bad_requests_get_their_codes_and_change_nothing() {
-    let sys = System::one_cluster(HEARTBEAT_MS);
-    let dir = sys.data_dir().join("cluster_1");
-    let url = sys.server_url(1, 1);
+    let cluster = Cluster::start();
+    let (dir, url) = (&cluster.dir, &cluster.url);
     runtime().block_on(async {
-        let mut c = connect(&url).await;
-        login_ok(&mut c, "1", "token-1").await;
+        let mut c = Cluster::user_1(url).await;
         login_ok(&mut c, "4", "token-4").await;
 
-        // Login
-        for bad in [
+        // Login: malformed user ids, then users of other clusters.
+        let malformed = [
             "0",
             "-1",
             "abc",
@@ -162,25 +204,14 @@ fn bad_requests_get_their_codes_and_change_nothing() {
             " 1",
             "1 ",
             "99999999999999999999999",
-        ] {
-            let before = cluster_files(&dir);
-            let what = format!("Login as {bad:?}");
-            expect_code(
-                login(&mut c, bad, "token-x").await,
-                Code::InvalidArgument,
-                &what,
-            );
-            assert_unchanged(&dir, &before, &what);
-        }
-        for other in ["2", "3", "5"] {
-            let before = cluster_files(&dir);
-            let what = format!("Login at cluster 1 as user {other} of another cluster");
-            expect_code(
-                login(&mut c, other, "token-x").await,
-                Code::FailedPrecondition,
-                &what,
-            );
-            assert_unchanged(&dir, &before, &what);
+        ]
+        .map(|u| (u, Code::InvalidArgument, format!("Login as {u:?}")));
+        let elsewhere = ["2", "3", "5"].map(|u| {
+            let what = format!("Login at cluster 1 as user {u} of another cluster");
+            (u, Code::FailedPrecondition, what)
+        });
+        for (user, code, what) in malformed.into_iter().chain(elsewhere) {
+            refused(dir, code, &what, login(&mut c, user, "token-x")).await;
         }
 
         // Requests before Login (user 7 lives in cluster 1 but never logged
@@ -191,35 +222,30 @@ fn bad_requests_get_their_codes_and_change_nothing() {
                 (Op::Follow, &["1"][..]),
                 (Op::UnFollow, &["1"][..]),
             ] {
-                let before = cluster_files(&dir);
                 let what = format!("{op:?} {args:?} by user {user} with session {session:?}");
-                expect_code(
-                    call(&mut c, op, user, session, args).await,
+                refused(
+                    dir,
                     Code::Unauthenticated,
                     &what,
-                );
-                assert_unchanged(&dir, &before, &what);
+                    call(&mut c, op, user, session, args),
+                )
+                .await;
             }
-            let before = cluster_files(&dir);
             let what = format!("Timeline by user {user} with session {session:?}");
-            let r = match open_timeline(&mut c, user, session).await {
-                Err(s) => Err(s),
-                Ok((_tx, mut stream)) => match outcome(&mut stream, u64::MAX).await {
-                    Outcome::Failed(s) => Err(s),
-                    o => Ok(o),
-                },
+            let timeline = async {
+                match open_timeline(&mut c, user, session).await {
+                    Err(s) => Err(s),
+                    Ok((_tx, mut stream)) => match outcome(&mut stream, u64::MAX).await {
+                        Outcome::Failed(s) => Err(s),
+                        o => Ok(o),
+                    },
+                }
             };
-            expect_code(r, Code::Unauthenticated, &what);
-            assert_unchanged(&dir, &before, &what);
+            refused(dir, Code::Unauthenticated, &what, timeline).await;
         }
         // An invalid user name is refused as such, logged in or not.
-        let before = cluster_files(&dir);
-        expect_code(
-            call(&mut c, Op::List, "abc", "token-1", &[]).await,
-            Code::InvalidArgument,
-            "List as \"abc\"",
-        );
-        assert_unchanged(&dir, &before, "List as \"abc\"");
+        let list = call(&mut c, Op::List, "abc", "token-1", &[]);
+        refused(dir, Code::InvalidArgument, "List as \"abc\"", list).await;
 
         // Follow / UnFollow arguments. User 10 lives in cluster 1 and user 2
         // in cluster 2; neither ever logged in and there is no synchronizer,
@@ -242,65 +268,58 @@ fn bad_requests_get_their_codes_and_change_nothing() {
             (Op::UnFollow, &["4"], Code::FailedPrecondition),
         ];
         for (op, args, code) in cases {
-            let before = cluster_files(&dir);
             let what = format!("{op:?} {args:?} by user 1");
-            expect_code(
-                as_user(&mut c, *op, "1", "token-1", args).await,
+            refused(
+                dir,
                 *code,
                 &what,
-            );
-            assert_unchanged(&dir, &before, &what);
+                as_user(&mut c, *op, "1", "token-1", args),
+            )
+            .await;
         }
 
         // Following twice, unfollowing twice: the second of each is refused
         // and writes nothing.
-        as_user(&mut c, Op::Follow, "1", "token-1", &["4"])
-            .await
-            .expect("user 1 follows 4");
-        let before = cluster_files(&dir);
-        expect_code(
-            as_user(&mut c, Op::Follow, "1", "token-1", &["4"]).await,
-            Code::AlreadyExists,
-            "Follow 4 again",
-        );
-        assert_unchanged(&dir, &before, "Follow 4 again");
-        as_user(&mut c, Op::UnFollow, "1", "token-1", &["4"])
-            .await
-            .expect("user 1 unfollows 4");
-        let before = cluster_files(&dir);
-        expect_code(
-            as_user(&mut c, Op::UnFollow, "1", "token-1", &["4"]).await,
-            Code::FailedPrecondition,
-            "UnFollow 4 again",
-        );
-        assert_unchanged(&dir, &before, "UnFollow 4 again");
+        for (op, code) in [
+            (Op::Follow, Code::AlreadyExists),
+            (Op::UnFollow, Code::FailedPrecondition),
+        ] {
+            as_user(&mut c, op, "1", "token-1", &["4"])
+                .await
+                .unwrap_or_else(|s| panic!("user 1's first {op:?} 4: {s:?}"));
+            let what = format!("{op:?} 4 again");
+            refused(
+                dir,
+                code,
+                &what,
+                as_user(&mut c, op, "1", "token-1", &["4"]),
+            )
+            .await;
+        }
 
         // A second login: another token is refused while the session lives,
         // the same token refreshes it.
         login_ok(&mut c, "1", "token-1").await;
-        let before = cluster_files(&dir);
+        let before = cluster_files(dir);
         expect_code(
             login(&mut c, "1", "token-other").await,
             Code::AlreadyExists,
             "a second Login with another token",
         );
-        assert_unchanged(&dir, &before, "a second Login with another token");
+        assert_unchanged(dir, &before, "a second Login with another token");
         login(&mut c, "1", "token-1")
             .await
             .expect("a second Login with the same token");
-        assert_unchanged(&dir, &before, "a second Login with the same token");
+        assert_unchanged(dir, &before, "a second Login with the same token");
     });
 }
 
 #[test]
 fn bad_posts_are_refused_and_good_ones_stored() {
-    let sys = System::one_cluster(HEARTBEAT_MS);
-    let dir = sys.data_dir().join("cluster_1");
-    let url = sys.server_url(1, 1);
-    let posts_file = sys.server_dir(1, 1).join("u1_posts.txt");
+    let cluster = Cluster::start();
+    let (dir, url, posts_file) = (&cluster.dir, &cluster.url, &cluster.posts_file);
     runtime().block_on(async {
-        let mut c = connect(&url).await;
-        login_ok(&mut c, "1", "token-1").await;
+        let mut c = Cluster::user_1(url).await;
 
         let mut post_id = 0;
         let bad = [
@@ -318,7 +337,7 @@ fn bad_posts_are_refused_and_good_ones_stored() {
         for (what, text) in bad {
             post_id += 1;
             login_ok(&mut c, "1", "token-1").await;
-            let before = cluster_files(&dir);
+            let before = cluster_files(dir);
             let (tx, mut stream) = open_timeline(&mut c, "1", "token-1")
                 .await
                 .unwrap_or_else(|s| panic!("open a timeline for {what}: {s:?}"));
@@ -340,7 +359,7 @@ fn bad_posts_are_refused_and_good_ones_stored() {
                 ),
                 o => panic!("{what}: expected InvalidArgument, got {o:?}"),
             }
-            assert_unchanged(&dir, &before, what);
+            assert_unchanged(dir, &before, what);
         }
 
         let good = [
@@ -372,7 +391,7 @@ fn bad_posts_are_refused_and_good_ones_stored() {
                 o => panic!("{what}: expected an ack, got {o:?}"),
             }
             assert!(
-                posts_in(&posts_file)
+                posts_in(posts_file)
                     .iter()
                     .any(|(u, w)| *u == 1 && *w == text),
                 "{what} acknowledged but not in {}",
@@ -434,17 +453,14 @@ async fn raw_post(url: &str, post: RawMessage) -> Result<Option<Outcome>, Status
 
 #[test]
 fn a_post_that_is_not_utf8_is_refused() {
-    let sys = System::one_cluster(HEARTBEAT_MS);
-    let dir = sys.data_dir().join("cluster_1");
-    let url = sys.server_url(1, 1);
-    let posts_file = sys.server_dir(1, 1).join("u1_posts.txt");
+    let cluster = Cluster::start();
+    let (dir, url, posts_file) = (&cluster.dir, &cluster.url, &cluster.posts_file);
     runtime().block_on(async {
-        let mut c = connect(&url).await;
-        login_ok(&mut c, "1", "token-1").await;
+        let mut c = Cluster::user_1(url).await;
 
         // The raw encoding itself works: a UTF-8 post sent this way is stored.
         let r = raw_post(
-            &url,
+            url,
             RawMessage {
                 username: "1".into(),
                 msg: b"sent raw".to_vec(),
@@ -458,7 +474,7 @@ fn a_post_that_is_not_utf8_is_refused() {
             "a UTF-8 post sent raw: {r:?}"
         );
         assert!(
-            posts_in(&posts_file)
+            posts_in(posts_file)
                 .iter()
                 .any(|(u, w)| *u == 1 && w == "sent raw"),
             "the raw UTF-8 post is not in {}",
@@ -471,9 +487,9 @@ fn a_post_that_is_not_utf8_is_refused() {
             ("a post with a surrogate", b"\xed\xa0\x80".to_vec()),
         ] {
             login_ok(&mut c, "1", "token-1").await;
-            let before = cluster_files(&dir);
+            let before = cluster_files(dir);
             let r = raw_post(
-                &url,
+                url,
                 RawMessage {
                     username: "1".into(),
                     msg: bytes,
@@ -482,12 +498,12 @@ fn a_post_that_is_not_utf8_is_refused() {
                 },
             )
             .await;
-            assert_unchanged(&dir, &before, what);
+            assert_unchanged(dir, &before, what);
             match r {
                 Err(s) | Ok(Some(Outcome::Failed(s))) => assert_ne!(s.code(), Code::Ok, "{what}"),
                 Ok(Some(o)) => panic!("{what}: expected an error status, got {o:?}"),
                 Ok(None) => {
-                    let log = sys.log(&System::server_name(1, 1));
+                    let log = cluster.sys.log(&System::server_name(1, 1));
                     let tail: Vec<&str> = log.lines().rev().take(10).collect();
                     panic!(
                         "{what}: the server neither refused nor acknowledged it within \
