@@ -1,8 +1,8 @@
-//! The write-ahead journal (`src/storage/journal.rs`, `SNS_FSYNC`): at start-up a
-//! server replays `journal.txt` into its data files, as after a machine crash
-//! that lost the page cache, ignores a torn last line, and empties the
-//! journal; replaying again writes nothing. With `SNS_FSYNC=0` nothing is
-//! journaled.
+//! The write-ahead journal (`src/storage/journal.rs`, `SNS_FSYNC`): at
+//! start-up a server replays `journal.txt` into its data files, as after a
+//! machine crash that lost the page cache, ignores a torn last line, and
+//! empties the journal; replaying again writes nothing. With `SNS_FSYNC=0`
+//! nothing is journaled.
 
 use crate::harness::*;
 use std::collections::BTreeMap;

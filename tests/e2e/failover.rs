@@ -35,17 +35,6 @@ fn other(s: u32) -> u32 {
     3 - s
 }
 
-/// Whether `follower`'s follow of `followee` is in the followee's
-/// `_followers` file of that server.
-fn has_follower(sys: &System, c: u32, s: u32, followee: u64, follower: u64) -> bool {
-    read(
-        &sys.server_dir(c, s)
-            .join(format!("u{followee}_followers.txt")),
-    )
-    .lines()
-    .any(|l| l.starts_with(&format!("+ {follower} ")))
-}
-
 /// The texts of `author`'s posts on a client's screen, in order.
 fn screen_posts(client: &Client, author: u64) -> Vec<String> {
     let head = format!("{author} (");
@@ -221,7 +210,7 @@ fn follow(sys: &System, client: &mut Client, user: u64, followee: u64) {
         &format!("{user}'s follow of {followee} in cluster {fc}"),
         || {
             sys.master_of(fc)
-                .is_some_and(|m| has_follower(sys, fc, m, followee, user))
+                .is_some_and(|m| sys.has_follower(fc, m, followee, user))
         },
     );
 }

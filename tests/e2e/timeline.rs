@@ -138,7 +138,7 @@ fn synchronizer_restarts_duplicate_nothing() {
     wait_until("user 1 in cluster 2", || sys.has_user(2, 1, 1));
     assert_eq!(b.command("FOLLOW 1"), SUCCESS);
     wait_until("the follow to reach cluster 1", || {
-        read(&sys.server_dir(1, 1).join("u1_followers.txt")).contains("+ 2 ")
+        sys.has_follower(1, 1, 1, 2)
     });
     a.enter_timeline();
     post_all(&sys, &mut a, 1, &texts("round one ", 1..=3), 3);
@@ -171,9 +171,9 @@ fn synchronizer_restarts_duplicate_nothing() {
             posts_in(&tl).len() == 5 + round * 2
         });
     }
-    // Let several full cycles run over the same history.
-    // Nothing but the synchronizer's (debug) log tells that a full cycle ran:
-    // a cycle that finds nothing new changes no state.
+    // Let several full cycles run over the same history. Only the
+    // synchronizer's (debug) log shows that one ran: a cycle that finds
+    // nothing new changes no state anyone can see.
     let cycles = || sys.log("synchronizer_1").matches("full cycle").count();
     let before = cycles();
     wait_until("three more full cycles", || cycles() >= before + 3);

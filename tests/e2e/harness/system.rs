@@ -145,6 +145,18 @@ impl System {
             .any(|l| l.trim() == user.to_string())
     }
 
+    /// Whether `follower`'s follow of `followee` is in the followee's
+    /// `_followers` file on server `s` of cluster `c`.
+    pub fn has_follower(&self, c: u32, s: u32, followee: u64, follower: u64) -> bool {
+        read(
+            &self
+                .server_dir(c, s)
+                .join(format!("u{followee}_followers.txt")),
+        )
+        .lines()
+        .any(|l| l.starts_with(&format!("+ {follower} ")))
+    }
+
     fn command(&self, bin: &str) -> Command {
         let mut cmd = Command::new(bin);
         cmd.env("SNS_HEARTBEAT_MS", self.heartbeat_ms.to_string())
