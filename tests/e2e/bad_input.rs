@@ -111,21 +111,15 @@ async fn call(
     }
 }
 
-/// Refreshes the session (a login with the same token, which writes nothing
-/// for a known user), then calls; retries if the session expired in between
-/// anyway, so that a slow machine cannot turn the expected code into
-/// UNAUTHENTICATED.
-async fn as_user(
-    c: &mut SnsServiceClient<Channel>,
-    op: Op,
-    user: &str,
-    session: &str,
-    args: &[&str],
-) -> Result<(), Status> {
+/// Calls as user 1 (session `token-1`), refreshing the session first (a
+/// login with the same token, which writes nothing for a known user);
+/// retries if the session expired in between anyway, so that a slow machine
+/// cannot turn the expected code into UNAUTHENTICATED.
+async fn as_user_1(c: &mut SnsServiceClient<Channel>, op: Op, args: &[&str]) -> Result<(), Status> {
     let mut tries = 0;
     loop {
-        login_ok(c, user, session).await;
-        let r = call(c, op, user, session, args).await;
+        login_ok(c, "1", "token-1").await;
+        let r = call(c, op, "1", "token-1", args).await;
         tries += 1;
         match r {
             Err(s) if s.code() == Code::Unauthenticated && tries < 5 => continue,
@@ -269,13 +263,7 @@ fn bad_requests_get_their_codes_and_change_nothing() {
         ];
         for (op, args, code) in cases {
             let what = format!("{op:?} {args:?} by user 1");
-            refused(
-                dir,
-                *code,
-                &what,
-                as_user(&mut c, *op, "1", "token-1", args),
-            )
-            .await;
+            refused(dir, *code, &what, as_user_1(&mut c, *op, args)).await;
         }
 
         // Following twice, unfollowing twice: the second of each is refused
@@ -284,17 +272,11 @@ fn bad_requests_get_their_codes_and_change_nothing() {
             (Op::Follow, Code::AlreadyExists),
             (Op::UnFollow, Code::FailedPrecondition),
         ] {
-            as_user(&mut c, op, "1", "token-1", &["4"])
+            as_user_1(&mut c, op, &["4"])
                 .await
                 .unwrap_or_else(|s| panic!("user 1's first {op:?} 4: {s:?}"));
             let what = format!("{op:?} 4 again");
-            refused(
-                dir,
-                code,
-                &what,
-                as_user(&mut c, op, "1", "token-1", &["4"]),
-            )
-            .await;
+            refused(dir, code, &what, as_user_1(&mut c, op, &["4"])).await;
         }
 
         // A second login: another token is refused while the session lives,
