@@ -1,11 +1,10 @@
-//! The write-ahead journal (`src/journal.rs`, `SNS_FSYNC`): at start-up a
-//! server replays `journal.txt` into its data files, as after a machine crash
-//! that lost the page cache, ignores a torn last line, and empties the
-//! journal; replaying again writes nothing. With `SNS_FSYNC=0` nothing is
-//! journaled.
+//! The write-ahead journal (`src/storage/journal.rs`, `SNS_FSYNC`): at
+//! start-up a server replays `journal.txt` into its data files, as after a
+//! machine crash that lost the page cache, ignores a torn last line, and
+//! empties the journal; replaying again writes nothing. With `SNS_FSYNC=0`
+//! nothing is journaled.
 
-mod common;
-use common::*;
+use crate::harness::*;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -135,7 +134,8 @@ fn journal_is_replayed_at_start_up_once_and_a_torn_line_ignored() {
             e.path().display()
         );
     }
-    let log = read(&sys.data_dir().join("server_1_1.log"));
+    // No state counts the replayed operations; the server's log does.
+    let log = sys.log(&System::server_name(1, 1));
     assert!(
         log.contains(&format!("replayed {journaled} journaled operation(s)")),
         "the server log does not report replaying the {journaled} whole lines:\n{log}"
@@ -145,9 +145,7 @@ fn journal_is_replayed_at_start_up_once_and_a_torn_line_ignored() {
     // The replayed state is what clients see.
     sys.wait_for_role(1, 1, Role::Master);
     let mut reader = Client::logged_in(sys.coord_port, 4);
-    assert_eq!(reader.command("LIST"), "Command completed successfully");
-    reader.expect_next("All users: 1, 4");
-    reader.expect_next("Followers:");
+    reader.expect_list("All users: 1, 4", "Followers:");
     reader.enter_timeline();
     let line = reader.next_line().expect("the journaled post on screen");
     assert!(
@@ -223,16 +221,11 @@ fn without_fsync_nothing_is_journaled_and_a_leftover_journal_is_replayed() {
     );
     sys.start_server_with(1, 2, NO_FSYNC);
     sys.wait_for_all();
-    wait_until("the slave in service", || {
-        sys.entry(1, 2).is_some_and(|e| e.in_service)
-    });
 
     let mut poster = Client::logged_in(sys.coord_port, 1);
     let mut reader = Client::logged_in(sys.coord_port, 4);
-    assert_eq!(poster.command("LIST"), "Command completed successfully");
-    poster.expect_next("All users: 1, 4, 7");
-    poster.expect_next("Followers:");
-    assert_eq!(reader.command("FOLLOW 1"), "Command completed successfully");
+    poster.expect_list("All users: 1, 4, 7", "Followers:");
+    assert_eq!(reader.command("FOLLOW 1"), SUCCESS);
     reader.enter_timeline();
     poster.enter_timeline();
     poster.send("written without fsync");

@@ -1,18 +1,15 @@
 //! Bad input from the network and the command line: every bad request gets
-//! the gRPC code of the conventions in `src/server.rs` and changes no file of
+//! the gRPC code of the conventions in `src/error.rs` and changes no file of
 //! the cluster (master's nor slave's); every process given bad flags exits
 //! with status 2 and a one-line reason.
 
-mod common;
-use common::*;
+use crate::harness::grpc::{connect, login, login_ok, request};
+use crate::harness::*;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use tinysns::proto::csce438::Message;
 use tinysns::proto::csce438::sns_service_client::SnsServiceClient;
-use tinysns::proto::csce438::{Message, Request as SnsRequest};
-use tinysns::proto::tinysns::Role;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -23,63 +20,16 @@ use tonic::{Code, Status, Streaming};
 /// alive on a busy machine (nothing here depends on failure detection).
 const HEARTBEAT_MS: u64 = 1000;
 
-type Snapshot = BTreeMap<PathBuf, Vec<u8>>;
-
-/// Every file under `dir`, by path relative to `dir`, with its bytes.
-fn snapshot(dir: &Path) -> Snapshot {
-    fn walk(root: &Path, dir: &Path, out: &mut Snapshot) {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) => panic!("cannot list {}: {e}", dir.display()),
-        };
-        for entry in entries {
-            let path = entry.expect("directory entry").path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let bytes = std::fs::read(&path)
-                    .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-                let rel = path.strip_prefix(root).expect("under root").to_path_buf();
-                out.insert(rel, bytes);
-            }
-        }
-    }
-    let mut out = Snapshot::new();
-    walk(dir, dir, &mut out);
-    out
+/// Every file of the cluster's directory (master's and slave's), by path
+/// relative to it.
+fn cluster_files(dir: &Path) -> Snapshot {
+    snapshot(dir, &[dir.to_path_buf()])
 }
 
 /// Panics, naming the files that differ, unless `dir` still holds exactly
 /// what `before` recorded.
 fn assert_unchanged(dir: &Path, before: &Snapshot, what: &str) {
-    let after = snapshot(dir);
-    if &after == before {
-        return;
-    }
-    let mut diffs = Vec::new();
-    for (p, b) in before {
-        match after.get(p) {
-            None => diffs.push(format!("{} was removed", p.display())),
-            Some(a) if a != b => diffs.push(format!(
-                "{} changed:\n--- before\n{}\n--- after\n{}",
-                p.display(),
-                String::from_utf8_lossy(b),
-                String::from_utf8_lossy(a)
-            )),
-            _ => {}
-        }
-    }
-    for (p, a) in &after {
-        if !before.contains_key(p) {
-            diffs.push(format!(
-                "{} was created:\n{}",
-                p.display(),
-                String::from_utf8_lossy(a)
-            ));
-        }
-    }
-    panic!("{what} changed files:\n{}", diffs.join("\n"));
+    assert_same_files(before, &cluster_files(dir), what);
 }
 
 fn expect_code<T: std::fmt::Debug>(r: Result<T, Status>, want: Code, what: &str) {
@@ -95,68 +45,48 @@ fn expect_code<T: std::fmt::Debug>(r: Result<T, Status>, want: Code, what: &str)
     }
 }
 
-/// A coordinator and cluster 1 of 3 with a master and a slave that has
-/// joined it.
-fn cluster() -> System {
-    let mut sys = System::new(3, HEARTBEAT_MS, 30_000);
-    sys.start_server(1, 1);
-    sys.wait_for_role(1, 1, Role::Master);
-    sys.start_server(1, 2);
-    sys.wait_for_role(1, 2, Role::Slave);
-    sys.wait_for_all();
-    sys
+/// Cluster 1 of 3 (master and in-service slave, no synchronizer), for
+/// requests sent straight to its master.
+struct Cluster {
+    sys: System,
+    /// The cluster's directory (both servers').
+    dir: PathBuf,
+    /// The master's address.
+    url: String,
+    /// User 1's posts on the master.
+    posts_file: PathBuf,
 }
 
-fn master_url(sys: &System) -> String {
-    let port = sys.ports[&System::server_name(1, 1)];
-    format!("http://127.0.0.1:{port}")
-}
-
-async fn connect(url: &str) -> SnsServiceClient<Channel> {
-    let start = Instant::now();
-    loop {
-        match SnsServiceClient::connect(url.to_string()).await {
-            Ok(c) => return c,
-            Err(e) => {
-                assert!(start.elapsed() < DEADLINE, "cannot connect to {url}: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+impl Cluster {
+    fn start() -> Cluster {
+        let sys = System::one_cluster(HEARTBEAT_MS);
+        Cluster {
+            dir: sys.data_dir().join("cluster_1"),
+            url: sys.server_url(1, 1),
+            posts_file: sys.server_dir(1, 1).join("u1_posts.txt"),
+            sys,
         }
     }
-}
 
-fn request(user: &str, session: &str, arguments: &[&str]) -> SnsRequest {
-    SnsRequest {
-        username: user.to_string(),
-        arguments: arguments.iter().map(|s| s.to_string()).collect(),
-        session: session.to_string(),
-        request_id: 0,
+    /// A connection to the master, user 1 logged in with session `token-1`.
+    async fn user_1(url: &str) -> SnsServiceClient<Channel> {
+        let mut c = connect(url).await;
+        login_ok(&mut c, "1", "token-1").await;
+        c
     }
 }
 
-async fn login(
-    c: &mut SnsServiceClient<Channel>,
-    user: &str,
-    session: &str,
-) -> Result<String, Status> {
-    c.login(request(user, session, &[]))
-        .await
-        .map(|r| r.into_inner().msg)
-}
-
-/// Logs in, waiting out the moments where the server does not yet know it
-/// is the master (UNAVAILABLE).
-async fn login_ok(c: &mut SnsServiceClient<Channel>, user: &str, session: &str) {
-    let start = Instant::now();
-    loop {
-        match login(c, user, session).await {
-            Ok(_) => return,
-            Err(s) if s.code() == Code::Unavailable && start.elapsed() < DEADLINE => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(s) => panic!("login of {user:?} failed: {s:?}"),
-        }
-    }
+/// Sends `request` (a future: nothing is sent before it is awaited); it
+/// must fail with `want` and leave every file of `dir` as it was.
+async fn refused<T: std::fmt::Debug>(
+    dir: &Path,
+    want: Code,
+    what: &str,
+    request: impl Future<Output = Result<T, Status>>,
+) {
+    let before = cluster_files(dir);
+    expect_code(request.await, want, what);
+    assert_unchanged(dir, &before, what);
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -181,21 +111,15 @@ async fn call(
     }
 }
 
-/// Refreshes the session (a login with the same token, which writes nothing
-/// for a known user), then calls; retries if the session expired in between
-/// anyway, so that a slow machine cannot turn the expected code into
-/// UNAUTHENTICATED.
-async fn as_user(
-    c: &mut SnsServiceClient<Channel>,
-    op: Op,
-    user: &str,
-    session: &str,
-    args: &[&str],
-) -> Result<(), Status> {
+/// Calls as user 1 (session `token-1`), refreshing the session first (a
+/// login with the same token, which writes nothing for a known user);
+/// retries if the session expired in between anyway, so that a slow machine
+/// cannot turn the expected code into UNAUTHENTICATED.
+async fn as_user_1(c: &mut SnsServiceClient<Channel>, op: Op, args: &[&str]) -> Result<(), Status> {
     let mut tries = 0;
     loop {
-        login_ok(c, user, session).await;
-        let r = call(c, op, user, session, args).await;
+        login_ok(c, "1", "token-1").await;
+        let r = call(c, op, "1", "token-1", args).await;
         tries += 1;
         match r {
             Err(s) if s.code() == Code::Unauthenticated && tries < 5 => continue,
@@ -231,33 +155,41 @@ enum Outcome {
 }
 
 async fn outcome(stream: &mut Streaming<Message>, post_id: u64) -> Outcome {
+    outcome_within_deadline(stream, post_id, |m| m.ack_id)
+        .await
+        .unwrap_or_else(|| panic!("no ack for post {post_id} and no error within {DEADLINE:?}"))
+}
+
+/// [`outcome`] for a stream of any message type (`ack_id` reads its ack);
+/// `None` if neither an ack nor an error came within the deadline.
+async fn outcome_within_deadline<M>(
+    stream: &mut Streaming<M>,
+    post_id: u64,
+    ack_id: impl Fn(&M) -> u64,
+) -> Option<Outcome> {
     let wait = async {
         loop {
             match stream.message().await {
-                Ok(Some(m)) if m.ack_id == post_id => return Outcome::Acked,
+                Ok(Some(m)) if ack_id(&m) == post_id => return Outcome::Acked,
                 Ok(Some(_)) => continue, // a post of the timeline, or another ack
                 Ok(None) => return Outcome::Ended,
                 Err(s) => return Outcome::Failed(s),
             }
         }
     };
-    tokio::time::timeout(DEADLINE, wait)
-        .await
-        .unwrap_or_else(|_| panic!("no ack for post {post_id} and no error within {DEADLINE:?}"))
+    tokio::time::timeout(DEADLINE, wait).await.ok()
 }
 
 #[test]
 fn bad_requests_get_their_codes_and_change_nothing() {
-    let sys = cluster();
-    let dir = sys.data_dir().join("cluster_1");
-    let url = master_url(&sys);
+    let cluster = Cluster::start();
+    let (dir, url) = (&cluster.dir, &cluster.url);
     runtime().block_on(async {
-        let mut c = connect(&url).await;
-        login_ok(&mut c, "1", "token-1").await;
+        let mut c = Cluster::user_1(url).await;
         login_ok(&mut c, "4", "token-4").await;
 
-        // Login
-        for bad in [
+        // Login: malformed user ids, then users of other clusters.
+        let malformed = [
             "0",
             "-1",
             "abc",
@@ -266,25 +198,14 @@ fn bad_requests_get_their_codes_and_change_nothing() {
             " 1",
             "1 ",
             "99999999999999999999999",
-        ] {
-            let before = snapshot(&dir);
-            let what = format!("Login as {bad:?}");
-            expect_code(
-                login(&mut c, bad, "token-x").await,
-                Code::InvalidArgument,
-                &what,
-            );
-            assert_unchanged(&dir, &before, &what);
-        }
-        for other in ["2", "3", "5"] {
-            let before = snapshot(&dir);
-            let what = format!("Login at cluster 1 as user {other} of another cluster");
-            expect_code(
-                login(&mut c, other, "token-x").await,
-                Code::FailedPrecondition,
-                &what,
-            );
-            assert_unchanged(&dir, &before, &what);
+        ]
+        .map(|u| (u, Code::InvalidArgument, format!("Login as {u:?}")));
+        let elsewhere = ["2", "3", "5"].map(|u| {
+            let what = format!("Login at cluster 1 as user {u} of another cluster");
+            (u, Code::FailedPrecondition, what)
+        });
+        for (user, code, what) in malformed.into_iter().chain(elsewhere) {
+            refused(dir, code, &what, login(&mut c, user, "token-x")).await;
         }
 
         // Requests before Login (user 7 lives in cluster 1 but never logged
@@ -295,35 +216,30 @@ fn bad_requests_get_their_codes_and_change_nothing() {
                 (Op::Follow, &["1"][..]),
                 (Op::UnFollow, &["1"][..]),
             ] {
-                let before = snapshot(&dir);
                 let what = format!("{op:?} {args:?} by user {user} with session {session:?}");
-                expect_code(
-                    call(&mut c, op, user, session, args).await,
+                refused(
+                    dir,
                     Code::Unauthenticated,
                     &what,
-                );
-                assert_unchanged(&dir, &before, &what);
+                    call(&mut c, op, user, session, args),
+                )
+                .await;
             }
-            let before = snapshot(&dir);
             let what = format!("Timeline by user {user} with session {session:?}");
-            let r = match open_timeline(&mut c, user, session).await {
-                Err(s) => Err(s),
-                Ok((_tx, mut stream)) => match outcome(&mut stream, u64::MAX).await {
-                    Outcome::Failed(s) => Err(s),
-                    o => Ok(o),
-                },
+            let timeline = async {
+                match open_timeline(&mut c, user, session).await {
+                    Err(s) => Err(s),
+                    Ok((_tx, mut stream)) => match outcome(&mut stream, u64::MAX).await {
+                        Outcome::Failed(s) => Err(s),
+                        o => Ok(o),
+                    },
+                }
             };
-            expect_code(r, Code::Unauthenticated, &what);
-            assert_unchanged(&dir, &before, &what);
+            refused(dir, Code::Unauthenticated, &what, timeline).await;
         }
         // An invalid user name is refused as such, logged in or not.
-        let before = snapshot(&dir);
-        expect_code(
-            call(&mut c, Op::List, "abc", "token-1", &[]).await,
-            Code::InvalidArgument,
-            "List as \"abc\"",
-        );
-        assert_unchanged(&dir, &before, "List as \"abc\"");
+        let list = call(&mut c, Op::List, "abc", "token-1", &[]);
+        refused(dir, Code::InvalidArgument, "List as \"abc\"", list).await;
 
         // Follow / UnFollow arguments. User 10 lives in cluster 1 and user 2
         // in cluster 2; neither ever logged in and there is no synchronizer,
@@ -346,65 +262,46 @@ fn bad_requests_get_their_codes_and_change_nothing() {
             (Op::UnFollow, &["4"], Code::FailedPrecondition),
         ];
         for (op, args, code) in cases {
-            let before = snapshot(&dir);
             let what = format!("{op:?} {args:?} by user 1");
-            expect_code(
-                as_user(&mut c, *op, "1", "token-1", args).await,
-                *code,
-                &what,
-            );
-            assert_unchanged(&dir, &before, &what);
+            refused(dir, *code, &what, as_user_1(&mut c, *op, args)).await;
         }
 
         // Following twice, unfollowing twice: the second of each is refused
         // and writes nothing.
-        as_user(&mut c, Op::Follow, "1", "token-1", &["4"])
-            .await
-            .expect("user 1 follows 4");
-        let before = snapshot(&dir);
-        expect_code(
-            as_user(&mut c, Op::Follow, "1", "token-1", &["4"]).await,
-            Code::AlreadyExists,
-            "Follow 4 again",
-        );
-        assert_unchanged(&dir, &before, "Follow 4 again");
-        as_user(&mut c, Op::UnFollow, "1", "token-1", &["4"])
-            .await
-            .expect("user 1 unfollows 4");
-        let before = snapshot(&dir);
-        expect_code(
-            as_user(&mut c, Op::UnFollow, "1", "token-1", &["4"]).await,
-            Code::FailedPrecondition,
-            "UnFollow 4 again",
-        );
-        assert_unchanged(&dir, &before, "UnFollow 4 again");
+        for (op, code) in [
+            (Op::Follow, Code::AlreadyExists),
+            (Op::UnFollow, Code::FailedPrecondition),
+        ] {
+            as_user_1(&mut c, op, &["4"])
+                .await
+                .unwrap_or_else(|s| panic!("user 1's first {op:?} 4: {s:?}"));
+            let what = format!("{op:?} 4 again");
+            refused(dir, code, &what, as_user_1(&mut c, op, &["4"])).await;
+        }
 
         // A second login: another token is refused while the session lives,
         // the same token refreshes it.
         login_ok(&mut c, "1", "token-1").await;
-        let before = snapshot(&dir);
+        let before = cluster_files(dir);
         expect_code(
             login(&mut c, "1", "token-other").await,
             Code::AlreadyExists,
             "a second Login with another token",
         );
-        assert_unchanged(&dir, &before, "a second Login with another token");
+        assert_unchanged(dir, &before, "a second Login with another token");
         login(&mut c, "1", "token-1")
             .await
             .expect("a second Login with the same token");
-        assert_unchanged(&dir, &before, "a second Login with the same token");
+        assert_unchanged(dir, &before, "a second Login with the same token");
     });
 }
 
 #[test]
 fn bad_posts_are_refused_and_good_ones_stored() {
-    let sys = cluster();
-    let dir = sys.data_dir().join("cluster_1");
-    let url = master_url(&sys);
-    let posts_file = sys.server_dir(1, 1).join("u1_posts.txt");
+    let cluster = Cluster::start();
+    let (dir, url, posts_file) = (&cluster.dir, &cluster.url, &cluster.posts_file);
     runtime().block_on(async {
-        let mut c = connect(&url).await;
-        login_ok(&mut c, "1", "token-1").await;
+        let mut c = Cluster::user_1(url).await;
 
         let mut post_id = 0;
         let bad = [
@@ -422,7 +319,7 @@ fn bad_posts_are_refused_and_good_ones_stored() {
         for (what, text) in bad {
             post_id += 1;
             login_ok(&mut c, "1", "token-1").await;
-            let before = snapshot(&dir);
+            let before = cluster_files(dir);
             let (tx, mut stream) = open_timeline(&mut c, "1", "token-1")
                 .await
                 .unwrap_or_else(|s| panic!("open a timeline for {what}: {s:?}"));
@@ -444,7 +341,7 @@ fn bad_posts_are_refused_and_good_ones_stored() {
                 ),
                 o => panic!("{what}: expected InvalidArgument, got {o:?}"),
             }
-            assert_unchanged(&dir, &before, what);
+            assert_unchanged(dir, &before, what);
         }
 
         let good = [
@@ -476,7 +373,7 @@ fn bad_posts_are_refused_and_good_ones_stored() {
                 o => panic!("{what}: expected an ack, got {o:?}"),
             }
             assert!(
-                posts_in(&posts_file)
+                posts_in(posts_file)
                     .iter()
                     .any(|(u, w)| *u == 1 && *w == text),
                 "{what} acknowledged but not in {}",
@@ -531,34 +428,21 @@ async fn raw_post(url: &str, post: RawMessage) -> Result<Option<Outcome>, Status
         .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
         .await?
         .into_inner();
-    let wait = async {
-        loop {
-            match stream.message().await {
-                Ok(Some(m)) if m.ack_id == post_id => return Outcome::Acked,
-                Ok(Some(_)) => continue,
-                Ok(None) => return Outcome::Ended,
-                Err(s) => return Outcome::Failed(s),
-            }
-        }
-    };
-    let out = tokio::time::timeout(DEADLINE, wait).await.ok();
+    let out = outcome_within_deadline(&mut stream, post_id, |m| m.ack_id).await;
     drop(tx);
     Ok(out)
 }
 
 #[test]
 fn a_post_that_is_not_utf8_is_refused() {
-    let sys = cluster();
-    let dir = sys.data_dir().join("cluster_1");
-    let url = master_url(&sys);
-    let posts_file = sys.server_dir(1, 1).join("u1_posts.txt");
+    let cluster = Cluster::start();
+    let (dir, url, posts_file) = (&cluster.dir, &cluster.url, &cluster.posts_file);
     runtime().block_on(async {
-        let mut c = connect(&url).await;
-        login_ok(&mut c, "1", "token-1").await;
+        let mut c = Cluster::user_1(url).await;
 
         // The raw encoding itself works: a UTF-8 post sent this way is stored.
         let r = raw_post(
-            &url,
+            url,
             RawMessage {
                 username: "1".into(),
                 msg: b"sent raw".to_vec(),
@@ -572,7 +456,7 @@ fn a_post_that_is_not_utf8_is_refused() {
             "a UTF-8 post sent raw: {r:?}"
         );
         assert!(
-            posts_in(&posts_file)
+            posts_in(posts_file)
                 .iter()
                 .any(|(u, w)| *u == 1 && w == "sent raw"),
             "the raw UTF-8 post is not in {}",
@@ -585,9 +469,9 @@ fn a_post_that_is_not_utf8_is_refused() {
             ("a post with a surrogate", b"\xed\xa0\x80".to_vec()),
         ] {
             login_ok(&mut c, "1", "token-1").await;
-            let before = snapshot(&dir);
+            let before = cluster_files(dir);
             let r = raw_post(
-                &url,
+                url,
                 RawMessage {
                     username: "1".into(),
                     msg: bytes,
@@ -596,12 +480,12 @@ fn a_post_that_is_not_utf8_is_refused() {
                 },
             )
             .await;
-            assert_unchanged(&dir, &before, what);
+            assert_unchanged(dir, &before, what);
             match r {
                 Err(s) | Ok(Some(Outcome::Failed(s))) => assert_ne!(s.code(), Code::Ok, "{what}"),
                 Ok(Some(o)) => panic!("{what}: expected an error status, got {o:?}"),
                 Ok(None) => {
-                    let log = read(&sys.data_dir().join("server_1_1.log"));
+                    let log = cluster.sys.log(&System::server_name(1, 1));
                     let tail: Vec<&str> = log.lines().rev().take(10).collect();
                     panic!(
                         "{what}: the server neither refused nor acknowledged it within \
@@ -621,21 +505,14 @@ fn run_bad(bin: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");
     let err = dir.path().join("err");
-    let mut child = Command::new(bin)
-        .args(args)
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
         .env("SNS_DATA_DIR", dir.path().join("data"))
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).expect("stdout file"))
-        .stderr(std::fs::File::create(&err).expect("stderr file"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-    let mut status = None;
-    wait_until(&format!("{bin} {args:?} to exit"), || {
-        status = child.try_wait().expect("wait for the child");
-        status.is_some()
-    });
-    let status = status.expect("exited");
+        .stderr(std::fs::File::create(&err).expect("stderr file"));
+    let status = Proc::spawn(cmd, bin).exit_status(&format!("{bin} {args:?}"));
     (status.code(), read(&out), read(&err))
 }
 

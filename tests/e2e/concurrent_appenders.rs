@@ -7,11 +7,10 @@
 //! ignored test `child_appender`, which does its work when the environment
 //! tells it what to append.
 
-mod common;
-use common::*;
+use crate::harness::*;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use tinysns::storage::{self, AuthorClock, Post, Tail};
 
 const ENV_FILE: &str = "TINYSNS_TEST_APPEND_FILE";
@@ -66,34 +65,32 @@ fn child_appender() {
     }
 }
 
-fn spawn_appender(file: &Path, author: u64, count: u64) -> Child {
+fn spawn_appender(file: &Path, author: u64, count: u64) -> Proc {
     let exe = std::env::current_exe().expect("the test binary's path");
-    Command::new(exe)
-        .args([
-            "--exact",
-            "child_appender",
-            "--nocapture",
-            "--include-ignored",
-        ])
+    // The test's name as the test binary knows it: its module path without
+    // the crate's name.
+    let module = module_path!()
+        .split_once("::")
+        .map_or(module_path!(), |(_, m)| m);
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", &format!("{module}::child_appender")])
+        .args(["--nocapture", "--include-ignored"])
         .args(["--test-threads", "1"])
         .env(ENV_FILE, file)
         .env(ENV_AUTHOR, author.to_string())
         .env(ENV_COUNT, count.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start an appender")
+        .stderr(Stdio::inherit());
+    Proc::spawn(cmd, "an appender")
 }
 
-/// Waits (with the deadline) for a child to exit; returns its status.
-fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    let mut status = None;
-    wait_until(what, || {
-        status = child.try_wait().expect("wait for an appender");
-        status.is_some()
-    });
-    status.expect("exited")
+/// Waits for each appender to finish; each must succeed.
+fn wait_all_succeed(authors: &[u64], children: &mut [Proc]) {
+    for (a, c) in authors.iter().zip(children.iter_mut()) {
+        let status = c.exit_status(&format!("appender {a}"));
+        assert!(status.success(), "appender {a} failed: {status}");
+    }
 }
 
 /// Parses a whole file: it must be nothing but complete, well-formed
@@ -147,14 +144,11 @@ fn concurrent_appenders_never_interleave() {
     let file = dir.path().join("u1_timeline.txt");
     let authors = [1u64, 2, 3, 4];
     let count = 500;
-    let mut children: Vec<Child> = authors
+    let mut children: Vec<Proc> = authors
         .iter()
         .map(|a| spawn_appender(&file, *a, count))
         .collect();
-    for (a, c) in authors.iter().zip(children.iter_mut()) {
-        let status = wait_exit(c, &format!("appender {a} to finish"));
-        assert!(status.success(), "appender {a} failed: {status}");
-    }
+    wait_all_succeed(&authors, &mut children);
     let posts = parse(&file);
     assert_eq!(posts.len(), authors.len() * count as usize);
     let per_author = check_per_author(&posts);
@@ -177,7 +171,7 @@ fn an_appender_killed_mid_run_leaves_only_whole_records() {
     let victim_author = 9;
     let mut victim = spawn_appender(&file, victim_author, 200_000);
     let authors = [1u64, 2, 3];
-    let mut children: Vec<Child> = authors
+    let mut children: Vec<Proc> = authors
         .iter()
         .map(|a| spawn_appender(&file, *a, count))
         .collect();
@@ -186,17 +180,14 @@ fn an_appender_killed_mid_run_leaves_only_whole_records() {
         std::fs::metadata(&file).is_ok_and(|m| m.len() > 256 * 1024)
     });
     assert!(
-        victim.try_wait().expect("check the victim").is_none(),
+        victim.child.try_wait().expect("check the victim").is_none(),
         "the victim finished before it could be killed"
     );
-    victim.kill().expect("SIGKILL the victim");
-    let status = victim.wait().expect("reap the victim");
+    victim.child.kill().expect("SIGKILL the victim");
+    let status = victim.child.wait().expect("reap the victim");
     assert!(!status.success(), "the victim was not killed: {status}");
 
-    for (a, c) in authors.iter().zip(children.iter_mut()) {
-        let status = wait_exit(c, &format!("appender {a} to finish"));
-        assert!(status.success(), "appender {a} failed: {status}");
-    }
+    wait_all_succeed(&authors, &mut children);
 
     let cut = storage::repair(&file).expect("repair the file");
     let posts = parse(&file);
@@ -213,8 +204,7 @@ fn an_appender_killed_mid_run_leaves_only_whole_records() {
     );
 
     // A further append by another process leaves a well-formed file.
-    let mut c = spawn_appender(&file, 5, 10);
-    let status = wait_exit(&mut c, "a further appender to finish");
+    let status = spawn_appender(&file, 5, 10).exit_status("a further appender");
     assert!(status.success(), "the further appender failed: {status}");
     let after = parse(&file);
     assert_eq!(after.len(), posts.len() + 10);
@@ -233,8 +223,7 @@ fn an_appender_killed_mid_run_leaves_only_whole_records() {
         f.write_all(&torn.as_bytes()[..torn.len() / 2])
             .expect("write half a record");
     }
-    let mut c = spawn_appender(&file, 7, 3);
-    let status = wait_exit(&mut c, "an appender after a torn write to finish");
+    let status = spawn_appender(&file, 7, 3).exit_status("an appender after a torn write");
     assert!(
         status.success(),
         "the appender after a torn write failed: {status}"

@@ -2,13 +2,12 @@
 //! goes on alone; restarted with its directory, the slave fetches only what it
 //! lacks and is in service again with the same records as the master.
 
-mod common;
-use common::*;
-use tinysns::proto::tinysns::Role;
+use crate::harness::*;
 
-/// Bytes the slave's resyncs fetched, from its log.
+/// Bytes the slave's resyncs fetched, from its log: no state records how
+/// much a resync carried.
 fn resync_bytes(sys: &System, name: &str) -> Vec<u64> {
-    read(&sys.data_dir().join(format!("{name}.log")))
+    sys.log(name)
         .lines()
         .filter(|l| l.contains("resynced from"))
         .filter_map(|l| {
@@ -20,34 +19,23 @@ fn resync_bytes(sys: &System, name: &str) -> Vec<u64> {
 
 #[test]
 fn slave_killed_while_posting_then_resynced_with_its_directory() {
-    let mut sys = System::new(3, 300, 30_000);
-    sys.start_server(1, 1);
-    sys.wait_for_role(1, 1, Role::Master);
-    sys.start_server(1, 2);
-    sys.wait_for_all();
-    wait_until("the slave in service", || {
-        sys.entry(1, 2).is_some_and(|e| e.in_service)
-    });
+    let mut sys = System::one_cluster(300);
     let mut poster = Client::logged_in(sys.coord_port, 1);
     let mut reader = Client::logged_in(sys.coord_port, 4);
-    assert_eq!(reader.command("FOLLOW 1"), "Command completed successfully");
+    assert_eq!(reader.command("FOLLOW 1"), SUCCESS);
     reader.enter_timeline();
     poster.enter_timeline();
     let (dir1, dir2) = (sys.server_dir(1, 1), sys.server_dir(1, 2));
     let posts_file = |s: u32| if s == 1 { &dir1 } else { &dir2 }.join("u1_posts.txt");
 
-    let texts: Vec<String> = (0..60).map(|i| format!("post {i}")).collect();
-    for t in &texts[..20] {
-        poster.send(t);
-    }
+    let texts = texts("post ", 0..60);
+    poster.send_all(&texts[..20]);
     wait_until("20 posts on the slave", || {
         posts_in(&posts_file(2)).len() == 20
     });
     sys.kill(&System::server_name(1, 2));
     // The master goes on alone, after telling the coordinator.
-    for t in &texts[20..40] {
-        poster.send(t);
-    }
+    poster.send_all(&texts[20..40]);
     wait_until("40 posts on the master", || {
         posts_in(&posts_file(1)).len() == 40
     });
@@ -59,13 +47,8 @@ fn slave_killed_while_posting_then_resynced_with_its_directory() {
     );
 
     sys.start_server(1, 2);
-    wait_until("the restarted slave in service", || {
-        sys.entry(1, 2)
-            .is_some_and(|e| e.alive && e.role == Role::Slave as i32 && e.in_service)
-    });
-    for t in &texts[40..] {
-        poster.send(t);
-    }
+    sys.wait_slave_in_service(1, 2);
+    poster.send_all(&texts[40..]);
     wait_until("60 posts on both servers", || {
         posts_in(&posts_file(1)).len() == 60 && posts_in(&posts_file(2)).len() == 60
     });
@@ -77,9 +60,7 @@ fn slave_killed_while_posting_then_resynced_with_its_directory() {
     // Every post on the reader's screen once, in order.
     let mut seen = Vec::new();
     while seen.len() < texts.len() {
-        let line = reader.next_line().expect("a post on screen");
-        let (_, text) = line.split_once(" >> ").expect("a post line");
-        seen.push(text.to_string());
+        seen.push(reader.next_post().1);
     }
     assert_eq!(seen, texts);
 

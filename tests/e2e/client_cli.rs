@@ -5,15 +5,7 @@
 //! exit and after SIGKILL), no server or no coordinator at all, and the
 //! 255-byte limit on posts.
 
-mod common;
-use common::*;
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use crate::harness::*;
 use tinysns::proto::tinysns::Role;
 
 const TITLE: [&str; 8] = [
@@ -24,10 +16,8 @@ const TITLE: [&str; 8] = [
     " UNFOLLOW <username>",
     " LIST",
     " TIMELINE",
-    "=====================================",
+    TITLE_END,
 ];
-const PROMPT: &str = "Cmd> ";
-const SUCCESS: &str = "Command completed successfully";
 const ALREADY_EXISTS: &str = "Input username already exists, command failed";
 const INVALID_USERNAME: &str = "Command failed with invalid username";
 const NOT_A_FOLLOWER: &str = "Command failed with not a follower";
@@ -35,151 +25,6 @@ const INVALID_COMMAND: &str = "Invalid Command";
 const NO_ARGUMENTS: &str = "Invalid Input -- No Arguments Given";
 const INVALID_TWO_WORD: &str = "Command failed with invalid command";
 const CONNECTION_FAILED: &str = "connection failed: -1";
-
-/// Polls `cond` with a growing pause until it holds or `DEADLINE` passes;
-/// returns whether it held.
-fn poll(mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if cond() {
-            return true;
-        }
-        if start.elapsed() >= DEADLINE {
-            return false;
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-}
-
-/// A client whose stdout is kept as raw bytes, prompts included, so that the
-/// exact transcript can be checked.
-struct RawClient {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: Arc<Mutex<Vec<u8>>>,
-    reader: Option<JoinHandle<()>>,
-    /// How much of `out` the test has already checked.
-    cursor: usize,
-}
-
-impl RawClient {
-    fn start(coord_port: u16, user: u64) -> RawClient {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
-            .args(["-h", "127.0.0.1", "-k", &coord_port.to_string()])
-            .args(["-u", &user.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start client");
-        let mut stdout = child.stdout.take().expect("stdout");
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let sink = out.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => sink.lock().expect("output").extend_from_slice(&buf[..n]),
-                }
-            }
-        });
-        RawClient {
-            stdin: child.stdin.take(),
-            child,
-            out,
-            reader: Some(reader),
-            cursor: 0,
-        }
-    }
-
-    fn all(&self) -> String {
-        String::from_utf8_lossy(&self.out.lock().expect("output")).into_owned()
-    }
-
-    /// The output not checked yet.
-    fn fresh(&self) -> String {
-        let out = self.out.lock().expect("output");
-        String::from_utf8_lossy(&out[self.cursor.min(out.len())..]).into_owned()
-    }
-
-    fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
-    /// Waits until the unchecked output is at least as long as `want` (or the
-    /// client has exited), then requires it to be exactly `want`.
-    fn expect_exactly(&mut self, want: &str) {
-        let ok = poll(|| self.fresh().len() >= want.len() || self.exited());
-        let got = self.fresh();
-        assert!(
-            ok,
-            "timed out waiting for {want:?}; transcript {:?}",
-            self.all()
-        );
-        assert_eq!(got, want, "transcript {:?}", self.all());
-        self.cursor += got.len();
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .and_then(|()| stdin.flush())
-            .expect("write to client");
-    }
-
-    /// Runs a command-mode line and returns the reply lines: everything
-    /// printed before the next prompt, which must end a line.
-    fn command(&mut self, line: &str) -> Vec<String> {
-        self.send(line);
-        let ok = poll(|| self.fresh().ends_with(&format!("\n{PROMPT}")) || self.exited());
-        let got = self.fresh();
-        assert!(
-            ok && got.ends_with(&format!("\n{PROMPT}")),
-            "no reply and prompt after {line:?}; transcript {:?}",
-            self.all()
-        );
-        self.cursor += got.len();
-        got[..got.len() - PROMPT.len()]
-            .lines()
-            .map(String::from)
-            .collect()
-    }
-
-    /// Runs `line` and requires exactly these reply lines.
-    fn check(&mut self, line: &str, want: &[&str]) {
-        let got = self.command(line);
-        assert_eq!(got, want, "reply to {line:?}; transcript {:?}", self.all());
-    }
-
-    /// Closes stdin and waits for the exit status; then returns whatever was
-    /// printed after the last checked output.
-    fn end_of_input(&mut self) -> (Option<i32>, String) {
-        self.stdin = None;
-        let mut status = None;
-        poll(|| match self.child.try_wait() {
-            Ok(Some(st)) => {
-                status = st.code();
-                true
-            }
-            _ => false,
-        });
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        (status, self.fresh())
-    }
-}
-
-impl Drop for RawClient {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn title_text() -> String {
     TITLE.iter().map(|l| format!("{l}\n")).collect()
@@ -189,50 +34,24 @@ fn title_text() -> String {
 /// users' data) with its contents. The synchronizers' own bookkeeping
 /// (`cluster_<c>/synchronizer/`) and the logs are left out: they move on by
 /// themselves.
-fn snapshot(sys: &System) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let rel = path.strip_prefix(root).expect("under root").to_path_buf();
-                out.insert(rel, std::fs::read(&path).unwrap_or_default());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    for c in 1..=sys.clusters {
-        for s in 1..=2 {
-            walk(sys.data_dir(), &sys.server_dir(c, s), &mut out);
-        }
-    }
+fn server_files(sys: &System) -> Snapshot {
+    let out = snapshot(sys.data_dir(), &sys.server_dirs());
     assert!(!out.is_empty(), "no server files at all");
     out
-}
-
-fn knows(sys: &System, c: u32, s: u32, user: u64) -> bool {
-    read(&sys.server_dir(c, s).join("all_users.txt"))
-        .lines()
-        .any(|l| l.trim() == user.to_string())
 }
 
 /// Waits until both servers of every cluster know every one of `users`.
 fn wait_for_users(sys: &System, users: &[u64]) {
     wait_until(&format!("users {users:?} known in every cluster"), || {
-        (1..=sys.clusters).all(|c| (1..=2).all(|s| users.iter().all(|u| knows(sys, c, s, *u))))
+        (1..=sys.clusters).all(|c| (1..=2).all(|s| users.iter().all(|u| sys.has_user(c, s, *u))))
     });
 }
 
 /// Runs LIST (spelled `spelling`) until the reply is exactly `want`; every
 /// reply on the way must have the right shape.
 fn list_until(client: &mut RawClient, spelling: &str, want: [&str; 3]) {
-    let mut last = Vec::new();
-    let ok = poll(|| {
-        last = client.command(spelling);
+    wait_for(&format!("LIST to say {want:?}"), || {
+        let last = client.command(spelling);
         assert_eq!(last.len(), 3, "{last:?}");
         assert_eq!(last[0], SUCCESS);
         assert!(last[1].starts_with("All users: "), "{last:?}");
@@ -240,20 +59,23 @@ fn list_until(client: &mut RawClient, spelling: &str, want: [&str; 3]) {
             last[2] == "Followers:" || last[2].starts_with("Followers: "),
             "{last:?}"
         );
-        last == want
+        same_list(&last, want)
     });
-    assert!(ok, "LIST never said {want:?}; last {last:?}");
 }
 
 /// The same with the line-based harness client.
 fn list_lines_until(client: &mut Client, want: [&str; 3]) {
-    let mut last = Vec::new();
-    let ok = poll(|| {
-        last = vec![client.command("LIST")];
-        last.extend((0..2).map(|_| client.next_line().expect("a LIST line")));
-        last == want
+    wait_for(&format!("LIST to say {want:?}"), || {
+        same_list(&client.list(), want)
     });
-    assert!(ok, "LIST never said {want:?}; last {last:?}");
+}
+
+fn same_list(got: &[String], want: [&str; 3]) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("the last said {got:?}"))
+    }
 }
 
 #[test]
@@ -274,7 +96,7 @@ fn title_prompt_replies_malformed_commands_and_list() {
     one.expect_exactly(&format!("{}{PROMPT}", title_text()));
 
     wait_for_users(&sys, &[1, 2, 3, 4]);
-    let before = snapshot(&sys);
+    let before = server_files(&sys);
 
     // Malformed commands, and every failing row of the reply table: none of
     // them writes anything.
@@ -307,16 +129,7 @@ fn title_prompt_replies_malformed_commands_and_list() {
     }
     // Nobody follows 1 yet: nothing after the colon, not even a space.
     one.check("LIST", &[SUCCESS, "All users: 1, 2, 3, 4", "Followers:"]);
-    let after = snapshot(&sys);
-    let changed: Vec<&PathBuf> = before
-        .keys()
-        .chain(after.keys())
-        .filter(|p| before.get(*p) != after.get(*p))
-        .collect();
-    assert!(
-        changed.is_empty(),
-        "files changed by commands that must not write: {changed:?}"
-    );
+    assert_same_files(&before, &server_files(&sys), "commands that must not write");
 
     // The successful rows, in any case of the command word.
     one.check("FOLLOW 2", &[SUCCESS]);
@@ -391,10 +204,6 @@ fn try_login(port: u16, user: u64) -> Result<Client, (Option<String>, Option<i32
     }
 }
 
-fn post_texts(path: &Path) -> Vec<String> {
-    posts_in(path).into_iter().map(|(_, t)| t).collect()
-}
-
 #[test]
 fn sessions_end_of_input_and_post_length() {
     let sys = System::full(3);
@@ -407,9 +216,7 @@ fn sessions_end_of_input_and_post_length() {
     assert_eq!(dup.wait_exit(), Some(1));
     assert!(dup.rest().is_empty(), "{:?}", dup.seen);
     // The refusal did not disturb the live client.
-    assert_eq!(a.command("LIST"), SUCCESS);
-    a.expect_next("All users: 5");
-    a.expect_next("Followers:");
+    a.expect_list("All users: 5", "Followers:");
 
     // Timeline mode: a post is at most 255 bytes (not characters).
     a.enter_timeline();
@@ -448,8 +255,7 @@ fn sessions_end_of_input_and_post_length() {
         .unwrap_or_else(|e| panic!("login right after a clean exit (logout) refused: {e:?}"));
     assert_eq!(b.command("LIST"), SUCCESS);
     // After SIGKILL the session lapses by itself: retry until a login works.
-    b.child.kill().expect("kill");
-    b.child.wait().expect("reap");
+    b.proc.kill();
     let mut refusals = Vec::new();
     let mut c = None;
     let ok = poll(|| match try_login(port, 5) {
@@ -471,11 +277,9 @@ fn sessions_end_of_input_and_post_length() {
         );
     }
     let mut c = c.expect("a client");
-    assert_eq!(c.command("LIST"), SUCCESS);
+    c.expect_list("All users: 5", "Followers:");
 
     // End of input in timeline mode with nothing pending: status 0.
-    c.expect_next("All users: 5");
-    c.expect_next("Followers:");
     c.enter_timeline();
     c.close_input();
     assert_eq!(c.wait_exit(), Some(0), "{:?}", c.seen);

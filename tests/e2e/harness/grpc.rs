@@ -1,0 +1,58 @@
+//! Talking to a server over gRPC directly, as a client program would, for
+//! what the terminal client cannot send or would hide.
+
+use super::process::DEADLINE;
+use std::time::{Duration, Instant};
+use tinysns::proto::csce438::Request;
+use tinysns::proto::csce438::sns_service_client::SnsServiceClient;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Connects to the server at `url`, retrying until the deadline (it may
+/// still be starting).
+pub async fn connect(url: &str) -> SnsServiceClient<Channel> {
+    let start = Instant::now();
+    loop {
+        match SnsServiceClient::connect(url.to_string()).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(start.elapsed() < DEADLINE, "cannot connect to {url}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+pub fn request(user: &str, session: &str, arguments: &[&str]) -> Request {
+    Request {
+        username: user.to_string(),
+        arguments: arguments.iter().map(|s| s.to_string()).collect(),
+        session: session.to_string(),
+        request_id: 0,
+    }
+}
+
+pub async fn login(
+    c: &mut SnsServiceClient<Channel>,
+    user: &str,
+    session: &str,
+) -> Result<String, Status> {
+    c.login(request(user, session, &[]))
+        .await
+        .map(|r| r.into_inner().msg)
+}
+
+/// Logs in, waiting out the moments where the server does not yet know it
+/// is the master (UNAVAILABLE).
+pub async fn login_ok(c: &mut SnsServiceClient<Channel>, user: &str, session: &str) {
+    let start = Instant::now();
+    loop {
+        match login(c, user, session).await {
+            Ok(_) => return,
+            Err(s) if s.code() == Code::Unavailable && start.elapsed() < DEADLINE => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("login of {user:?} failed: {s:?}"),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The harness: starts the real binaries on free loopback ports, each system
+//! in its own temporary data directory, with short heartbeat and sync
+//! periods, and kills them by pid when dropped. Conditions are awaited by
+//! polling the system's own state (the coordinator's table, the data files,
+//! what a client prints) with a deadline, never by a fixed sleep.
+//!
+//! | part | what |
+//! |---|---|
+//! | [`process`] | the deadline and polling, free ports, child processes killed on drop |
+//! | [`system`] | a whole system and the coordinator's table |
+//! | [`client`] | the terminal client, line by line or byte for byte |
+//! | [`grpc`] | a server's client API called directly |
+//! | [`files`] | reading data files; snapshots that prove nothing was written |
+
+pub mod client;
+pub mod files;
+pub mod grpc;
+pub mod process;
+pub mod system;
+
+pub use client::*;
+pub use files::*;
+pub use process::*;
+pub use system::*;
