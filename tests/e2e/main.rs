@@ -16,5 +16,6 @@ mod client_cli;
 mod concurrent_appenders;
 mod durability;
 mod failover;
+mod shutdown;
 mod slave_restart;
 mod timeline;
