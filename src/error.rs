@@ -118,19 +118,7 @@ impl From<Error> for Status {
                 Code::Internal
             }
         };
-        let message = match e {
-            Error::Invalid(m)
-            | Error::NotFound(m)
-            | Error::AlreadyExists(m)
-            | Error::Precondition(m)
-            | Error::Unauthenticated(m)
-            | Error::Unavailable(m)
-            | Error::OutOfSync(m)
-            | Error::Exhausted(m)
-            | Error::Storage(m)
-            | Error::Internal(m) => m,
-        };
-        Status::new(code, message)
+        Status::new(code, e.message())
     }
 }
 
