@@ -154,7 +154,7 @@ impl ClientApi {
             id: req.request_id,
         });
         node.write(|st: &mut State, clock| {
-            if Node::seen(st, retry) {
+            if retry.is_some_and(|id| st.ids.contains(id)) {
                 // A retry of a request already done (its answer was lost).
                 return Ok(None);
             }

@@ -25,7 +25,7 @@
 
 use super::Options;
 use super::role::{Incarnation, Replica, Seq};
-use super::session::{ClientId, ClientIds, Sessions};
+use super::session::{ClientIds, Sessions};
 use crate::error::Error;
 use crate::model::{RunId, UserId};
 use crate::proto::tinysns::WriteOp;
@@ -241,11 +241,6 @@ impl Node {
         for w in lock(&self.timelines).values() {
             w.send_modify(|v| *v += 1);
         }
-    }
-
-    /// Whether this client id was taken already.
-    pub fn seen(st: &State, id: Option<ClientId>) -> bool {
-        id.is_some_and(|id| st.ids.contains(id))
     }
 
     /// Checks a client write and, if it is to be done, stages it and queues

@@ -199,7 +199,7 @@ async fn store_post(node: &Node, user: UserId, msg: Message) -> Result<Option<Me
     node.write(|st, clock| {
         // Checked under the state lock, where ids are recorded: a resent
         // post is stored once.
-        if Node::seen(st, retry) {
+        if retry.is_some_and(|id| st.ids.contains(id)) {
             return Ok(None);
         }
         let time_ns = clock.next_after(st.store.latest_post(user.get())?);
