@@ -16,12 +16,16 @@
 //! | `resync_gate` (async) | a resync in progress | held across awaits for a whole resync; mirrored batches wait for it so that its operations come first |
 //!
 //! # Disk work
-//! A request's bounded file work (the appends of its own records, the
-//! incremental reads of the views: a few KB at page-cache speed, like the
-//! syscalls they are) runs inline under `state`, where the invariants need
-//! it. Anything that waits for the disk or grows with the data (`fdatasync`,
-//! checkpoints, snapshots, resync) runs on tokio's blocking pool through
-//! [`Node::blocking`], never on an async worker.
+//! One rule, by cost. A request's own bounded file work runs inline on the
+//! task that serves it: the appends of its records and the incremental
+//! reads of the views under `state` (a few KB at page-cache speed, like the
+//! syscalls they are), and a slave's one journal flush per mirrored batch
+//! (handing that flush to another thread cost more CPU per post than it
+//! holds the worker up: `bench post`, fsync on, 196 against 232 µs of
+//! server CPU per post in the same run). Work that grows with the data or
+//! with time (the master's journal flush, which overlaps the mirroring RPC;
+//! checkpoints; snapshots; resync; opening the directory) runs on tokio's
+//! blocking pool through [`Node::blocking`].
 
 use super::Options;
 use super::role::{Incarnation, Replica, Seq};
