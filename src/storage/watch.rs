@@ -137,11 +137,13 @@ impl<F: FnMut(Change) + Send + 'static> notify::EventHandler for Handler<F> {
         };
         // A panicking callback would kill notify's thread, and dropping the
         // watch would then panic too: end the watch instead.
-        let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            (self.on_change)(change)
-        }));
+        let call =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.on_change)(change)));
         if call.is_err() {
-            log::error!("the watch of {} ended: its callback panicked", self.dir.display());
+            log::error!(
+                "the watch of {} ended: its callback panicked",
+                self.dir.display()
+            );
             self.ended.store(true, Ordering::SeqCst);
         }
     }
