@@ -430,7 +430,9 @@ impl Pusher {
                     Source::Posts(u) => self.push_posts(u, peer).await,
                 };
                 if let Err(e) = result {
-                    if !self.shutdown.is_cancelled() {
+                    if self.shutdown.is_cancelled() {
+                        log::debug!("push of {src:?} to cluster {peer} abandoned: {e}");
+                    } else {
                         log::warn!("push of {src:?} to cluster {peer} failed: {e}; will retry");
                     }
                     self.failed.insert(src);
