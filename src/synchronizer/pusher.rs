@@ -9,7 +9,9 @@ use crate::error::{Error, Result};
 use crate::model::{ClusterId, UserId};
 use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::synchronizer_client::SynchronizerClient;
-use crate::proto::tinysns::{Empty, FollowBatch, PostBatch, UserBatch, UserRequest};
+use crate::proto::tinysns::{
+    Empty, FollowBatch, FollowOp, PostBatch, RemotePost, UserBatch, UserRequest,
+};
 use crate::storage::watch::{Change, DirWatch};
 use crate::storage::{self, FileKind, FollowEvent, FollowLog, Post, Tail};
 use crate::timefmt::Nanos;
@@ -37,6 +39,36 @@ pub(super) enum Event {
 
 /// Records read for a push, and the offset just past them.
 type Batch = (Vec<Vec<u8>>, u64);
+
+/// How a time cursor's offset is found again from its time.
+type Finder = fn(&Path, Nanos) -> std::io::Result<u64>;
+
+/// One push to a peer.
+enum Push {
+    Users(UserBatch),
+    Follows(FollowBatch),
+    Posts(PostBatch),
+}
+
+impl Push {
+    /// `None` when there is nothing to push.
+    fn follows(from: ClusterId, events: Vec<FollowOp>) -> Option<Push> {
+        let from_cluster = from.0;
+        (!events.is_empty()).then_some(Push::Follows(FollowBatch {
+            from_cluster,
+            events,
+        }))
+    }
+
+    /// `None` when there is nothing to push.
+    fn posts(from: ClusterId, posts: Vec<RemotePost>) -> Option<Push> {
+        let from_cluster = from.0;
+        (!posts.is_empty()).then_some(Push::Posts(PostBatch {
+            from_cluster,
+            posts,
+        }))
+    }
+}
 
 /// What the pusher needs to know of its synchronizer.
 pub(super) struct Settings {
@@ -156,11 +188,7 @@ fn follow_offset_after(path: &Path, after: Nanos) -> std::io::Result<u64> {
 /// The cursor's offset and the file's length. After a start or a change
 /// of source only the cursor's time is known, and the offset is found
 /// again with `find`.
-fn offset_of(
-    c: &mut TimeCursor,
-    path: &Path,
-    find: fn(&Path, Nanos) -> std::io::Result<u64>,
-) -> Result<(u64, u64)> {
+fn offset_of(c: &mut TimeCursor, path: &Path, find: Finder) -> Result<(u64, u64)> {
     let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let offset = match (c.offset, c.last) {
         (Some(o), _) if o <= len => o,
@@ -173,11 +201,7 @@ fn offset_of(
 
 /// The next records (at most [`BATCH`]) of a source file after the cursor,
 /// with the offset just past them; `None` when there is nothing new.
-fn next_records(
-    c: &mut TimeCursor,
-    path: &Path,
-    find: fn(&Path, Nanos) -> std::io::Result<u64>,
-) -> Result<Option<Batch>> {
+fn next_records(c: &mut TimeCursor, path: &Path, find: Finder) -> Result<Option<Batch>> {
     let (offset, len) = offset_of(c, path, find)?;
     if offset >= len {
         // Nothing new: the quiet case costs one stat.
@@ -426,7 +450,7 @@ impl Pusher {
                 }
                 let result = match src {
                     Source::Users => self.push_users(peer).await,
-                    Source::Following(u) => self.push_follows(u, peer).await,
+                    src @ Source::Following(_) => self.push_records(src, peer).await,
                     Source::Posts(u) => self.push_posts(u, peer).await,
                 };
                 if let Err(e) = result {
@@ -446,11 +470,22 @@ impl Pusher {
         Some(kind.path(self.source.as_deref()?))
     }
 
-    fn peer(&self, peer: ClusterId) -> Result<SynchronizerClient<Channel>> {
-        self.peers
+    /// Sends one push to `peer`.
+    async fn send(&self, peer: ClusterId, push: Push) -> Result<()> {
+        let mut client = self
+            .peers
             .get(&peer)
             .map(|p| p.client.clone())
-            .ok_or_else(|| Error::Unavailable(format!("no synchronizer for cluster {peer}")))
+            .ok_or_else(|| Error::Unavailable(format!("no synchronizer for cluster {peer}")))?;
+        let call = async move {
+            match push {
+                Push::Users(b) => client.push_users(b).await,
+                Push::Follows(b) => client.push_follows(b).await,
+                Push::Posts(b) => client.push_posts(b).await,
+            }
+        };
+        unless_cancelled(&self.shutdown, call).await?;
+        Ok(())
     }
 
     async fn push_users(&mut self, peer: ClusterId) -> Result<()> {
@@ -475,69 +510,38 @@ impl Pusher {
             .map(|u| u.get())
             .collect();
         for chunk in unsent.chunks(BATCH) {
-            let req = UserBatch {
+            let batch = UserBatch {
                 from_cluster: p.me.0,
                 users: chunk.to_vec(),
             };
-            let mut client = self.peer(peer)?;
-            unless_cancelled(&self.shutdown, client.push_users(req)).await?;
+            self.send(peer, Push::Users(batch)).await?;
             self.cursors.users(peer).sent += chunk.len();
             self.unsaved = true;
         }
         Ok(())
     }
 
-    async fn push_follows(&mut self, user: UserId, peer: ClusterId) -> Result<()> {
-        let Some(path) = self.source_path(FileKind::Following(user.get())) else {
-            return Ok(());
-        };
-        let p = self.partition();
-        loop {
-            let cursor = self.cursors.following(user, peer);
-            let Some((records, next)) = next_records(cursor, &path, follow_offset_after)? else {
-                return Ok(());
-            };
-            let events: Vec<FollowEvent> = records
-                .iter()
-                .filter_map(|r| FollowEvent::decode(r))
-                .collect();
-            let plan = plan::follows(user, peer, &events, p);
-            if !plan.items.is_empty() {
-                let req = FollowBatch {
-                    from_cluster: p.me.0,
-                    events: plan.items,
-                };
-                let mut client = self.peer(peer)?;
-                unless_cancelled(&self.shutdown, client.push_follows(req)).await?;
-            }
-            self.cursors
-                .following(user, peer)
-                .advance(plan.through, next);
-            self.unsaved = true;
-        }
-    }
-
     /// The author's followers file, read up to now.
-    fn followers_of(&mut self, author: UserId, path: &Path) -> Result<&FollowLog> {
+    fn followers_of(&mut self, author: UserId) -> Result<&FollowLog> {
+        let Some(path) = self.source_path(FileKind::Followers(author.get())) else {
+            return Err(Error::Unavailable("no master's directory to read".into()));
+        };
         let followers = self
             .followers
             .entry(author)
-            .or_insert_with(|| Tail::new(path.to_path_buf()));
+            .or_insert_with(|| Tail::new(path));
         followers.refresh()?;
         Ok(&followers.state)
     }
 
     async fn push_posts(&mut self, author: UserId, peer: ClusterId) -> Result<()> {
-        let Some(path) = self.source_path(FileKind::Posts(author.get())) else {
+        if self.source.is_none() {
             return Ok(());
-        };
-        let Some(followers_path) = self.source_path(FileKind::Followers(author.get())) else {
-            return Ok(());
-        };
+        }
         let p = self.partition();
         // Decided here, from the followers file and a saved mark, so that
         // neither a restart nor the order of events can lose a rewind.
-        self.followers_of(author, &followers_path)?;
+        self.followers_of(author)?;
         let Some(followers) = self.followers.get(&author).map(|t| &t.state) else {
             return Ok(());
         };
@@ -558,26 +562,57 @@ impl Pusher {
         if !plan::followed_from(followers, peer, p) {
             return Ok(());
         }
+        self.push_records(Source::Posts(author), peer).await
+    }
+
+    /// The time cursor of `peer` in a follows or posts file, and how to
+    /// find its offset again.
+    fn time_cursor(&mut self, src: Source, peer: ClusterId) -> Option<(&mut TimeCursor, Finder)> {
+        match src {
+            Source::Users => None,
+            Source::Following(u) => Some((self.cursors.following(u, peer), follow_offset_after)),
+            Source::Posts(a) => Some((&mut self.cursors.posts(a, peer).at, post_offset_after)),
+        }
+    }
+
+    /// Reads a follows or posts file from `peer`'s cursor and pushes what
+    /// the plan says the peer needs, batch by batch; the cursor moves past
+    /// each batch once the peer has it.
+    async fn push_records(&mut self, src: Source, peer: ClusterId) -> Result<()> {
+        let Some(path) = self.source_path(src.file()) else {
+            return Ok(());
+        };
+        let p = self.partition();
         loop {
-            let cursor = &mut self.cursors.posts(author, peer).at;
-            let Some((records, next)) = next_records(cursor, &path, post_offset_after)? else {
+            let Some((cursor, find)) = self.time_cursor(src, peer) else {
                 return Ok(());
             };
-            let batch: Vec<Post> = records.iter().filter_map(|r| Post::decode(r)).collect();
-            let followers = self.followers_of(author, &followers_path)?;
-            let plan = plan::posts(author, peer, batch, followers, p);
-            if !plan.items.is_empty() {
-                let req = PostBatch {
-                    from_cluster: p.me.0,
-                    posts: plan.items,
-                };
-                let mut client = self.peer(peer)?;
-                unless_cancelled(&self.shutdown, client.push_posts(req)).await?;
+            let Some((records, next)) = next_records(cursor, &path, find)? else {
+                return Ok(());
+            };
+            let (push, through) = match src {
+                Source::Users => return Ok(()),
+                Source::Following(user) => {
+                    let events: Vec<FollowEvent> = records
+                        .iter()
+                        .filter_map(|r| FollowEvent::decode(r))
+                        .collect();
+                    let plan = plan::follows(user, peer, &events, p);
+                    (Push::follows(p.me, plan.items), plan.through)
+                }
+                Source::Posts(author) => {
+                    let batch: Vec<Post> = records.iter().filter_map(|r| Post::decode(r)).collect();
+                    let followers = self.followers_of(author)?;
+                    let plan = plan::posts(author, peer, batch, followers, p);
+                    (Push::posts(p.me, plan.items), plan.through)
+                }
+            };
+            if let Some(push) = push {
+                self.send(peer, push).await?;
             }
-            self.cursors
-                .posts(author, peer)
-                .at
-                .advance(plan.through, next);
+            if let Some((cursor, _)) = self.time_cursor(src, peer) {
+                cursor.advance(through, next);
+            }
             self.unsaved = true;
         }
     }
