@@ -7,7 +7,7 @@
 //! hint and never carries data.
 //!
 //! The watch asks the operating system for exactly those events
-//! ([`EVENTS`]): a write, a file made or renamed into place (as a resync
+//! (`EVENTS`): a write, a file made or renamed into place (as a resync
 //! does), a file removed or renamed away, and the directory itself going
 //! away. It does not ask for opens and closes, which `notify` asks for by
 //! default: every append opens and closes its file, and so does every
