@@ -1,4 +1,4 @@
-//! Watching a directory for appends (inotify).
+//! Watching a directory for appends (`notify`).
 //!
 //! A server watches its own directory to see what the synchronizer appends
 //! to timelines; a synchronizer watches its master's directory to see new
@@ -6,19 +6,29 @@
 //! appeared*: they read them from a saved offset anyway, so an event is a
 //! hint and never carries data.
 //!
-//! The watch asks the kernel for exactly those events: a write (`MODIFY`), a
-//! file made or renamed into place (`CREATE`, `MOVED_TO`, as a resync does),
-//! a file removed, and the directory itself going away. It does not ask for
-//! opens and closes, which `notify`'s watcher always asks for: every append
-//! opens and closes its file, and so does every reader, so those events were
-//! two in three of all events and the largest cost of a post on a loaded
-//! machine (`bench post` measured it). One thread per watch reads the events
-//! and hands over each read's batch at once, so a burst costs one wake-up.
+//! The watch asks the operating system for exactly those events
+//! (`EVENTS`): a write, a file made or renamed into place (as a resync
+//! does), a file removed or renamed away, and the directory itself going
+//! away. It does not ask for opens and closes, which `notify` asks for by
+//! default: every append opens and closes its file, and so does every
+//! reader, so those events were two in three of all events and the largest
+//! cost of a post on a loaded machine (`bench post` measured it). On Linux
+//! `notify` turns the mask into the inotify watch mask, so the kernel never
+//! queues what we do not want; elsewhere it filters what its backend
+//! reports.
+//!
+//! `notify` runs one thread per watch and calls back once per event, from
+//! that thread; the callers coalesce (the synchronizer drains its queue
+//! before it reads, a server's timeline reads from its offset to the end).
 //!
 //! When the kernel's queue overflows it drops events and says so; the
-//! callback then gets [`Change::Rescan`] and must look at everything.
+//! callback then gets [`Change::Rescan`] and must look at everything. It gets
+//! one too when the directory itself goes away, and the watch then ends
+//! ([`DirWatch::ended`]): the owner makes a new one when the directory is
+//! back.
 
-use inotify::{EventMask, Inotify, WatchMask};
+use notify::event::{EventKind, ModifyKind, RenameMode};
+use notify::{Config, EventKindMask, RecommendedWatcher, RecursiveMode, Watcher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,15 +44,23 @@ pub enum Change {
     Rescan,
 }
 
-/// A running watch; dropping it stops the thread.
+/// The events asked for. `CREATE` covers files renamed into place, but
+/// notify reports those as renames, hence `MODIFY_NAME`, which also brings
+/// the directory's own move. Opens, closes and metadata changes are left out
+/// (see the module doc).
+const EVENTS: EventKindMask = EventKindMask::CREATE
+    .union(EventKindMask::REMOVE)
+    .union(EventKindMask::MODIFY_DATA)
+    .union(EventKindMask::MODIFY_NAME);
+
+/// A running watch; dropping it stops its thread.
 pub struct DirWatch {
     dir: PathBuf,
-    stop: Arc<AtomicBool>,
-    /// Set by the thread when it ends (the directory went away, or reading
-    /// failed): the owner should watch again.
+    /// Set when the watch ended by itself (the directory went away, or
+    /// reading failed): the owner should watch again.
     ended: Arc<AtomicBool>,
-    watches: inotify::Watches,
-    wd: inotify::WatchDescriptor,
+    /// Always `Some` until dropped (taken in `Drop`).
+    watcher: Option<RecommendedWatcher>,
 }
 
 impl DirWatch {
@@ -58,100 +76,121 @@ impl DirWatch {
 
 impl Drop for DirWatch {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Removing the watch queues an IGNORED event, which wakes the thread
-        // so that it sees `stop` and ends. If the directory is gone the
-        // watch is gone too and the thread has ended already.
-        let _ = self.watches.remove(self.wd.clone());
+        // notify's watcher panics when dropped if its thread died (a failed
+        // poll): a watch that is gone anyway must not take the daemon down.
+        if let Some(w) = self.watcher.take() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(w)));
+        }
     }
 }
 
 /// Watches `dir` (not its subdirectories) and calls `on_change` from a
-/// thread of its own with each batch of changes.
+/// thread of its own with each change.
 pub fn watch_dir(
     dir: &Path,
-    mut on_change: impl FnMut(Change) + Send + 'static,
+    on_change: impl FnMut(Change) + Send + 'static,
 ) -> io::Result<DirWatch> {
-    let mut inotify = Inotify::init()?;
-    let mask = WatchMask::MODIFY
-        | WatchMask::CREATE
-        | WatchMask::MOVED_TO
-        | WatchMask::MOVED_FROM
-        | WatchMask::DELETE
-        | WatchMask::DELETE_SELF
-        | WatchMask::MOVE_SELF
-        | WatchMask::ONLYDIR;
-    let wd = inotify.watches().add(dir, mask)?;
-    let watches = inotify.watches();
-    let stop = Arc::new(AtomicBool::new(false));
-    let root = dir.to_path_buf();
-    let stopped = stop.clone();
     let ended = Arc::new(AtomicBool::new(false));
-    let done = ended.clone();
-    std::thread::Builder::new()
-        .name("dir-watch".into())
-        .spawn(move || {
-            let _done = SetOnDrop(done);
-            let mut buffer = vec![0u8; 64 * 1024];
-            loop {
-                let events = match inotify.read_events_blocking(&mut buffer) {
-                    Ok(events) => events,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        log::warn!("watch of {} failed: {e}", root.display());
-                        on_change(Change::Rescan);
-                        return;
-                    }
-                };
-                if stopped.load(Ordering::SeqCst) {
-                    return;
-                }
-                let mut files: Vec<PathBuf> = Vec::new();
-                let mut rescan = false;
-                let mut gone = false;
-                for ev in events {
-                    if ev.mask.contains(EventMask::Q_OVERFLOW) {
-                        rescan = true;
-                    }
-                    if ev.mask.intersects(
-                        EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED,
-                    ) {
-                        gone = true;
-                    }
-                    if let Some(name) = ev.name {
-                        let path = root.join(name);
-                        if !files.contains(&path) {
-                            files.push(path);
-                        }
-                    }
-                }
-                if !files.is_empty() {
-                    on_change(Change::Files(files));
-                }
-                if rescan || gone {
-                    on_change(Change::Rescan);
-                }
-                if gone {
-                    // The directory went away: this watch has ended.
-                    return;
-                }
-            }
-        })?;
+    let handler = Handler {
+        dir: dir.to_path_buf(),
+        ended: ended.clone(),
+        on_change,
+    };
+    let config = Config::default().with_event_kinds(EVENTS);
+    let mut watcher = RecommendedWatcher::new(handler, config).map_err(to_io)?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .map_err(to_io)?;
     Ok(DirWatch {
         dir: dir.to_path_buf(),
-        stop,
         ended,
-        watches,
-        wd,
+        watcher: Some(watcher),
     })
 }
 
-/// Sets its flag when dropped: whichever way the thread ends.
-struct SetOnDrop(Arc<AtomicBool>);
+/// What notify calls with each event, on its thread.
+struct Handler<F> {
+    dir: PathBuf,
+    ended: Arc<AtomicBool>,
+    on_change: F,
+}
 
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
+impl<F: FnMut(Change) + Send + 'static> notify::EventHandler for Handler<F> {
+    fn handle_event(&mut self, event: notify::Result<notify::Event>) {
+        if self.ended.load(Ordering::SeqCst) {
+            return;
+        }
+        let change = match event {
+            Ok(ev) => classify(&self.dir, ev),
+            Err(e) => {
+                log::warn!("watch of {} failed: {e}", self.dir.display());
+                Some(Outcome::Ended)
+            }
+        };
+        let change = match change {
+            None => return,
+            Some(Outcome::Ended) => {
+                self.ended.store(true, Ordering::SeqCst);
+                Change::Rescan
+            }
+            Some(Outcome::Tell(c)) => c,
+        };
+        // A panicking callback would kill notify's thread, and dropping the
+        // watch would then panic too: end the watch instead.
+        let call =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.on_change)(change)));
+        if call.is_err() {
+            log::error!(
+                "the watch of {} ended: its callback panicked",
+                self.dir.display()
+            );
+            self.ended.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// What one event means for the owner.
+enum Outcome {
+    Tell(Change),
+    /// The directory went away (or the watch broke): rescan, then stop.
+    Ended,
+}
+
+/// Turns one notify event into what the callback is told, if anything.
+fn classify(dir: &Path, ev: notify::Event) -> Option<Outcome> {
+    if ev.need_rescan() {
+        return Some(Outcome::Tell(Change::Rescan));
+    }
+    let about_dir = ev.paths.iter().any(|p| p == dir);
+    match ev.kind {
+        // A rename within the directory is also reported as its two halves.
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => None,
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) if about_dir => {
+            Some(Outcome::Ended)
+        }
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) => {
+            let mut files: Vec<PathBuf> = Vec::new();
+            for p in ev.paths {
+                if p.parent() == Some(dir) && !files.contains(&p) {
+                    files.push(p);
+                }
+            }
+            (!files.is_empty()).then_some(Outcome::Tell(Change::Files(files)))
+        }
+        // Anything else (`Other` with no flag, `Any`): we cannot tell what
+        // changed.
+        EventKind::Other | EventKind::Any => Some(Outcome::Tell(Change::Rescan)),
+        EventKind::Access(_) => None,
+    }
+}
+
+fn to_io(e: notify::Error) -> io::Error {
+    match e.kind {
+        notify::ErrorKind::Io(e) => e,
+        notify::ErrorKind::PathNotFound => {
+            io::Error::new(io::ErrorKind::NotFound, "no such directory")
+        }
+        _ => io::Error::other(e),
     }
 }
 

@@ -1,0 +1,461 @@
+//! What to push to whom: pure functions of decoded records, follow
+//! histories and times (no files, no clocks, no network).
+//!
+//! * [`Source`]: the files the pusher sends from, and which of them to look
+//!   at again when a file of the directory changes.
+//! * [`follows`]: a local user's follow events go to the cluster of the user
+//!   followed.
+//! * [`posts`]: each post goes to each peer cluster with followers of the
+//!   author at the post's time, with those followers as its targets;
+//!   [`followed_from`] says whether a peer can need any post at all.
+//! * [`Rewinds`]: a new follow from a peer's user moves the author's posts
+//!   cursor back to the follow's time, so that posts sent without the new
+//!   follower go again.
+
+use super::cursors::PostsCursor;
+use crate::model::{ClusterId, UserId};
+use crate::proto::tinysns::{FollowOp, PostOp, RemotePost};
+use crate::storage::{FileKind, FollowEvent, FollowLog, Post};
+use crate::timefmt::Nanos;
+use std::collections::{HashMap, HashSet};
+
+/// This synchronizer's cluster among all clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    pub me: ClusterId,
+    pub clusters: u32,
+}
+
+impl Partition {
+    /// The cluster a user lives in. Takes the storage's raw ids, which are
+    /// never 0 once parsed.
+    pub fn cluster_of(self, user: u64) -> ClusterId {
+        ClusterId(crate::config::cluster_of(user, self.clusters))
+    }
+
+    pub fn is_local(self, user: u64) -> bool {
+        self.cluster_of(user) == self.me
+    }
+}
+
+/// A file of the master's directory that the pusher sends from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// `all_users.txt`: this cluster's users go to every peer.
+    Users,
+    /// A local user's follow events.
+    Following(UserId),
+    /// A local author's posts.
+    Posts(UserId),
+}
+
+impl Source {
+    /// The source that `kind` is, if it is one: the users file, and the
+    /// follows and posts of local users.
+    pub fn of_file(kind: FileKind, p: Partition) -> Option<Source> {
+        match kind {
+            FileKind::Users => Some(Source::Users),
+            FileKind::Following(u) if p.is_local(u) => UserId::new(u).map(Source::Following),
+            FileKind::Posts(u) if p.is_local(u) => UserId::new(u).map(Source::Posts),
+            _ => None,
+        }
+    }
+
+    /// What to look at again when `kind` changed: its own source, and for a
+    /// local author's followers file the author's posts, since a new
+    /// follower may need posts that were sent without them (see
+    /// [`Rewinds`]).
+    pub fn of_change(kind: FileKind, p: Partition) -> Option<Source> {
+        match kind {
+            FileKind::Followers(u) if p.is_local(u) => UserId::new(u).map(Source::Posts),
+            _ => Source::of_file(kind, p),
+        }
+    }
+
+    pub fn file(self) -> FileKind {
+        match self {
+            Source::Users => FileKind::Users,
+            Source::Following(u) => FileKind::Following(u.get()),
+            Source::Posts(u) => FileKind::Posts(u.get()),
+        }
+    }
+}
+
+/// One push to one peer, planned from a batch of records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned<T> {
+    /// What to send; empty when the peer needs none of the batch.
+    pub items: Vec<T>,
+    /// The time of the latest record of the batch, sent or not: where the
+    /// cursor goes once the peer has acknowledged (or needed nothing).
+    /// `None` when no record of the batch could be decoded.
+    pub through: Option<Nanos>,
+}
+
+/// The follow events of local user `follower` that `peer` needs: those of
+/// users who live there, so that the followee's `_followers` file (and
+/// `LIST`) shows the remote follower.
+pub fn follows(
+    follower: UserId,
+    peer: ClusterId,
+    events: &[FollowEvent],
+    p: Partition,
+) -> Planned<FollowOp> {
+    Planned {
+        through: events.iter().map(|e| e.time).max(),
+        items: events
+            .iter()
+            .filter(|e| p.cluster_of(e.user) == peer)
+            .map(|e| FollowOp {
+                follower: follower.get(),
+                followee: e.user,
+                time_ns: e.time,
+                follow: e.follow,
+                request_id: 0,
+            })
+            .collect(),
+    }
+}
+
+/// Whether any user of `peer` has ever followed the author (`followers` is
+/// the author's followers file). If not, no post of the author can be for
+/// `peer`, and the pusher reads none.
+pub fn followed_from(followers: &FollowLog, peer: ClusterId, p: Partition) -> bool {
+    followers.users().any(|u| p.cluster_of(u) == peer)
+}
+
+/// The posts of `author` that `peer` needs, each with its targets: the
+/// peer's users who followed the author at the post's time (a follow
+/// covers the posts after it, not one made at the same instant).
+pub fn posts(
+    author: UserId,
+    peer: ClusterId,
+    batch: Vec<Post>,
+    followers: &FollowLog,
+    p: Partition,
+) -> Planned<RemotePost> {
+    let through = batch.iter().map(|post| post.time).max();
+    let items = batch
+        .into_iter()
+        .filter_map(|post| {
+            let mut targets: Vec<u64> = followers
+                .users()
+                .filter(|f| p.cluster_of(*f) == peer && followers.at(*f, post.time))
+                .collect();
+            if targets.is_empty() {
+                return None;
+            }
+            targets.sort_unstable();
+            Some(RemotePost {
+                post: Some(PostOp {
+                    author: author.get(),
+                    time_ns: post.time,
+                    text: post.text,
+                    post_id: 0,
+                }),
+                targets,
+            })
+        })
+        .collect();
+    Planned { items, through }
+}
+
+/// How a posts cursor moved because of new follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewind {
+    /// Back to a new follow's time: the posts since go again, now with the
+    /// new follower among their targets.
+    Resend { since: Nanos },
+    /// The first follower in the peer's cluster: earlier posts were for
+    /// nobody there, so the cursor skips ahead to the follow instead of
+    /// reading the history since.
+    SkipTo { follow: Nanos },
+}
+
+/// The follow events of peers' users that have been taken into account,
+/// per (author, peer).
+///
+/// A remote user's follow can reach the author's cluster after a post that
+/// was sent without them. Follows of different users can also arrive out of
+/// time order (one from cluster 2 at 10:00 can land after one from cluster 2
+/// at 10:05), so "not later than the latest seen" would miss the late one:
+/// each event is remembered. After a start, what the saved cursor's
+/// [`PostsCursor::follows`] covers counts as handled.
+#[derive(Debug, Default)]
+pub struct Rewinds {
+    handled: HashMap<(UserId, ClusterId), HashSet<(u64, Nanos)>>,
+}
+
+impl Rewinds {
+    /// Takes the author's followers (`followers`, their whole history) into
+    /// account for `peer`'s cursor: moves it as [`Rewind`] says, and moves
+    /// [`PostsCursor::follows`] to the latest event of the peer's users.
+    pub fn apply(
+        &mut self,
+        author: UserId,
+        peer: ClusterId,
+        followers: &FollowLog,
+        p: Partition,
+        cursor: &mut PostsCursor,
+    ) -> Option<Rewind> {
+        let from_peer = || {
+            followers
+                .events()
+                .filter(move |(u, _, _)| p.cluster_of(*u) == peer)
+        };
+        let saved = cursor.follows;
+        let handled = self.handled.entry((author, peer)).or_insert_with(|| {
+            from_peer()
+                .filter(|(_, t, _)| saved.is_some_and(|f| *t <= f))
+                .map(|(u, t, _)| (u, t))
+                .collect()
+        });
+        let mut earliest_new: Option<Nanos> = None;
+        for (user, time, follow) in from_peer() {
+            if !handled.insert((user, time)) {
+                continue;
+            }
+            cursor.follows = cursor.follows.max(Some(time));
+            if follow {
+                earliest_new = Some(earliest_new.map_or(time, |t| t.min(time)));
+            }
+        }
+        let t = earliest_new?;
+        if cursor.at.last.is_some_and(|last| t < last) {
+            cursor.at.move_to(t);
+            Some(Rewind::Resend { since: t })
+        } else if saved.is_none() {
+            // The cursor did not move while nobody there followed (the
+            // pusher reads nothing then), so it stands before the follow.
+            cursor.at.move_to(t);
+            Some(Rewind::SkipTo { follow: t })
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Fold;
+
+    const P: Partition = Partition {
+        me: ClusterId(1),
+        clusters: 3,
+    };
+
+    fn user(id: u64) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
+    fn event(user: u64, time: Nanos, follow: bool) -> FollowEvent {
+        FollowEvent { user, follow, time }
+    }
+
+    /// Adds events to a followers log as the file would hold them.
+    fn record(log: &mut FollowLog, events: &[FollowEvent]) {
+        for e in events {
+            log.apply(e.encode().trim_end().as_bytes());
+        }
+    }
+
+    fn post(time: Nanos) -> Post {
+        Post {
+            author: 1,
+            time,
+            text: format!("at {time}"),
+        }
+    }
+
+    fn cursor(last: Option<Nanos>, follows: Option<Nanos>) -> PostsCursor {
+        let mut c = PostsCursor::default();
+        c.at.last = last;
+        c.follows = follows;
+        c
+    }
+
+    // Author 1 lives in cluster 1; users 2, 5, 8 in cluster 2; 3 and 6 in
+    // cluster 3.
+
+    #[test]
+    fn a_follow_arriving_after_a_later_one_still_rewinds() {
+        let mut rewinds = Rewinds::default();
+        let mut log = FollowLog::default();
+        let mut c = PostsCursor::default();
+        // User 5's follow at 300 arrives first.
+        record(&mut log, &[event(5, 300, true)]);
+        assert_eq!(
+            rewinds.apply(user(1), ClusterId(2), &log, P, &mut c),
+            Some(Rewind::SkipTo { follow: 300 })
+        );
+        // A post at 350 is sent to user 5.
+        c.at.advance(Some(350), 1000);
+        // User 2's follow at 100 lands only now: later than 5's in arrival,
+        // earlier in time. The posts since 100 must go again.
+        record(&mut log, &[event(2, 100, true)]);
+        assert_eq!(
+            rewinds.apply(user(1), ClusterId(2), &log, P, &mut c),
+            Some(Rewind::Resend { since: 100 })
+        );
+        assert_eq!(c.at.last, Some(100));
+        assert_eq!(c.at.offset, None, "the offset is found again from the time");
+        assert_eq!(c.follows, Some(300), "the latest follow taken into account");
+        // Nothing new: nothing moves.
+        c.at.advance(Some(350), 1000);
+        assert_eq!(rewinds.apply(user(1), ClusterId(2), &log, P, &mut c), None);
+        assert_eq!(c.at.last, Some(350));
+    }
+
+    #[test]
+    fn the_first_follower_in_a_cluster_skips_history() {
+        let mut rewinds = Rewinds::default();
+        let mut log = FollowLog::default();
+        // Followers elsewhere do not count for cluster 2.
+        record(&mut log, &[event(3, 100, true), event(8, 500, true)]);
+        let mut c = PostsCursor::default();
+        assert_eq!(
+            rewinds.apply(user(1), ClusterId(2), &log, P, &mut c),
+            Some(Rewind::SkipTo { follow: 500 })
+        );
+        assert_eq!(c.at.last, Some(500));
+        assert_eq!(c.follows, Some(500));
+    }
+
+    #[test]
+    fn a_restart_counts_the_saved_cursor_as_handled() {
+        let mut log = FollowLog::default();
+        record(&mut log, &[event(2, 100, true), event(5, 300, true)]);
+        // As positions.txt left it: posts up to 400 handled, follows up to
+        // 300 taken into account.
+        let mut c = cursor(Some(400), Some(300));
+        let mut rewinds = Rewinds::default();
+        assert_eq!(rewinds.apply(user(1), ClusterId(2), &log, P, &mut c), None);
+        assert_eq!(c, cursor(Some(400), Some(300)));
+        // A follow after the saved mark is new.
+        record(&mut log, &[event(8, 350, true)]);
+        assert_eq!(
+            rewinds.apply(user(1), ClusterId(2), &log, P, &mut c),
+            Some(Rewind::Resend { since: 350 })
+        );
+        assert_eq!(c.follows, Some(350));
+    }
+
+    #[test]
+    fn an_unfollow_moves_the_follows_mark_but_rewinds_nothing() {
+        let mut log = FollowLog::default();
+        record(&mut log, &[event(2, 100, true)]);
+        let mut c = cursor(Some(400), Some(100));
+        let mut rewinds = Rewinds::default();
+        record(&mut log, &[event(2, 200, false)]);
+        assert_eq!(rewinds.apply(user(1), ClusterId(2), &log, P, &mut c), None);
+        assert_eq!(c, cursor(Some(400), Some(200)));
+    }
+
+    #[test]
+    fn posts_are_targeted_to_followers_at_the_post_time() {
+        let mut log = FollowLog::default();
+        record(
+            &mut log,
+            &[
+                // User 2: follow, unfollow, follow again.
+                event(2, 100, true),
+                event(2, 200, false),
+                event(2, 300, true),
+                // User 5 follows throughout; user 3 is in another cluster.
+                event(5, 10, true),
+                event(3, 10, true),
+            ],
+        );
+        let batch = vec![post(50), post(100), post(150), post(250), post(350)];
+        let plan = posts(user(1), ClusterId(2), batch, &log, P);
+        let got: Vec<(Nanos, Vec<u64>)> = plan
+            .items
+            .iter()
+            .map(|rp| {
+                (
+                    rp.post.as_ref().map_or(0, |p| p.time_ns),
+                    rp.targets.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (50, vec![5]),
+                // A follow covers the posts after it.
+                (100, vec![5]),
+                (150, vec![2, 5]),
+                (250, vec![5]),
+                (350, vec![2, 5]),
+            ]
+        );
+        assert_eq!(plan.through, Some(350));
+        assert!(plan.items.iter().all(|rp| {
+            rp.post
+                .as_ref()
+                .is_some_and(|p| p.author == 1 && p.text.starts_with("at "))
+        }));
+    }
+
+    #[test]
+    fn posts_for_nobody_there_send_nothing_but_move_the_cursor() {
+        let mut log = FollowLog::default();
+        record(&mut log, &[event(2, 100, true), event(2, 200, false)]);
+        assert!(followed_from(&log, ClusterId(2), P));
+        assert!(!followed_from(&log, ClusterId(3), P));
+        let plan = posts(user(1), ClusterId(2), vec![post(250), post(260)], &log, P);
+        assert!(plan.items.is_empty());
+        assert_eq!(plan.through, Some(260));
+        let none = posts(user(1), ClusterId(2), Vec::new(), &log, P);
+        assert_eq!(none.through, None);
+    }
+
+    #[test]
+    fn follow_events_go_only_to_the_followees_cluster() {
+        let events = [
+            event(2, 10, true),
+            event(3, 20, true),
+            event(5, 30, true),
+            event(2, 40, false),
+            event(6, 50, true),
+        ];
+        let to2 = follows(user(4), ClusterId(2), &events, P);
+        let got: Vec<(u64, u64, Nanos, bool)> = to2
+            .items
+            .iter()
+            .map(|f| (f.follower, f.followee, f.time_ns, f.follow))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(4, 2, 10, true), (4, 5, 30, true), (4, 2, 40, false)]
+        );
+        // The cursor passes the events for other clusters too.
+        assert_eq!(to2.through, Some(50));
+        let to3 = follows(user(4), ClusterId(3), &events, P);
+        assert_eq!(to3.items.len(), 2);
+    }
+
+    #[test]
+    fn changes_map_to_the_files_sent_from() {
+        let of_change = |k| Source::of_change(k, P);
+        let of_file = |k| Source::of_file(k, P);
+        assert_eq!(of_change(FileKind::Users), Some(Source::Users));
+        assert_eq!(of_change(FileKind::Posts(4)), Some(Source::Posts(user(4))));
+        assert_eq!(
+            of_change(FileKind::Following(4)),
+            Some(Source::Following(user(4)))
+        );
+        // A new follower of a local author may need older posts.
+        assert_eq!(
+            of_change(FileKind::Followers(4)),
+            Some(Source::Posts(user(4)))
+        );
+        assert_eq!(of_file(FileKind::Followers(4)), None);
+        // Remote users' files and timelines are not sent from.
+        assert_eq!(of_change(FileKind::Posts(2)), None);
+        assert_eq!(of_change(FileKind::Followers(2)), None);
+        assert_eq!(of_change(FileKind::Timeline(4)), None);
+        assert_eq!(Source::Posts(user(4)).file(), FileKind::Posts(4));
+    }
+}
