@@ -33,6 +33,8 @@ struct Entry {
     role: Role,
     alive: bool,
     last: Instant,
+    /// A synchronizer's full cycles, as its last heartbeat said.
+    full_cycles: u64,
 }
 
 /// A heartbeat whose fields have been checked.
@@ -41,6 +43,7 @@ struct Beat<'a> {
     hostname: &'a str,
     port: u32,
     process: Option<RunId>,
+    full_cycles: u64,
     /// The role the process believes it has.
     claimed: Role,
     /// The epoch the process holds.
@@ -262,6 +265,7 @@ impl Table {
             hostname,
             port: info.port,
             process: RunId::from_wire(info.process),
+            full_cycles: info.full_cycles,
             claimed,
             epoch,
             in_service_slave,
@@ -288,6 +292,7 @@ impl Table {
                 role: seen.old_role,
                 alive: true,
                 last: now,
+                full_cycles: beat.full_cycles,
             },
         );
         seen
@@ -735,6 +740,7 @@ impl Table {
             last_heartbeat_ms_ago: age,
             in_service: self.is_in_service(key),
             process: e.process.map_or(0, |RunId(run)| run),
+            full_cycles: e.full_cycles,
         }
     }
 

@@ -117,8 +117,7 @@ pub async fn run(
     opts: Options,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let mut coordinator = membership::client(&opts.coordinator, opts.heartbeat)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut coordinator = membership::client(&opts.coordinator, opts.heartbeat)?;
     let run = RunId::random();
     let mut info = membership::info(
         Kind::Server,
@@ -135,9 +134,7 @@ pub async fn run(
     let sent = Instant::now();
     let first = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        r = membership::register(&mut coordinator, &info, opts.heartbeat) => {
-            r.map_err(|e| Error::Invalid(e.to_string()))?
-        }
+        r = membership::register(&mut coordinator, &info, opts.heartbeat) => r?,
     };
     let dir = crate::config::server_dir(&opts.data_dir, opts.cluster, opts.server_id);
     let open_opts = opts.clone();

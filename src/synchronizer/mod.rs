@@ -82,6 +82,8 @@ use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::synchronizer_server::SynchronizerServer;
 use crate::proto::tinysns::{HeartbeatRequest, Kind, ServerInfo};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -104,11 +106,6 @@ pub struct Options {
     pub data_dir: PathBuf,
 }
 
-/// What a failure to reach the coordinator becomes.
-fn unreachable_coordinator(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("coordinator: {e}"))
-}
-
 /// Runs a synchronizer on `listener` until `shutdown` is cancelled, and
 /// returns once every task it started has ended.
 pub async fn run(
@@ -118,14 +115,13 @@ pub async fn run(
 ) -> Result<()> {
     use crate::coordinator::membership;
     let rpc_timeout = (2 * opts.heartbeat).max(Duration::from_millis(500));
-    let mut coordinator =
-        membership::client(&opts.coordinator, opts.heartbeat).map_err(unreachable_coordinator)?;
+    let mut coordinator = membership::client(&opts.coordinator, opts.heartbeat)?;
     let info = membership::info(Kind::Synchronizer, opts.id, opts.id, &opts.host, opts.port);
     let registered = tokio::select! {
         r = membership::register(&mut coordinator, &info, opts.heartbeat) => r,
         _ = shutdown.cancelled() => return Ok(()),
     };
-    let clusters = registered.map_err(unreachable_coordinator)?.clusters;
+    let clusters = registered?.clusters;
     // The watch reports the paths it was given; make ours absolute so that
     // they compare equal to the master's directory (SNS_DATA_DIR is relative
     // by default).
@@ -139,10 +135,12 @@ pub async fn run(
     // A child, so that the tasks also stop when the service fails alone.
     let stop = shutdown.child_token();
 
+    let cycles = Arc::new(AtomicU64::new(0));
     let heartbeats = tokio::spawn(heartbeats(
         coordinator.clone(),
         info,
         opts.heartbeat,
+        cycles.clone(),
         stop.clone(),
     ));
     let settings = pusher::Settings {
@@ -155,7 +153,8 @@ pub async fn run(
             .join("synchronizer")
             .join("positions.txt"),
     };
-    let pusher = match pusher::Pusher::new(settings, coordinator, tx.clone(), stop.clone()) {
+    let pusher = match pusher::Pusher::new(settings, coordinator, tx.clone(), cycles, stop.clone())
+    {
         Ok(p) => tokio::spawn(p.run(rx)),
         Err(e) => {
             stop.cancel();
@@ -187,11 +186,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Heartbeats keep us in the coordinator's table, until `stop`.
+/// Heartbeats keep us in the coordinator's table, and tell it how many full
+/// cycles the pusher has done, until `stop`.
 async fn heartbeats(
     mut coordinator: CoordinatorClient<Channel>,
     info: ServerInfo,
     period: Duration,
+    cycles: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(period);
@@ -202,7 +203,10 @@ async fn heartbeats(
             _ = tick.tick() => {}
         }
         let req = HeartbeatRequest {
-            info: Some(info.clone()),
+            info: Some(ServerInfo {
+                full_cycles: cycles.load(Ordering::Relaxed),
+                ..info.clone()
+            }),
             ..Default::default()
         };
         tokio::select! {

@@ -18,6 +18,8 @@ use crate::timefmt::Nanos;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -108,6 +110,8 @@ pub(super) struct Pusher {
     /// Where the watch's events go, and the watch on the source directory.
     events: mpsc::UnboundedSender<Event>,
     watch: Option<SourceWatch>,
+    /// Full cycles done (pushes included), for the heartbeats.
+    cycles: Arc<AtomicU64>,
     shutdown: CancellationToken,
 }
 
@@ -225,6 +229,7 @@ impl Pusher {
         settings: Settings,
         coordinator: CoordinatorClient<Channel>,
         events: mpsc::UnboundedSender<Event>,
+        cycles: Arc<AtomicU64>,
         shutdown: CancellationToken,
     ) -> Result<Pusher> {
         let cursors = load_positions(&settings.positions)?;
@@ -243,6 +248,7 @@ impl Pusher {
             last_lookup: None,
             events,
             watch: None,
+            cycles,
             shutdown,
         })
     }
@@ -260,9 +266,13 @@ impl Pusher {
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.shutdown.clone();
         loop {
+            let mut full = false;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = cycle.tick() => self.full_cycle().await,
+                _ = cycle.tick() => {
+                    self.full_cycle().await;
+                    full = true;
+                }
                 _ = retry.tick() => {
                     // Cursors are saved once a heartbeat, not after every
                     // push: one that is saved late only makes a restarted
@@ -286,6 +296,9 @@ impl Pusher {
                 self.on_event(ev);
             }
             self.push_dirty().await;
+            if full {
+                self.cycles.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if self.unsaved {
             self.save_positions();

@@ -164,8 +164,7 @@ impl System {
             .env("SNS_DATA_DIR", self.data_dir())
             .env(
                 "RUST_LOG",
-                std::env::var("TEST_LOG")
-                    .unwrap_or_else(|_| "info,tinysns::synchronizer=debug".into()),
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null());
         cmd
