@@ -53,7 +53,7 @@
 //! | `tail` | incremental views: [`Tail`] and the states it folds ([`UserSet`], [`FollowLog`], [`AuthorClock`]) |
 //! | [`store`] | one directory as an idempotent state machine of write operations |
 //! | [`journal`] | the write-ahead journal of a mirrored batch |
-//! | [`watch`] | inotify watches for appends |
+//! | [`watch`] | `notify` watches for appends (not opens and closes) |
 //!
 //! Everything of `record`, `file` and `tail` is re-exported here, so a caller
 //! names `storage::Post` or `storage::read_from`, not the file it lives in.
