@@ -16,10 +16,12 @@
 //! | [`error`] | the one error type, mapped to `tonic::Status` in one place | |
 //! | [`config`], [`timefmt`] | flags and knobs shared by the binaries; time formats | |
 //!
-//! Dependencies point one way: `client` and `coordinator` use only `model`,
-//! `error`, `config` and the protos; `server` and `synchronizer` use
-//! `storage` and `coordinator::membership`; nothing uses `server` or
-//! `synchronizer`. The binaries in `src/bin/` only parse flags and call a
+//! Dependencies point one way (no cycles): `error` uses nothing; `config`
+//! uses `error`; `model` uses `config`; `client` and `coordinator` use those
+//! (and `timefmt`) and the protos; `storage` uses `model`, `config` and
+//! `timefmt`; `server` and `synchronizer` use `storage` and
+//! `coordinator::membership`; nothing uses `server` or `synchronizer`. The
+//! binaries in `src/bin/` only parse flags and call a
 //! part's `run`. The benchmark is a crate of its own (`bench/`).
 
 pub mod client;
