@@ -59,7 +59,7 @@ impl SnsService for ClientApi {
         let all_users = st.store.users()?.iter().map(u64::to_string).collect();
         let followers = st
             .store
-            .followers(user.get())?
+            .followers(user)?
             .current()
             .iter()
             .map(u64::to_string)
@@ -161,7 +161,7 @@ impl ClientApi {
             if !st.store.users()?.contains(&target.get()) {
                 return Err(Error::NotFound(format!("no user {target}")));
             }
-            let following = st.store.following(user.get())?;
+            let following = st.store.following(user)?;
             match (follow, following.contains(target.get())) {
                 (true, true) => {
                     return Err(Error::AlreadyExists(format!("already following {target}")));

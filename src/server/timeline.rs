@@ -100,7 +100,7 @@ async fn follow_file(
 ) -> Result<(), Error> {
     let path = timeline_file(&node.dir, user.get());
     let following =
-        || -> Result<FollowLog, Error> { Ok(node.state().store.following(user.get())?.clone()) };
+        || -> Result<FollowLog, Error> { Ok(node.state().store.following(user)?.clone()) };
     let f = following()?;
     // No early stop: remote posts arrive late, so the file is not in time
     // order across authors. The scan ends after 20 shown posts (far only for
@@ -202,7 +202,7 @@ async fn store_post(node: &Node, user: UserId, msg: Message) -> Result<Option<Me
         if retry.is_some_and(|id| st.ids.contains(id)) {
             return Ok(None);
         }
-        let time_ns = clock.next_after(st.store.latest_post(user.get())?);
+        let time_ns = clock.next_after(st.store.latest_post(user)?);
         Ok(Some(WriteOp {
             op: Some(write_op::Op::Post(PostOp {
                 author: user.get(),

@@ -22,6 +22,7 @@
 //!   post's time. Followers in other clusters get it from the synchronizers.
 
 use crate::config::cluster_of;
+use crate::model::UserId;
 use crate::proto::tinysns::{FollowOp, PostOp, WriteOp, write_op};
 use crate::storage::{
     self, AuthorClock, FileKind, FollowEvent, FollowLog, Post, Tail, UserSet, followers_file,
@@ -85,7 +86,12 @@ impl Store {
     }
 
     /// The follow history of `user`'s followers (current view).
-    pub fn followers(&mut self, user: u64) -> io::Result<&FollowLog> {
+    pub fn followers(&mut self, user: UserId) -> io::Result<&FollowLog> {
+        self.followers_of(user.get())
+    }
+
+    /// [`Store::followers`], for a user id read from an operation.
+    fn followers_of(&mut self, user: u64) -> io::Result<&FollowLog> {
         let dir = &self.dir;
         let t = view(&mut self.followers, user, || followers_file(dir, user));
         t.refresh()?;
@@ -93,7 +99,8 @@ impl Store {
     }
 
     /// The follow history of the users `user` follows (current view).
-    pub fn following(&mut self, user: u64) -> io::Result<&FollowLog> {
+    pub fn following(&mut self, user: UserId) -> io::Result<&FollowLog> {
+        let user = user.get();
         let dir = &self.dir;
         let t = view(&mut self.following, user, || following_file(dir, user));
         t.refresh()?;
@@ -195,8 +202,9 @@ impl Store {
         }
     }
 
-    pub fn add_user(&mut self, user: u64) -> io::Result<()> {
-        self.now(|s, sink| s.add_user_to(user, sink)).map(drop)
+    pub fn add_user(&mut self, user: UserId) -> io::Result<()> {
+        self.now(|s, sink| s.add_user_to(user.get(), sink))
+            .map(drop)
     }
 
     fn add_user_to(&mut self, user: u64, sink: &mut Sink) -> io::Result<()> {
@@ -249,7 +257,7 @@ impl Store {
         sink.write(tail, FileKind::Posts(p.author), |s| {
             (!s.has(post.author, post.time)).then(|| post.encode())
         })?;
-        let followers = self.followers(p.author)?;
+        let followers = self.followers_of(p.author)?;
         let targets: Vec<u64> = followers
             .users()
             .filter(|f| followers.at(*f, p.time_ns))
@@ -292,7 +300,8 @@ impl Store {
     }
 
     /// The latest time of any post of `author` stored here (0 if none).
-    pub fn latest_post(&mut self, author: u64) -> io::Result<Nanos> {
+    pub fn latest_post(&mut self, author: UserId) -> io::Result<Nanos> {
+        let author = author.get();
         let t = self.tail_posts(author);
         t.refresh()?;
         Ok(t.state.latest(author))
@@ -389,7 +398,7 @@ mod tests {
             assert_eq!(users, "1\n4\n");
         }
         assert_eq!(
-            s.followers(1)
+            s.followers(UserId::new(1).unwrap())
                 .unwrap()
                 .current()
                 .into_iter()

@@ -123,11 +123,13 @@ impl Receiver {
     }
 
     fn store_users(&self, batch: UserBatch) -> Result<()> {
-        if batch.users.contains(&0) {
-            return Err(Error::Invalid("user 0 does not exist".into()));
-        }
+        let users: Vec<UserId> = batch
+            .users
+            .iter()
+            .map(|u| UserId::new(*u).ok_or_else(|| Error::Invalid("user 0 does not exist".into())))
+            .collect::<Result<_>>()?;
         self.each_store(|s| {
-            for u in &batch.users {
+            for u in &users {
                 s.add_user(*u)?;
             }
             Ok(())
