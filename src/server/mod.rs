@@ -55,8 +55,9 @@ use crate::coordinator::membership;
 use crate::error::Error;
 use crate::model::RunId;
 use crate::proto::csce438::sns_service_server::SnsServiceServer;
-use crate::proto::tinysns::Kind;
+use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::replica_server::ReplicaServer;
+use crate::proto::tinysns::{Kind, ServerInfo};
 use crate::storage::journal::Journal;
 use crate::storage::store::Store;
 use crate::storage::{self};
@@ -64,8 +65,9 @@ use node::Node;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 /// How a server is started.
 #[derive(Debug, Clone)]
@@ -117,6 +119,61 @@ pub async fn run(
     opts: Options,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    // A child, so that the tasks also stop when the service fails alone.
+    let stop = shutdown.child_token();
+    let Some(Started {
+        node,
+        coordinator,
+        info,
+        asks,
+    }) = start(opts, &stop).await?
+    else {
+        return Ok(());
+    };
+    let watcher = watch_directory(&node)?;
+    node.tasks
+        .spawn(node.clone().heartbeat_loop(coordinator, info, asks));
+    node.tasks.spawn(node.clone().mirror_loop());
+    let served = tonic::transport::Server::builder()
+        .add_service(SnsServiceServer::new(client_api::ClientApi(node.clone())))
+        .add_service(
+            ReplicaServer::new(replication::api::ReplicaApi(node.clone()))
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .serve_with_incoming_shutdown(
+            crate::config::incoming(listener),
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+    // However tonic ended, every task ends now.
+    stop.cancel();
+    node.tasks.close();
+    node.tasks.wait().await;
+    drop(watcher);
+    served?;
+    log::info!(
+        "server {} of cluster {} stopped",
+        node.opts.server_id,
+        node.opts.cluster
+    );
+    Ok(())
+}
+
+/// A registered server with its directory open, before it serves.
+struct Started {
+    node: Arc<Node>,
+    coordinator: CoordinatorClient<Channel>,
+    /// How the server describes itself in its heartbeats.
+    info: ServerInfo,
+    /// Requests for a heartbeat now ([`Node::report_now`]).
+    asks: mpsc::Receiver<oneshot::Sender<bool>>,
+}
+
+/// Registers with the coordinator (its reply says how many clusters there
+/// are, which decides which users live here), opens the directory and acts
+/// on the first reply; `None` if shut down before the coordinator answered.
+async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started>, Error> {
     let mut coordinator = membership::client(&opts.coordinator, opts.heartbeat)?;
     let run = RunId::random();
     let mut info = membership::info(
@@ -129,30 +186,25 @@ pub async fn run(
     // Tells this run from earlier ones: a master's report that it took in
     // an earlier run of us does not make us in service.
     info.process = run.0;
-    // Register before serving: the reply says how many clusters there are,
-    // which decides which users live here.
     let sent = Instant::now();
     let first = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
+        _ = stop.cancelled() => return Ok(None),
         r = membership::register(&mut coordinator, &info, opts.heartbeat) => r?,
     };
     let dir = crate::config::server_dir(&opts.data_dir, opts.cluster, opts.server_id);
-    let open_opts = opts.clone();
-    let open_dir_path = dir.clone();
-    let clusters = first.clusters;
+    let (open_opts, open_path, clusters) = (opts.clone(), dir.clone(), first.clusters);
     let (store, journal, replay) =
-        tokio::task::spawn_blocking(move || open_dir(&open_dir_path, &open_opts, clusters))
-            .await??;
-    let (report_tx, report_rx) = mpsc::channel(16);
+        tokio::task::spawn_blocking(move || open_dir(&open_path, &open_opts, clusters)).await??;
+    let (ask, asks) = mpsc::channel(16);
     let node = Arc::new(Node::new(
         opts,
         dir,
-        first.clusters,
+        clusters,
         run,
         store,
         journal,
-        report_tx,
-        shutdown.clone(),
+        ask,
+        stop.clone(),
     ));
     {
         let mut st = node.state();
@@ -168,36 +220,12 @@ pub async fn run(
         node.addr,
         node.dir.display()
     );
-
-    let watcher = watch_directory(&node)?;
-    node.tasks
-        .spawn(node.clone().heartbeat_loop(coordinator, info, report_rx));
-    node.tasks.spawn(node.clone().mirror_loop());
-
-    let served = tonic::transport::Server::builder()
-        .add_service(SnsServiceServer::new(client_api::ClientApi(node.clone())))
-        .add_service(
-            ReplicaServer::new(replication::api::ReplicaApi(node.clone()))
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
-        )
-        .serve_with_incoming_shutdown(
-            crate::config::incoming(listener),
-            shutdown.clone().cancelled_owned(),
-        )
-        .await;
-    // However tonic ended, every task ends now.
-    shutdown.cancel();
-    node.tasks.close();
-    node.tasks.wait().await;
-    drop(watcher);
-    served?;
-    log::info!(
-        "server {} of cluster {} stopped",
-        node.opts.server_id,
-        node.opts.cluster
-    );
-    Ok(())
+    Ok(Some(Started {
+        node,
+        coordinator,
+        info,
+        asks,
+    }))
 }
 
 /// Watches the directory so that timelines see what the synchronizer

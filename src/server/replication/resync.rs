@@ -17,12 +17,14 @@
 use super::replica_client;
 use super::snapshot::{Installer, manifest};
 use crate::error::Error;
+use crate::proto::tinysns::replica_client::ReplicaClient;
 use crate::proto::tinysns::{JoinRequest, SnapshotRequest};
 use crate::server::node::Node;
-use crate::server::role::{Following, Incarnation};
+use crate::server::role::{Following, Incarnation, Seq};
 use crate::storage;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 /// How many snapshots a resync takes before it gives up for this round.
 const ATTEMPTS: usize = 5;
@@ -54,86 +56,128 @@ impl Node {
         let mut client =
             replica_client(master, 10 * self.failure_window.max(Duration::from_secs(1)))?;
         for _ in 0..ATTEMPTS {
-            let files = self.blocking(|n| Ok(manifest(&n.dir)?)).await?;
-            let req = SnapshotRequest {
-                cluster_id: self.opts.cluster,
-                epoch: self.state().replica.epoch,
-                files,
-                server_id: self.opts.server_id,
-            };
-            let mut stream = client
-                .snapshot(req)
-                .await
-                .map_err(Error::from)?
-                .into_inner();
-            let mut installer = Installer::new(self.dir.clone(), self.opts.fsync);
-            let mut done = loop {
-                match stream.message().await.map_err(Error::from)? {
-                    Some(c) if c.done => break c,
-                    Some(c) => {
-                        installer = self
-                            .blocking(move |_| {
-                                installer.write(&c)?;
-                                Ok(installer)
-                            })
-                            .await?;
-                    }
-                    None => return Err(Error::Unavailable("the snapshot ended early".into())),
-                }
-            };
-            let bytes = installer.bytes;
-            let received = started.elapsed();
-            let files = std::mem::take(&mut done.files);
-            self.blocking(move |n| {
-                installer.finish(&files)?;
-                n.state().store.reset();
-                // The journal held operations on the files as they were;
-                // they are the master's files now, flushed.
-                n.checkpoint()
-            })
-            .await?;
-            let flushed = started.elapsed() - received;
-            let join = JoinRequest {
-                cluster_id: self.opts.cluster,
-                server_id: self.opts.server_id,
-                address: self.addr.clone(),
-                from_seq: done.seq,
-                incarnation: done.incarnation,
-                process: self.run.0,
-            };
-            let reply = client.join(join).await.map_err(Error::from)?.into_inner();
-            if reply.too_far_behind {
+            let installed = self.install_snapshot(&mut client).await?;
+            let Some((following, ops)) = self.join_master(&mut client, master, &installed).await?
+            else {
                 log::info!("master {master} moved on during the snapshot; taking another");
                 continue;
-            }
-            let changed = {
-                let mut st = self.state();
-                let mut changed = Vec::new();
-                for op in &reply.ops {
-                    changed.extend(st.store.apply(op)?);
-                    st.ids.record(op);
-                }
-                changed
             };
-            let ops = reply.ops.clone();
-            self.blocking(move |n| Ok(n.journal().append(&ops)?))
-                .await?;
-            self.wake(&changed);
             log::info!(
-                "resynced from {master}: {bytes} bytes and {} operations in {:?} \
-                 (received after {received:?}, then flushed in {flushed:?})",
-                reply.ops.len(),
-                started.elapsed()
+                "resynced from {master}: {} bytes and {ops} operations in {:?} \
+                 (received after {:?}, then flushed in {:?})",
+                installed.bytes,
+                started.elapsed(),
+                installed.received - started,
+                installed.flushed - installed.received,
             );
             drop(gate);
-            return Ok(Following {
-                master: master.to_string(),
-                incarnation: Incarnation(done.incarnation),
-                next_seq: reply.first_seq + reply.ops.len() as u64,
-            });
+            return Ok(following);
         }
         Err(Error::Unavailable(
             "the master kept moving on; giving up for now".into(),
         ))
     }
+
+    /// Step 2: asks for what our files lack and installs it, flushed.
+    async fn install_snapshot(
+        self: &Arc<Self>,
+        client: &mut ReplicaClient<Channel>,
+    ) -> Result<Installed, Error> {
+        let files = self.blocking(|n| Ok(manifest(&n.dir)?)).await?;
+        let req = SnapshotRequest {
+            cluster_id: self.opts.cluster,
+            epoch: self.state().replica.epoch,
+            files,
+            server_id: self.opts.server_id,
+        };
+        let mut stream = client
+            .snapshot(req)
+            .await
+            .map_err(Error::from)?
+            .into_inner();
+        let mut installer = Installer::new(self.dir.clone(), self.opts.fsync);
+        let mut done = loop {
+            match stream.message().await.map_err(Error::from)? {
+                Some(c) if c.done => break c,
+                Some(c) => {
+                    installer = self
+                        .blocking(move |_| {
+                            installer.write(&c)?;
+                            Ok(installer)
+                        })
+                        .await?;
+                }
+                None => return Err(Error::Unavailable("the snapshot ended early".into())),
+            }
+        };
+        let bytes = installer.bytes;
+        let received = Instant::now();
+        let files = std::mem::take(&mut done.files);
+        self.blocking(move |n| {
+            installer.finish(&files)?;
+            n.state().store.reset();
+            // The journal held operations on the files as they were; they
+            // are the master's files now, flushed.
+            n.checkpoint()
+        })
+        .await?;
+        Ok(Installed {
+            seq: done.seq,
+            incarnation: Incarnation(done.incarnation),
+            bytes,
+            received,
+            flushed: Instant::now(),
+        })
+    }
+
+    /// Step 3: joins at the snapshot's cut and applies the operations
+    /// since; `None` if the master's log no longer reaches back that far.
+    async fn join_master(
+        self: &Arc<Self>,
+        client: &mut ReplicaClient<Channel>,
+        master: &str,
+        installed: &Installed,
+    ) -> Result<Option<(Following, usize)>, Error> {
+        let join = JoinRequest {
+            cluster_id: self.opts.cluster,
+            server_id: self.opts.server_id,
+            address: self.addr.clone(),
+            from_seq: installed.seq,
+            incarnation: installed.incarnation.0,
+            process: self.run.0,
+        };
+        let reply = client.join(join).await.map_err(Error::from)?.into_inner();
+        if reply.too_far_behind {
+            return Ok(None);
+        }
+        let changed = {
+            let mut st = self.state();
+            let mut changed = Vec::new();
+            for op in &reply.ops {
+                changed.extend(st.store.apply(op)?);
+                st.ids.record(op);
+            }
+            changed
+        };
+        let n = reply.ops.len();
+        let ops = reply.ops;
+        self.blocking(move |node| Ok(node.journal().append(&ops)?))
+            .await?;
+        self.wake(&changed);
+        let following = Following {
+            master: master.to_string(),
+            incarnation: installed.incarnation,
+            next_seq: reply.first_seq + n as u64,
+        };
+        Ok(Some((following, n)))
+    }
+}
+
+/// A snapshot installed and flushed.
+struct Installed {
+    seq: Seq,
+    incarnation: Incarnation,
+    bytes: u64,
+    received: Instant,
+    flushed: Instant,
 }
