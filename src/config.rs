@@ -161,6 +161,31 @@ pub async fn listen(port: u16) -> Result<tokio::net::TcpListener, Error> {
         .map_err(|e| Error::Unavailable(format!("cannot listen on port {port}: {e}")))
 }
 
+/// How long open calls get to end after a daemon is told to stop, before
+/// their connections are cut (a client that stopped reading must not hold a
+/// daemon up: SIGTERM ends it within a second).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+/// Awaits a gRPC server (built with `serve_with_incoming_shutdown` on
+/// `stop`); once `stop` is cancelled, its open calls get [`SHUTDOWN_GRACE`]
+/// to end, and then the server is dropped with its connections.
+pub async fn serve_until<E>(
+    serve: impl std::future::Future<Output = Result<(), E>>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<(), E> {
+    tokio::pin!(serve);
+    tokio::select! {
+        r = &mut serve => r,
+        _ = async {
+            stop.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            log::warn!("open calls did not end within {SHUTDOWN_GRACE:?} of shutdown; cutting them off");
+            Ok(())
+        }
+    }
+}
+
 /// The connections a gRPC server accepts on `listener`, with Nagle's
 /// algorithm off: a timeline sends small messages one at a time, and with
 /// Nagle on, each waits for the peer's delayed ACK (40 ms on Linux).

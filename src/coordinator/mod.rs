@@ -228,13 +228,13 @@ pub async fn run(
         opts.heartbeat,
         shutdown.clone(),
     ));
-    let served = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(CoordinatorServer::new(service))
         .serve_with_incoming_shutdown(
             crate::config::incoming(listener),
             shutdown.clone().cancelled_owned(),
-        )
-        .await;
+        );
+    let served = crate::config::serve_until(server, &shutdown).await;
     shutdown.cancel();
     drop(updates);
     let _ = updates_done.recv().await;

@@ -130,11 +130,20 @@ pub async fn run(
     else {
         return Ok(());
     };
-    let watcher = watch_directory(&node)?;
+    let watcher = match watch_directory(&node) {
+        Ok(w) => w,
+        Err(e) => {
+            // The first heartbeat may have started a resync: end it too.
+            stop.cancel();
+            node.tasks.close();
+            node.tasks.wait().await;
+            return Err(e);
+        }
+    };
     node.tasks
         .spawn(node.clone().heartbeat_loop(coordinator, info, asks));
     node.tasks.spawn(node.clone().mirror_loop());
-    let served = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(SnsServiceServer::new(client_api::ClientApi(node.clone())))
         .add_service(
             ReplicaServer::new(replication::api::ReplicaApi(node.clone()))
@@ -144,8 +153,8 @@ pub async fn run(
         .serve_with_incoming_shutdown(
             crate::config::incoming(listener),
             stop.clone().cancelled_owned(),
-        )
-        .await;
+        );
+    let served = crate::config::serve_until(server, &stop).await;
     // However tonic ended, every task ends now.
     stop.cancel();
     node.tasks.close();

@@ -160,7 +160,8 @@ impl Node {
         work: impl FnOnce(&Node) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let node = self.clone();
-        tokio::task::spawn_blocking(move || work(&node)).await?
+        // Tracked, so that shutdown waits for disk work in hand.
+        self.tasks.spawn_blocking(move || work(&node)).await?
     }
 
     pub fn is_master(&self) -> bool {
@@ -206,7 +207,11 @@ impl Node {
             }
         };
         if self.report_now().await && self.state().replica.epoch == epoch {
-            self.state().replica.check_lease(Instant::now())
+            let st = self.state();
+            if !st.replica.is_master() {
+                return Err(self.not_master());
+            }
+            st.replica.check_lease(Instant::now())
         } else {
             Err(Error::Unavailable(
                 "this server is no longer the master".into(),
@@ -260,6 +265,11 @@ impl Node {
         let done = {
             let mut guard = self.state();
             let st = &mut *guard;
+            // The mirror task empties the queue under this lock once it has
+            // seen the token: nothing staged after that would be answered.
+            if self.shutdown.is_cancelled() {
+                return Err(Error::Unavailable("the server is shutting down".into()));
+            }
             if !st.replica.is_master() {
                 return Err(self.not_master());
             }

@@ -170,13 +170,13 @@ pub async fn run(
         opts.port,
         clusters
     );
-    let served = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(SynchronizerServer::new(receiver))
         .serve_with_incoming_shutdown(
             crate::config::incoming(listener),
             stop.clone().cancelled_owned(),
-        )
-        .await;
+        );
+    let served = crate::config::serve_until(server, &stop).await;
     stop.cancel();
     let ended = (heartbeats.await, pusher.await);
     log::info!("synchronizer {} stopped", opts.id);

@@ -66,20 +66,23 @@ impl ReplicaApi {
             return Err(Error::Unavailable("cannot reach the coordinator".into()));
         }
         // Under the state lock no operation is half done: the files hold
-        // exactly the operations up to the cut. (The one directory listing
-        // under the lock: the cut must be consistent with `seq`.)
-        let (cut, seq, incarnation) = {
-            let st = node.state();
-            let (seq, incarnation) = st.replica.snapshot_cut()?;
-            let mut cut = Vec::new();
-            for e in std::fs::read_dir(&node.dir)? {
-                let path = e?.path();
-                if let Some(name) = data_file_name(&path) {
-                    cut.push((name, std::fs::metadata(&path)?.len()));
+        // exactly the operations up to the cut. The listing grows with the
+        // directory, so it runs on the blocking pool, still under the lock:
+        // the cut must be consistent with `seq`.
+        let (cut, seq, incarnation) = node
+            .blocking(|n| {
+                let st = n.state();
+                let (seq, incarnation) = st.replica.snapshot_cut()?;
+                let mut cut = Vec::new();
+                for e in std::fs::read_dir(&n.dir)? {
+                    let path = e?.path();
+                    if let Some(name) = data_file_name(&path) {
+                        cut.push((name, std::fs::metadata(&path)?.len()));
+                    }
                 }
-            }
-            (cut, seq, incarnation)
-        };
+                Ok((cut, seq, incarnation))
+            })
+            .await?;
         let (tx, rx) = mpsc::channel(4);
         let dir = node.dir.clone();
         // Reading the files grows with the data: the blocking pool.

@@ -235,7 +235,7 @@ impl Node {
         // worker up (`bench post`).
         self.journal().append(&ops)?;
         if self.journal().wants_checkpoint()
-            && let Err(e) = self.checkpoint()
+            && let Err(e) = self.blocking(|n| n.checkpoint()).await
         {
             log::error!("checkpoint failed: {e}");
         }

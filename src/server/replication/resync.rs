@@ -10,9 +10,10 @@
 //!    reaches back that far, it takes another (now small) snapshot.
 //!
 //! The disk work runs on the blocking pool, so heartbeats go on during a
-//! long resync. A resync stops where it stands at shutdown: what it wrote is
-//! whole pieces of files that are not in service yet (a torn last record is
-//! cut at the next start), and the next start resyncs again.
+//! long resync. A resync stops where it stands at shutdown, once the disk
+//! job in hand has ended (the directory stays closed until then): what it
+//! wrote is whole pieces of files that are not in service yet (a torn last
+//! record is cut at the next start), and the next start resyncs again.
 
 use super::replica_client;
 use super::snapshot::{Installer, manifest};
@@ -52,11 +53,13 @@ impl Node {
 
     async fn resync_from(self: &Arc<Self>, master: &str) -> Result<Following, Error> {
         let started = Instant::now();
-        let gate = self.blocking(|n| Ok(storage::close_dir(&n.dir)?)).await?;
+        // Shared with each disk job of the resync: a job that outlives this
+        // future (shutdown drops it) keeps the directory closed until it ends.
+        let gate = Arc::new(self.blocking(|n| Ok(storage::close_dir(&n.dir)?)).await?);
         let mut client =
             replica_client(master, 10 * self.failure_window.max(Duration::from_secs(1)))?;
         for _ in 0..ATTEMPTS {
-            let installed = self.install_snapshot(&mut client).await?;
+            let installed = self.install_snapshot(&mut client, &gate).await?;
             let Some((following, ops)) = self.join_master(&mut client, master, &installed).await?
             else {
                 log::info!("master {master} moved on during the snapshot; taking another");
@@ -82,6 +85,7 @@ impl Node {
     async fn install_snapshot(
         self: &Arc<Self>,
         client: &mut ReplicaClient<Channel>,
+        gate: &Arc<std::fs::File>,
     ) -> Result<Installed, Error> {
         let files = self.blocking(|n| Ok(manifest(&n.dir)?)).await?;
         let req = SnapshotRequest {
@@ -100,8 +104,10 @@ impl Node {
             match stream.message().await.map_err(Error::from)? {
                 Some(c) if c.done => break c,
                 Some(c) => {
+                    let gate = gate.clone();
                     installer = self
                         .blocking(move |_| {
+                            let _gate = gate;
                             installer.write(&c)?;
                             Ok(installer)
                         })
@@ -113,7 +119,9 @@ impl Node {
         let bytes = installer.bytes;
         let received = Instant::now();
         let files = std::mem::take(&mut done.files);
+        let gate = gate.clone();
         self.blocking(move |n| {
+            let _gate = gate;
             installer.finish(&files)?;
             n.state().store.reset();
             // The journal held operations on the files as they were; they
