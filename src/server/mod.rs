@@ -205,16 +205,14 @@ async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started
     let (store, journal, replay) =
         tokio::task::spawn_blocking(move || open_dir(&open_path, &open_opts, clusters)).await??;
     let (ask, asks) = mpsc::channel(16);
-    let node = Arc::new(Node::new(
-        opts,
+    let opened = node::Opened {
         dir,
         clusters,
         run,
         store,
         journal,
-        ask,
-        stop.clone(),
-    ));
+    };
+    let node = Arc::new(Node::new(opts, opened, ask, stop.clone()));
     {
         let mut st = node.state();
         for op in &replay {

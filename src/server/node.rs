@@ -64,6 +64,15 @@ pub(crate) struct State {
     pub queue: Vec<Pending>,
 }
 
+/// A server's directory opened for this run, with what registration told.
+pub(crate) struct Opened {
+    pub dir: PathBuf,
+    pub clusters: u32,
+    pub run: RunId,
+    pub store: Store,
+    pub journal: Journal,
+}
+
 /// The state of one server process.
 pub(crate) struct Node {
     pub opts: Options,
@@ -104,17 +113,19 @@ pub(crate) fn fresh_incarnation() -> Incarnation {
 }
 
 impl Node {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         opts: Options,
-        dir: PathBuf,
-        clusters: u32,
-        run: RunId,
-        store: Store,
-        journal: Journal,
+        opened: Opened,
         report: mpsc::Sender<oneshot::Sender<bool>>,
         shutdown: CancellationToken,
     ) -> Node {
+        let Opened {
+            dir,
+            clusters,
+            run,
+            store,
+            journal,
+        } = opened;
         let failure_window = 2 * opts.heartbeat;
         Node {
             addr: format!("{}:{}", opts.host, opts.port),
