@@ -130,7 +130,7 @@ impl Store {
     }
 
     /// The files written since the last call, to be flushed to disk by the
-    /// caller (outside the store lock: flushing is slow).
+    /// caller (outside its lock on the store: flushing is slow).
     pub fn take_dirty(&mut self) -> Vec<PathBuf> {
         self.dirty.drain().map(|k| k.path(&self.dir)).collect()
     }
