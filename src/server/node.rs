@@ -107,6 +107,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a write or a stream gets once the server is shutting down: try the
+/// next master.
+pub(crate) fn shutting_down() -> Error {
+    Error::Unavailable("the server is shutting down".into())
+}
+
 /// A fresh incarnation for a new reign or a reset log.
 pub(crate) fn fresh_incarnation() -> Incarnation {
     Incarnation(rand::random())
@@ -205,24 +211,27 @@ impl Node {
         }
     }
 
-    /// Whether this master may let a write out now, renewing its lease with
-    /// a heartbeat first if it ran out (a busy machine delays heartbeats):
-    /// the coordinator's answer shows whether anyone took over meanwhile.
+    /// Whether this master may let a write out now (the lease rule is the
+    /// role core's; this names the server when it is not the master).
+    fn lease_now(&self) -> Result<(), Error> {
+        let st = self.state();
+        if !st.replica.is_master() {
+            return Err(self.not_master());
+        }
+        st.replica.check_lease(Instant::now())
+    }
+
+    /// [`Node::lease_now`], renewing the lease with a heartbeat first if it
+    /// ran out (a busy machine delays heartbeats): the coordinator's answer
+    /// shows whether anyone took over meanwhile.
     pub async fn ensure_lease(&self) -> Result<(), Error> {
-        let epoch = {
-            let st = self.state();
-            match st.replica.check_lease(Instant::now()) {
-                Ok(()) => return Ok(()),
-                Err(_) if !st.replica.is_master() => return Err(self.not_master()),
-                Err(_) => st.replica.epoch,
-            }
-        };
+        if self.lease_now().is_ok() {
+            return Ok(());
+        }
+        self.require_master()?;
+        let epoch = self.state().replica.epoch;
         if self.report_now().await && self.state().replica.epoch == epoch {
-            let st = self.state();
-            if !st.replica.is_master() {
-                return Err(self.not_master());
-            }
-            st.replica.check_lease(Instant::now())
+            self.lease_now()
         } else {
             Err(Error::Unavailable(
                 "this server is no longer the master".into(),
@@ -279,7 +288,7 @@ impl Node {
             // The mirror task empties the queue under this lock once it has
             // seen the token: nothing staged after that would be answered.
             if self.shutdown.is_cancelled() {
-                return Err(Error::Unavailable("the server is shutting down".into()));
+                return Err(shutting_down());
             }
             if !st.replica.is_master() {
                 return Err(self.not_master());
@@ -303,8 +312,7 @@ impl Node {
             self.kick.notify_one();
             rx
         };
-        done.await
-            .unwrap_or_else(|_| Err(Error::Unavailable("the server is shutting down".into())))
+        done.await.unwrap_or_else(|_| Err(shutting_down()))
     }
 
     /// Stops acting as master: no write gets out any more, and the

@@ -14,7 +14,7 @@
 //! [`Node::write`] and acknowledged one by one once mirrored and written; a
 //! post resent with the same `post_id` is stored once.
 
-use super::node::Node;
+use super::node::{Node, shutting_down};
 use super::session::ClientId;
 use crate::error::Error;
 use crate::model::{UserId, validate_post};
@@ -129,7 +129,7 @@ async fn follow_file(
         tokio::select! {
             _ = tx.closed() => return Ok(()),
             _ = node.shutdown.cancelled() => {
-                return Err(Error::Unavailable("the server is shutting down".into()));
+                return Err(shutting_down());
             }
             r = changes.changed() => if r.is_err() { return Ok(()) },
         }

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::model::ServerId;
 use crate::proto::tinysns::replica_client::ReplicaClient;
 use crate::proto::tinysns::{ApplyRequest, WriteOp};
-use crate::server::node::{Node, Pending, fresh_incarnation};
+use crate::server::node::{Node, Pending, fresh_incarnation, shutting_down};
 use crate::server::role::SlaveLink;
 use crate::storage::{self, FileKind};
 use std::sync::Arc;
@@ -67,9 +67,7 @@ impl Node {
         }
         let rest = std::mem::take(&mut self.state().queue);
         for p in rest {
-            let _ = p.done.send(Err(Error::Unavailable(
-                "the server is shutting down".into(),
-            )));
+            let _ = p.done.send(Err(shutting_down()));
         }
     }
 

@@ -20,7 +20,7 @@ use super::snapshot::{Installer, manifest};
 use crate::error::Error;
 use crate::proto::tinysns::replica_client::ReplicaClient;
 use crate::proto::tinysns::{JoinRequest, SnapshotRequest};
-use crate::server::node::Node;
+use crate::server::node::{Node, shutting_down};
 use crate::server::role::{Following, Incarnation, Seq};
 use crate::storage;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ impl Node {
     pub(crate) async fn resync(self: Arc<Self>, master: String) {
         let _gate = self.resync_gate.lock().await;
         let result = tokio::select! {
-            _ = self.shutdown.cancelled() => Err(Error::Unavailable("shutting down".into())),
+            _ = self.shutdown.cancelled() => Err(shutting_down()),
             r = self.resync_from(&master) => r,
         };
         match result {
