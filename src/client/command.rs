@@ -92,7 +92,6 @@ pub fn list_lines(reply: &ListReply) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::session::call_error;
     use tonic::{Code, Status};
 
     #[test]
@@ -118,7 +117,7 @@ mod tests {
     /// The line a status from the server ends up as, through the client's one
     /// mapping of statuses.
     fn line_for(code: Code) -> &'static str {
-        reply_line(Err(&call_error(Status::new(code, "mock"))))
+        reply_line(Err(&Error::from(Status::new(code, "mock"))))
     }
 
     #[test]

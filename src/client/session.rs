@@ -4,8 +4,8 @@
 //! of it goes unnoticed.
 //!
 //! Every call goes through [`within`], which gives it a deadline and turns a
-//! failure into an [`Error`] in one place ([`call_error`]); everything after
-//! that decides from the variant: [`Error::is_unavailable`] means "nobody
+//! failure into an [`Error`] through the crate's one mapping; everything
+//! after that decides from the variant: [`Error::is_unavailable`] means "nobody
 //! answered, ask the coordinator again", anything else is the server's
 //! answer.
 
@@ -82,19 +82,13 @@ impl Backoff {
     }
 }
 
-/// A failed call's status as an [`Error`]: the crate's one mapping
-/// ([`From<Status> for Error`]).
-pub(super) fn call_error(status: Status) -> Error {
-    Error::from(status)
-}
-
 /// Runs one call under a deadline; an expired deadline means nobody answered.
 pub(super) async fn within<T>(
     limit: Duration,
     call: impl Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<T, Error> {
     match timeout(limit, call).await {
-        Ok(result) => result.map(tonic::Response::into_inner).map_err(call_error),
+        Ok(result) => result.map(tonic::Response::into_inner).map_err(Error::from),
         Err(_) => Err(Error::Unavailable(format!(
             "no answer within {} ms",
             limit.as_millis()
@@ -445,7 +439,7 @@ mod tests {
     /// Whether a failed call means "the server did not answer" (ask the
     /// coordinator, try elsewhere) rather than "the server said no".
     fn needs_failover(status: Status) -> bool {
-        call_error(status).is_unavailable()
+        Error::from(status).is_unavailable()
     }
 
     #[test]

@@ -126,13 +126,25 @@ struct SourceWatch {
     ino: u64,
 }
 
-fn watch_source(dir: &Path, tx: mpsc::UnboundedSender<Event>) -> std::io::Result<DirWatch> {
+fn watch_source(
+    dir: &Path,
+    part: Partition,
+    tx: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<DirWatch> {
     crate::storage::watch::watch_dir(dir, move |change| {
         let msg = match change {
             Change::Files(paths) => {
+                // Only files we send from wake the pusher: the master's own
+                // timeline appends (one per local follower of every post)
+                // and its journal would each cost a wake-up and an empty
+                // round, now that events come one by one.
                 let paths: Vec<PathBuf> = paths
                     .into_iter()
-                    .filter(|p| FileKind::parse(p).is_some())
+                    .filter(|p| {
+                        FileKind::parse(p)
+                            .and_then(|k| Source::of_change(k, part))
+                            .is_some()
+                    })
                     .collect();
                 if paths.is_empty() {
                     return;
@@ -174,12 +186,6 @@ fn load_positions(path: &Path) -> Result<Cursors> {
         );
     }
     Ok(cursors)
-}
-
-/// The offset of the first post after `after` (read backwards from the
-/// end, so cheap when `after` is recent).
-fn post_offset_after(path: &Path, after: Nanos) -> std::io::Result<u64> {
-    storage::offset_after(path, after)
 }
 
 /// The offset of the first follow event after `after` (a follow file is
@@ -426,7 +432,7 @@ impl Pusher {
         let Some(ino) = ino else {
             return; // not there yet: next heartbeat
         };
-        match watch_source(&src, self.events.clone()) {
+        match watch_source(&src, self.partition(), self.events.clone()) {
             Ok(w) => {
                 self.watch = Some(SourceWatch { watch: w, ino });
                 self.mark_all_dirty();
@@ -559,14 +565,17 @@ impl Pusher {
             return Ok(());
         };
         let cursor = self.cursors.posts(author, peer);
-        let follows_before = cursor.follows;
+        let before = *cursor;
         match self.rewinds.apply(author, peer, followers, p, cursor) {
             Some(Rewind::Resend { since }) => {
                 log::debug!("re-sending posts of {author} since {since} to cluster {peer}");
             }
             Some(Rewind::SkipTo { .. }) | None => {}
         }
-        if cursor.follows != follows_before {
+        // A rewind moves the cursor back without touching its follows mark:
+        // it must be saved too, or a restart would take the rewound posts as
+        // sent.
+        if *cursor != before {
             self.unsaved = true;
         }
         // Nobody in the peer's cluster has ever followed the author: there
@@ -584,7 +593,7 @@ impl Pusher {
         match src {
             Source::Users => None,
             Source::Following(u) => Some((self.cursors.following(u, peer), follow_offset_after)),
-            Source::Posts(a) => Some((&mut self.cursors.posts(a, peer).at, post_offset_after)),
+            Source::Posts(a) => Some((&mut self.cursors.posts(a, peer).at, storage::offset_after)),
         }
     }
 

@@ -673,10 +673,12 @@ fn coordinator_and_synchronizer_restarts_mid_traffic() {
     stored(&sys, &all);
 
     // The coordinator goes away for longer than the failure window, which
-    // every master shows by refusing writes: its lease has run out. The
-    // probe is a Login of a user the master knows, with that user's own
-    // session, which writes nothing (users 4, 5, 6: one per cluster, nobody
-    // else's here).
+    // every master shows by refusing writes: its lease has run out. Probe
+    // users 4, 5 and 6 (one per cluster, nobody else's here) log in first,
+    // which registers them; during the outage the probe is the same Login
+    // with the same session again, which writes nothing and is refused
+    // once the lease is gone. (Slaves show no such state: only masters are
+    // checked.)
     let rt = runtime();
     let mut probes = Vec::new();
     for (c, m) in (1..=3).zip(&masters) {

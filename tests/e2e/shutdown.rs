@@ -1,7 +1,8 @@
 //! Graceful shutdown: SIGTERM ends every daemon with status 0 while clients
 //! are connected and posting (an open timeline does not hold a server up),
-//! and leaves every data file at a record boundary. How long it takes is
-//! printed (`-- --nocapture`), not checked.
+//! leaves every data file at a record boundary, keeps what was shown on
+//! both servers and leaves the coordinator's state file as it was. How long
+//! it takes is printed (`-- --nocapture`), not checked.
 
 use crate::harness::*;
 use std::path::Path;
@@ -39,6 +40,12 @@ fn sigterm_ends_every_daemon_cleanly_with_clients_connected() {
     poster.send_all(&before);
     let shown: Vec<String> = before.iter().map(|_| reader.next_post().1).collect();
     assert_eq!(shown, before);
+    let epochs = sys.data_dir().join("coordinator").join("epochs.txt");
+    let epochs_before = read(&epochs);
+    assert!(
+        !epochs_before.is_empty(),
+        "the coordinator saved its epochs"
+    );
     // Posts still being typed while the daemons stop.
     poster.send_all(&texts("during", 0..20));
     let mut names: Vec<String> = sys.procs.keys().cloned().collect();
@@ -57,4 +64,14 @@ fn sigterm_ends_every_daemon_cleanly_with_clients_connected() {
     for dir in sys.server_dirs() {
         whole_records(&dir).unwrap_or_else(|e| panic!("{e}"));
     }
+    // What was shown before the stop is on both servers, once; the
+    // coordinator's state is as it was.
+    for s in 1..=2 {
+        let stored = post_texts(&sys.server_dir(1, s).join("u1_posts.txt"));
+        for p in &before {
+            let n = stored.iter().filter(|t| *t == p).count();
+            assert_eq!(n, 1, "{p:?} on server {s} of cluster 1: {stored:?}");
+        }
+    }
+    assert_eq!(read(&epochs), epochs_before);
 }

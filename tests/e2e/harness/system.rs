@@ -110,9 +110,7 @@ impl System {
     }
 
     pub fn server_dir(&self, c: u32, s: u32) -> PathBuf {
-        self.data_dir()
-            .join(format!("cluster_{c}"))
-            .join(format!("server_{s}"))
+        tinysns::config::server_dir(self.data_dir(), c, s)
     }
 
     /// Both server directories of every cluster.
@@ -134,8 +132,7 @@ impl System {
 
     /// The cluster user `user` lives in.
     pub fn cluster_of(&self, user: u64) -> u32 {
-        let c = (user - 1) % u64::from(self.clusters) + 1;
-        u32::try_from(c).expect("a cluster number")
+        tinysns::config::cluster_of(user, self.clusters)
     }
 
     /// Whether `all_users.txt` of server `s` of cluster `c` lists `user`.
