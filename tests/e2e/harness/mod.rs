@@ -10,11 +10,13 @@
 //! | [`system`] | a whole system and the coordinator's table |
 //! | [`client`] | the terminal client, line by line or byte for byte |
 //! | [`grpc`] | a server's client API called directly |
+//! | [`peer`] | peer services called directly, with or without the cluster key |
 //! | [`files`] | reading data files; snapshots that prove nothing was written |
 
 pub mod client;
 pub mod files;
 pub mod grpc;
+pub mod peer;
 pub mod process;
 pub mod system;
 
