@@ -3,6 +3,9 @@
 # clusters of master + slave servers and one synchronizer per cluster.
 #
 #   ./startup.sh          build (release) and start everything
+#   ./startup.sh --tls    the same with TLS on every channel: makes a CA and
+#                         a certificate under run/tls/ (once) and starts
+#                         everything with SNS_TLS_CERT/KEY/CA set
 #   ./startup.sh stop     stop everything it started (by pid)
 #   ./startup.sh status   show which processes are running
 #
@@ -56,11 +59,18 @@ wait_for_log() { # file, text: polls up to 30 s
   return 1
 }
 
-case "${1:-start}" in
+TLS=0
+ACTION=start
+for arg in "$@"; do
+  case "$arg" in
+    --tls) TLS=1 ;;
+    start|stop|status) ACTION=$arg ;;
+    *) echo "usage: $0 [start|stop|status] [--tls]" >&2; exit 2 ;;
+  esac
+done
+case "$ACTION" in
   stop) stop; exit 0 ;;
   status) status; exit 0 ;;
-  start) ;;
-  *) echo "usage: $0 [start|stop|status]" >&2; exit 2 ;;
 esac
 
 if ls "$RUN"/pids/*.pid >/dev/null 2>&1; then
@@ -71,6 +81,14 @@ fi
 echo "building release binaries..."
 cargo build --release -p tiny-sns --bins
 mkdir -p "$RUN/logs" "$RUN/pids"
+
+CLIENT_TLS=""
+if [ "$TLS" = 1 ]; then
+  TLS_DIR="$RUN/tls"
+  [ -e "$TLS_DIR/ca.pem" ] || "$BIN/snsctl" tls init "$TLS_DIR"
+  export SNS_TLS_CERT="$TLS_DIR/node.pem" SNS_TLS_KEY="$TLS_DIR/node.key" SNS_TLS_CA="$TLS_DIR/ca.pem"
+  CLIENT_TLS=" --tls-ca $TLS_DIR/ca.pem"
+fi
 
 start coordinator "$BIN/coordinator" -p "$COORD_PORT" --clusters "$CLUSTERS"
 for c in $(seq 1 "$CLUSTERS"); do
@@ -86,7 +104,8 @@ done
 cat <<MSG
 
 Tiny SNS is up: coordinator on localhost:$COORD_PORT, $CLUSTERS clusters.
-Start a client:   $BIN/client -h localhost -k $COORD_PORT -u 1
+Start a client:   $BIN/client -h localhost -k $COORD_PORT -u 1$CLIENT_TLS
 Logs:             $RUN/logs/    Data: ${SNS_DATA_DIR:-./cluster_data}/
+Cluster key:      ${SNS_CLUSTER_KEY_FILE:-${SNS_DATA_DIR:-./cluster_data}/cluster.key} (copy it to add machines)
 Stop everything:  $0 stop
 MSG

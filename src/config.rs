@@ -43,9 +43,21 @@ pub struct Knobs {
     #[arg(long = "fsync", env = "SNS_FSYNC", default_value = "true",
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub fsync: bool,
+    #[command(flatten)]
+    pub trust: crate::trust::TrustArgs,
 }
 
 impl Knobs {
+    /// The key and TLS settings (SPEC §5); at start-up, a bad file is a
+    /// one-line reason and status 2, as with bad flags.
+    pub fn trust(&self) -> Result<crate::trust::Trust, ExitCode> {
+        init_daemon_logging();
+        crate::trust::Trust::load(&self.trust, &self.data_dir).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        })
+    }
+
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
     }
@@ -118,11 +130,13 @@ pub fn cluster_dir(data_dir: &std::path::Path, cluster: u32) -> PathBuf {
     data_dir.join(format!("cluster_{cluster}"))
 }
 
-/// Initialises `env_logger` with `info` as the default level for daemons.
+/// Initialises `env_logger` with `info` as the default level for daemons
+/// (once; later calls do nothing).
 pub fn init_daemon_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
-        .init();
+        .try_init()
+        .ok();
 }
 
 /// Reads the flags, with SPEC §1's behaviour when they are wrong: a one-line

@@ -12,12 +12,13 @@
 //! | [`synchronizer`] | carries users, follows and posts between clusters: cursors and push plan (pure), the pusher, the receiver | the push plan |
 //! | [`storage`] | records on disk, files under `flock`, incremental views, the store (a directory as a state machine of operations), the journal, the directory watch | `storage::store` |
 //! | [`client`] | the terminal client: commands, screen, session, timeline | `client::run` |
+//! | [`trust`] | the trust boundary: the cluster key, the one layer that checks it, TLS; its chapter is the threat model | `trust` |
 //! | [`model`] | ids as types, the rules about posts | |
 //! | [`error`] | the one error type, mapped to `tonic::Status` in one place | |
 //! | [`config`], [`timefmt`] | flags and knobs shared by the binaries; time formats | |
 //!
-//! Dependencies point one way (no cycles): `error` uses nothing; `config`
-//! uses `error`; `model` uses `config`; `client` and `coordinator` use those
+//! Dependencies point one way (no cycles): `error` uses nothing; `trust`
+//! uses `error`; `config` uses `error` and `trust`; `model` uses `config`; `client` and `coordinator` use those
 //! (and `timefmt`) and the protos; `storage` uses `model`, `config` and
 //! `timefmt`; `server` and `synchronizer` use `storage` and
 //! `coordinator::membership`; nothing uses `server` or `synchronizer`. The
@@ -33,6 +34,7 @@ pub mod server;
 pub mod storage;
 pub mod synchronizer;
 pub mod timefmt;
+pub mod trust;
 
 /// Generated gRPC code.
 pub mod proto {

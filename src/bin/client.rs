@@ -30,6 +30,10 @@ struct Cli {
         default_value_t = 3000
     )]
     connect_timeout_ms: u64,
+    /// TLS: connect with TLS, checking servers against this CA certificate
+    /// (PEM), as made by `./startup.sh --tls` (`run/tls/ca.pem`).
+    #[arg(long = "tls-ca", env = "SNS_TLS_CA", value_name = "caFile")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Print help.
     #[arg(long = "help", action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -81,6 +85,19 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
 
+    let tls = match cli
+        .tls_ca
+        .as_deref()
+        .map(tinysns::trust::tls::client_config)
+    {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     // Detached: the process exits when `main` returns, even if this thread is
     // still blocked in a read.
@@ -99,6 +116,7 @@ fn main() -> ExitCode {
     let opts = Options {
         connect_timeout: Duration::from_millis(cli.connect_timeout_ms),
         handle_interrupt: true,
+        tls,
         ..Options::new(cli.host, cli.port, cli.user)
     };
     let status = runtime.block_on(client::run(opts, rx, std::io::stdout()));

@@ -29,10 +29,15 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(status) => return status,
     };
+    let trust = match cli.knobs.trust() {
+        Ok(t) => t,
+        Err(status) => return status,
+    };
     let opts = Options {
         clusters: cli.clusters,
         heartbeat: cli.knobs.heartbeat(),
         state_dir: cli.knobs.data_dir.join("coordinator"),
+        trust,
     };
     config::run_daemon("coordinator", cli.port, |listener, shutdown| {
         coordinator::run(listener, opts, shutdown)

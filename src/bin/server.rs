@@ -27,6 +27,10 @@ async fn main() -> ExitCode {
         Err(status) => return status,
     };
     let p = cli.peer;
+    let trust = match p.knobs.trust() {
+        Ok(t) => t,
+        Err(status) => return status,
+    };
     let opts = tinysns::server::Options {
         cluster: cli.cluster,
         server_id: cli.server,
@@ -36,6 +40,7 @@ async fn main() -> ExitCode {
         heartbeat: p.knobs.heartbeat(),
         fsync: p.knobs.fsync,
         data_dir: p.knobs.data_dir,
+        trust,
     };
     config::run_daemon("server", opts.port, |listener, shutdown| {
         tinysns::server::run(listener, opts, shutdown)

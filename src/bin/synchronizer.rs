@@ -24,6 +24,10 @@ async fn main() -> ExitCode {
         Err(status) => return status,
     };
     let p = cli.peer;
+    let trust = match p.knobs.trust() {
+        Ok(t) => t,
+        Err(status) => return status,
+    };
     let opts = tinysns::synchronizer::Options {
         id: cli.id,
         coordinator: p.coordinator(),
@@ -33,6 +37,7 @@ async fn main() -> ExitCode {
         sync_interval: p.knobs.sync_interval(),
         fsync: p.knobs.fsync,
         data_dir: p.knobs.data_dir,
+        trust,
     };
     config::run_daemon("synchronizer", opts.port, |listener, shutdown| {
         tinysns::synchronizer::run(listener, opts, shutdown)

@@ -100,6 +100,8 @@ pub struct Options {
     pub eof_wait: Duration,
     /// Whether Ctrl-C (SIGINT) ends the client cleanly, logging out first.
     pub handle_interrupt: bool,
+    /// TLS: verify the coordinator and servers against this CA (`--tls-ca`).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Options {
@@ -111,6 +113,7 @@ impl Options {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             eof_wait: DEFAULT_EOF_WAIT,
             handle_interrupt: false,
+            tls: None,
         }
     }
 }

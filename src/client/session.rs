@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::Options;
 use super::command::{Command, SUCCESS, list_lines, reply_line};
@@ -96,20 +96,23 @@ pub(super) async fn within<T>(
     }
 }
 
-/// Who we are, as every request says it.
+/// Who we are, as every request says it, and how we reach servers (TLS
+/// or not).
 #[derive(Debug, Clone)]
 pub(super) struct Identity {
     user: u64,
     pub(super) username: String,
     pub(super) session: String,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Identity {
-    fn new(user: u64) -> Self {
+    fn new(user: u64, tls: Option<ClientTlsConfig>) -> Self {
         Identity {
             user,
             username: user.to_string(),
             session: format!("{:016x}", rand::random::<u64>()),
+            tls,
         }
     }
 
@@ -145,14 +148,15 @@ fn endpoint(
     port: u16,
     lease: Option<Duration>,
     connect_timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
 ) -> Result<Endpoint, Error> {
     // A bare IPv6 address needs brackets in a URI.
-    let uri = if host.contains(':') && !host.starts_with('[') {
-        format!("http://[{host}]:{port}")
+    let addr = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
     } else {
-        format!("http://{host}:{port}")
+        format!("{host}:{port}")
     };
-    let mut ep = Endpoint::from_shared(uri)?.connect_timeout(connect_timeout);
+    let mut ep = crate::trust::endpoint(&addr, tls)?.connect_timeout(connect_timeout);
     if let Some(lease) = lease {
         let half = (lease / 2).max(Duration::from_millis(100));
         ep = ep.http2_keep_alive_interval(half).keep_alive_timeout(half);
@@ -189,7 +193,7 @@ async fn login_at(
     lease_hint: Option<Duration>,
     limit: Duration,
 ) -> Result<Conn, Error> {
-    let ep = endpoint(host, port, lease_hint, limit)
+    let ep = endpoint(host, port, lease_hint, limit, id.tls.as_ref())
         .map_err(|e| Error::Unavailable(format!("bad server address {host}:{port}: {e}")))?;
     let mut sns = SnsServiceClient::new(ep.connect_lazy());
     let reply = within(limit, sns.login(id.request(Vec::new(), random_id())))
@@ -206,7 +210,13 @@ async fn login_at(
     // The keep-alive settings depend on the lease, which the first login
     // only now learnt: open the working channel with them.
     if lease_hint != Some(lease) {
-        let ep = endpoint(host, port, Some(lease), rpc_deadline(lease))?;
+        let ep = endpoint(
+            host,
+            port,
+            Some(lease),
+            rpc_deadline(lease),
+            id.tls.as_ref(),
+        )?;
         sns = SnsServiceClient::new(ep.connect_lazy());
     }
     info!("logged in at {host}:{port}, lease {} ms", lease.as_millis());
@@ -307,12 +317,13 @@ impl Session {
     /// Logs in as `opts` says, within its connect timeout, and starts keeping
     /// the session alive. `None` means `connection failed: -1`.
     pub(super) async fn open(opts: &Options) -> Option<Session> {
-        let id = Identity::new(opts.user);
+        let id = Identity::new(opts.user, opts.tls.clone());
         let coord = match endpoint(
             &opts.coord_host,
             opts.coord_port,
             None,
             opts.connect_timeout,
+            opts.tls.as_ref(),
         ) {
             Ok(ep) => CoordinatorClient::new(ep.connect_lazy()),
             Err(e) => {
@@ -498,9 +509,18 @@ mod tests {
     #[test]
     fn ids_are_never_zero_and_addresses_are_uris() {
         assert!((0..1000).all(|_| random_id() != 0));
-        assert!(endpoint("::1", 9000, None, MIN_RPC_DEADLINE).is_ok());
-        assert!(endpoint("[::1]", 9000, None, MIN_RPC_DEADLINE).is_ok());
-        assert!(endpoint("localhost", 9000, Some(FALLBACK_LEASE), MIN_RPC_DEADLINE).is_ok());
-        assert!(endpoint("bad host", 9000, None, MIN_RPC_DEADLINE).is_err());
+        assert!(endpoint("::1", 9000, None, MIN_RPC_DEADLINE, None).is_ok());
+        assert!(endpoint("[::1]", 9000, None, MIN_RPC_DEADLINE, None).is_ok());
+        assert!(
+            endpoint(
+                "localhost",
+                9000,
+                Some(FALLBACK_LEASE),
+                MIN_RPC_DEADLINE,
+                None
+            )
+            .is_ok()
+        );
+        assert!(endpoint("bad host", 9000, None, MIN_RPC_DEADLINE, None).is_err());
     }
 }

@@ -6,20 +6,24 @@
 use crate::error::Error;
 use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::{HeartbeatReply, HeartbeatRequest, Kind, ServerInfo};
+use crate::trust::{PeerChannel, Trust};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
 
 /// A client for the coordinator at `host:port`, whose calls give up after the
 /// failure window (two heartbeats, at least 200 ms): by then the coordinator
 /// has judged us anyway.
-pub fn client(addr: &str, heartbeat: Duration) -> Result<CoordinatorClient<Channel>, Error> {
+pub fn client(
+    addr: &str,
+    heartbeat: Duration,
+    trust: &Trust,
+) -> Result<CoordinatorClient<PeerChannel>, Error> {
     let timeout = (2 * heartbeat).max(Duration::from_millis(200));
-    let ch = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Error::Invalid(e.to_string()))?
+    let ch = trust
+        .endpoint(addr)?
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect_lazy();
-    Ok(CoordinatorClient::new(ch))
+    Ok(CoordinatorClient::new(trust.peer(ch)))
 }
 
 /// How a process describes itself in its heartbeats.
@@ -37,7 +41,7 @@ pub fn info(kind: Kind, cluster: u32, id: u32, host: &str, port: u16) -> ServerI
 /// Sends heartbeats until the coordinator answers one, backing off up to a
 /// heartbeat period between tries. A refusal (bad arguments) is final.
 pub async fn register(
-    coordinator: &mut CoordinatorClient<Channel>,
+    coordinator: &mut CoordinatorClient<PeerChannel>,
     info: &ServerInfo,
     heartbeat: Duration,
 ) -> Result<HeartbeatReply, Error> {

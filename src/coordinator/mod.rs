@@ -177,6 +177,7 @@ pub struct Options {
     pub heartbeat: Duration,
     /// Where the state is persisted (`<data_dir>/coordinator`).
     pub state_dir: PathBuf,
+    pub trust: crate::trust::Trust,
 }
 
 /// Serves the coordinator on `listener` until `shutdown` is cancelled, and
@@ -228,7 +229,9 @@ pub async fn run(
         opts.heartbeat,
         shutdown.clone(),
     ));
-    let server = tonic::transport::Server::builder()
+    let server = opts
+        .trust
+        .server()?
         .add_service(CoordinatorServer::new(service))
         .serve_with_incoming_shutdown(
             crate::config::incoming(listener),
@@ -257,6 +260,7 @@ mod tests {
     #[tokio::test]
     async fn run_ends_on_its_token_with_the_state_on_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let trust = crate::trust::Trust::new(crate::trust::ClusterKey::generate(), None);
         let heartbeat = Duration::from_millis(50);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -266,11 +270,12 @@ mod tests {
             clusters: 1,
             heartbeat,
             state_dir: dir.path().join("coordinator"),
+            trust: trust.clone(),
         };
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(run(listener, opts, shutdown.clone()));
         // A client that stays connected does not hold the shutdown up.
-        let mut coordinator = membership::client(&addr, heartbeat).expect("client");
+        let mut coordinator = membership::client(&addr, heartbeat, &trust).expect("client");
         let info = membership::info(Kind::Server, 1, 1, "127.0.0.1", 4000);
         let reply = membership::register(&mut coordinator, &info, heartbeat)
             .await

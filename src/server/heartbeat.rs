@@ -11,10 +11,10 @@ use super::role::Verdict;
 use crate::model::ServerId;
 use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::{HeartbeatReply, HeartbeatRequest, Role as WireRole, ServerInfo};
+use crate::trust::PeerChannel;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 
 impl Node {
     /// Acts on the coordinator's answer to a heartbeat sent at `sent` that
@@ -73,7 +73,7 @@ impl Node {
     /// Sends heartbeats every period and whenever asked, until shutdown.
     pub(crate) async fn heartbeat_loop(
         self: Arc<Self>,
-        mut coordinator: CoordinatorClient<Channel>,
+        mut coordinator: CoordinatorClient<PeerChannel>,
         info: ServerInfo,
         mut asks: mpsc::Receiver<oneshot::Sender<bool>>,
     ) {

@@ -61,13 +61,13 @@ use crate::proto::tinysns::{Kind, ServerInfo};
 use crate::storage::journal::Journal;
 use crate::storage::store::Store;
 use crate::storage::{self};
+use crate::trust::PeerChannel;
 use node::Node;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// How a server is started.
 #[derive(Debug, Clone)]
@@ -83,6 +83,7 @@ pub struct Options {
     /// Acknowledge a write only once it is flushed to disk ([`crate::storage::journal`]).
     pub fsync: bool,
     pub data_dir: PathBuf,
+    pub trust: crate::trust::Trust,
 }
 
 /// Opens the directory: repairs torn records, replays the journal and
@@ -143,7 +144,10 @@ pub async fn run(
     node.tasks
         .spawn(node.clone().heartbeat_loop(coordinator, info, asks));
     node.tasks.spawn(node.clone().mirror_loop());
-    let server = tonic::transport::Server::builder()
+    let server = node
+        .opts
+        .trust
+        .server()?
         .add_service(SnsServiceServer::new(client_api::ClientApi(node.clone())))
         .add_service(
             ReplicaServer::new(replication::api::ReplicaApi(node.clone()))
@@ -172,7 +176,7 @@ pub async fn run(
 /// A registered server with its directory open, before it serves.
 struct Started {
     node: Arc<Node>,
-    coordinator: CoordinatorClient<Channel>,
+    coordinator: CoordinatorClient<PeerChannel>,
     /// How the server describes itself in its heartbeats.
     info: ServerInfo,
     /// Requests for a heartbeat now ([`Node::report_now`]).
@@ -183,7 +187,7 @@ struct Started {
 /// are, which decides which users live here), opens the directory and acts
 /// on the first reply; `None` if shut down before the coordinator answered.
 async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started>, Error> {
-    let mut coordinator = membership::client(&opts.coordinator, opts.heartbeat)?;
+    let mut coordinator = membership::client(&opts.coordinator, opts.heartbeat, &opts.trust)?;
     let run = RunId::random();
     let mut info = membership::info(
         Kind::Server,

@@ -81,13 +81,13 @@ use crate::model::ClusterId;
 use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::synchronizer_server::SynchronizerServer;
 use crate::proto::tinysns::{HeartbeatRequest, Kind, ServerInfo};
+use crate::trust::PeerChannel;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// How a synchronizer is started.
 #[derive(Debug, Clone)]
@@ -104,6 +104,7 @@ pub struct Options {
     /// Flush what a push wrote to disk before acknowledging it.
     pub fsync: bool,
     pub data_dir: PathBuf,
+    pub trust: crate::trust::Trust,
 }
 
 /// Runs a synchronizer on `listener` until `shutdown` is cancelled, and
@@ -115,7 +116,7 @@ pub async fn run(
 ) -> Result<()> {
     use crate::coordinator::membership;
     let rpc_timeout = (2 * opts.heartbeat).max(Duration::from_millis(500));
-    let mut coordinator = membership::client(&opts.coordinator, opts.heartbeat)?;
+    let mut coordinator = membership::client(&opts.coordinator, opts.heartbeat, &opts.trust)?;
     let info = membership::info(Kind::Synchronizer, opts.id, opts.id, &opts.host, opts.port);
     let registered = tokio::select! {
         r = membership::register(&mut coordinator, &info, opts.heartbeat) => r,
@@ -152,6 +153,7 @@ pub async fn run(
         positions: cluster_dir(&opts.data_dir, opts.id)
             .join("synchronizer")
             .join("positions.txt"),
+        trust: opts.trust.clone(),
     };
     let pusher = match pusher::Pusher::new(settings, coordinator, tx.clone(), cycles, stop.clone())
     {
@@ -170,7 +172,9 @@ pub async fn run(
         opts.port,
         clusters
     );
-    let server = tonic::transport::Server::builder()
+    let server = opts
+        .trust
+        .server()?
         .add_service(SynchronizerServer::new(receiver))
         .serve_with_incoming_shutdown(
             crate::config::incoming(listener),
@@ -189,7 +193,7 @@ pub async fn run(
 /// Heartbeats keep us in the coordinator's table, and tell it how many full
 /// cycles the pusher has done, until `stop`.
 async fn heartbeats(
-    mut coordinator: CoordinatorClient<Channel>,
+    mut coordinator: CoordinatorClient<PeerChannel>,
     info: ServerInfo,
     period: Duration,
     cycles: Arc<AtomicU64>,

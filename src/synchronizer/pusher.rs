@@ -15,6 +15,7 @@ use crate::proto::tinysns::{
 use crate::storage::watch::{Change, DirWatch};
 use crate::storage::{self, FileKind, FollowEvent, FollowLog, Post, Tail};
 use crate::timefmt::Nanos;
+use crate::trust::PeerChannel;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
 /// Most records in one push.
 const BATCH: usize = 1000;
@@ -81,17 +81,19 @@ pub(super) struct Settings {
     pub rpc_timeout: Duration,
     /// `positions.txt`.
     pub positions: PathBuf,
+    /// How peers are reached (TLS) and proved to (the key).
+    pub trust: crate::trust::Trust,
 }
 
 /// A peer synchronizer.
 struct Peer {
     addr: String,
-    client: SynchronizerClient<Channel>,
+    client: SynchronizerClient<PeerChannel>,
 }
 
 pub(super) struct Pusher {
     settings: Settings,
-    coordinator: CoordinatorClient<Channel>,
+    coordinator: CoordinatorClient<PeerChannel>,
     /// The master's directory we read from.
     source: Option<PathBuf>,
     peers: BTreeMap<ClusterId, Peer>,
@@ -233,7 +235,7 @@ fn next_records(c: &mut TimeCursor, path: &Path, find: Finder) -> Result<Option<
 impl Pusher {
     pub(super) fn new(
         settings: Settings,
-        coordinator: CoordinatorClient<Channel>,
+        coordinator: CoordinatorClient<PeerChannel>,
         events: mpsc::UnboundedSender<Event>,
         cycles: Arc<AtomicU64>,
         shutdown: CancellationToken,
@@ -394,14 +396,14 @@ impl Pusher {
                     if self.peers.get(&cluster).is_some_and(|p| p.addr == addr) {
                         continue;
                     }
-                    match Endpoint::from_shared(format!("http://{addr}")) {
+                    match self.settings.trust.endpoint(&addr) {
                         Ok(e) => {
                             let ch = e
                                 .connect_timeout(self.settings.rpc_timeout)
                                 .timeout(self.settings.rpc_timeout)
                                 .connect_lazy();
                             log::info!("peer synchronizer of cluster {cluster} at {addr}");
-                            let client = SynchronizerClient::new(ch);
+                            let client = SynchronizerClient::new(self.settings.trust.peer(ch));
                             self.peers.insert(cluster, Peer { addr, client });
                             // A new peer may need everything: look again.
                             self.mark_all_dirty();

@@ -19,3 +19,5 @@ mod failover;
 mod shutdown;
 mod slave_restart;
 mod timeline;
+mod tls;
+mod trust;

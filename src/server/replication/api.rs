@@ -103,7 +103,7 @@ impl ReplicaApi {
             return Err(Error::Precondition("this server is not the master".into()));
         }
         // The address must be one we can dial before the slave is in service.
-        replica_client(&req.address, node.failure_window)?;
+        replica_client(&req.address, node.failure_window, &node.opts.trust)?;
         let link = SlaveLink {
             server: ServerId(req.server_id),
             run: RunId::from_wire(req.process),

@@ -16,20 +16,20 @@ use crate::proto::tinysns::{ApplyRequest, WriteOp};
 use crate::server::node::{Node, Pending, fresh_incarnation, shutting_down};
 use crate::server::role::SlaveLink;
 use crate::storage::{self, FileKind};
+use crate::trust::PeerChannel;
 use std::sync::Arc;
-use tonic::transport::Channel;
 
 /// The mirror task's connection to the slave, made again when the slave
 /// changes.
 #[derive(Default)]
-struct SlaveChannel(Option<(String, ReplicaClient<Channel>)>);
+struct SlaveChannel(Option<(String, ReplicaClient<PeerChannel>)>);
 
 impl SlaveChannel {
-    fn to(&mut self, addr: &str, node: &Node) -> Result<ReplicaClient<Channel>, Error> {
+    fn to(&mut self, addr: &str, node: &Node) -> Result<ReplicaClient<PeerChannel>, Error> {
         match &self.0 {
             Some((a, c)) if a == addr => Ok(c.clone()),
             _ => {
-                let c = replica_client(addr, node.failure_window)?;
+                let c = replica_client(addr, node.failure_window, &node.opts.trust)?;
                 self.0 = Some((addr.to_string(), c.clone()));
                 Ok(c)
             }

@@ -67,16 +67,17 @@ pub use oplog::OpLog;
 
 use crate::error::Error;
 use crate::proto::tinysns::replica_client::ReplicaClient;
-use tonic::transport::{Channel, Endpoint};
+use crate::trust::{PeerChannel, Trust};
 
 /// A client for the `Replica` service of the server at `addr`, whose calls
 /// give up after `timeout`.
 pub fn replica_client(
     addr: &str,
     timeout: std::time::Duration,
-) -> Result<ReplicaClient<Channel>, Error> {
-    let ch = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Error::Invalid(format!("bad address {addr:?}: {e}")))?
+    trust: &Trust,
+) -> Result<ReplicaClient<PeerChannel>, Error> {
+    let ch = trust
+        .endpoint(addr)?
         .connect_timeout(timeout)
         .timeout(timeout)
         // A snapshot is tens of megabytes: HTTP/2's default 16 KB frames and
@@ -87,7 +88,7 @@ pub fn replica_client(
         .initial_stream_window_size(16 << 20)
         .initial_connection_window_size(16 << 20)
         .connect_lazy();
-    Ok(ReplicaClient::new(ch)
+    Ok(ReplicaClient::new(trust.peer(ch))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))
 }

@@ -23,9 +23,9 @@ use crate::proto::tinysns::{JoinRequest, SnapshotRequest};
 use crate::server::node::{Node, shutting_down};
 use crate::server::role::{Following, Incarnation, Seq};
 use crate::storage;
+use crate::trust::PeerChannel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 /// How many snapshots a resync takes before it gives up for this round.
 const ATTEMPTS: usize = 5;
@@ -56,8 +56,11 @@ impl Node {
         // Shared with each disk job of the resync: a job that outlives this
         // future (shutdown drops it) keeps the directory closed until it ends.
         let gate = Arc::new(self.blocking(|n| Ok(storage::close_dir(&n.dir)?)).await?);
-        let mut client =
-            replica_client(master, 10 * self.failure_window.max(Duration::from_secs(1)))?;
+        let mut client = replica_client(
+            master,
+            10 * self.failure_window.max(Duration::from_secs(1)),
+            &self.opts.trust,
+        )?;
         for _ in 0..ATTEMPTS {
             let installed = self.install_snapshot(&mut client, &gate).await?;
             let Some((following, ops)) = self.join_master(&mut client, master, &installed).await?
@@ -84,7 +87,7 @@ impl Node {
     /// Step 2: asks for what our files lack and installs it, flushed.
     async fn install_snapshot(
         self: &Arc<Self>,
-        client: &mut ReplicaClient<Channel>,
+        client: &mut ReplicaClient<PeerChannel>,
         gate: &Arc<std::fs::File>,
     ) -> Result<Installed, Error> {
         let files = self.blocking(|n| Ok(manifest(&n.dir)?)).await?;
@@ -142,7 +145,7 @@ impl Node {
     /// since; `None` if the master's log no longer reaches back that far.
     async fn join_master(
         self: &Arc<Self>,
-        client: &mut ReplicaClient<Channel>,
+        client: &mut ReplicaClient<PeerChannel>,
         master: &str,
         installed: &Installed,
     ) -> Result<Option<(Following, usize)>, Error> {

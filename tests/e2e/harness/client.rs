@@ -19,6 +19,7 @@ fn command(coord_port: u16, user: u64, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_client"));
     cmd.args(["-h", "127.0.0.1", "-k", &coord_port.to_string()])
         .args(["-u", &user.to_string()])
+        .env_remove("SNS_TLS_CA")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -8,6 +8,7 @@
 use super::process::DEADLINE;
 use super::system::System;
 use std::time::{Duration, Instant};
+use tinysns::trust::PeerChannel;
 use tonic::transport::{Channel, Endpoint};
 
 /// A channel to `url` (`http://127.0.0.1:<port>`) that carries no key,
@@ -31,7 +32,6 @@ pub async fn stranger(url: &str) -> Channel {
 
 /// A channel to `url` that presents `system`'s cluster key, as its own
 /// servers and synchronizers do.
-pub async fn peer(system: &System, url: &str) -> Channel {
-    let _ = system;
-    stranger(url).await
+pub async fn peer(system: &System, url: &str) -> PeerChannel {
+    system.trust().peer(stranger(url).await)
 }

@@ -20,6 +20,8 @@ pub struct System {
     pub sync_ms: u64,
     pub procs: HashMap<String, Proc>,
     pub ports: HashMap<String, u16>,
+    /// With TLS: the CA and the certificate every process uses.
+    pub tls: Option<tinysns::trust::tls::Made>,
 }
 
 impl Drop for System {
@@ -55,7 +57,23 @@ pub fn is_slave_in_service(e: &ServerInfo) -> bool {
 impl System {
     /// A coordinator alone.
     pub fn new(clusters: u32, heartbeat_ms: u64, sync_ms: u64) -> System {
+        System::create(clusters, heartbeat_ms, sync_ms, false)
+    }
+
+    /// [`System::full`] with TLS on every channel (`snsctl tls init`'s
+    /// files, made in the system's directory).
+    pub fn full_tls(clusters: u32) -> System {
+        let mut s = System::create(clusters, 500, 30_000, true);
+        s.start_rest();
+        s
+    }
+
+    fn create(clusters: u32, heartbeat_ms: u64, sync_ms: u64, tls: bool) -> System {
         let dir = tempfile::tempdir().expect("tempdir");
+        let tls = tls.then(|| {
+            let hosts = ["localhost".to_string(), "127.0.0.1".to_string()];
+            tinysns::trust::tls::make(&dir.path().join("tls"), &hosts).expect("certificates")
+        });
         let mut s = System {
             dir,
             coord_port: free_port(),
@@ -64,6 +82,7 @@ impl System {
             sync_ms,
             procs: HashMap::new(),
             ports: HashMap::new(),
+            tls,
         };
         s.start_coordinator();
         s
@@ -79,14 +98,19 @@ impl System {
     /// [`System::full`] with the given heartbeat and synchronizer periods.
     pub fn full_with(clusters: u32, heartbeat_ms: u64, sync_ms: u64) -> System {
         let mut s = System::new(clusters, heartbeat_ms, sync_ms);
-        for c in 1..=clusters {
-            s.start_pair(c);
-        }
-        for c in 1..=clusters {
-            s.start_synchronizer(c);
-        }
-        s.wait_for_all();
+        s.start_rest();
         s
+    }
+
+    /// Every cluster's pair and synchronizer, once the coordinator runs.
+    fn start_rest(&mut self) {
+        for c in 1..=self.clusters {
+            self.start_pair(c);
+        }
+        for c in 1..=self.clusters {
+            self.start_synchronizer(c);
+        }
+        self.wait_for_all();
     }
 
     /// A coordinator for three clusters and cluster 1 alone (master and
@@ -107,6 +131,18 @@ impl System {
 
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The system's cluster key file (made by its first process).
+    pub fn key_file(&self) -> PathBuf {
+        self.data_dir().join("cluster.key")
+    }
+
+    /// What a peer of this system proves itself with: its key.
+    pub fn trust(&self) -> tinysns::trust::Trust {
+        let key = tinysns::trust::ClusterKey::load_or_create(&self.key_file())
+            .unwrap_or_else(|e| panic!("the system's key: {e}"));
+        tinysns::trust::Trust::new(key, None)
     }
 
     pub fn server_dir(&self, c: u32, s: u32) -> PathBuf {
@@ -159,11 +195,21 @@ impl System {
         cmd.env("SNS_HEARTBEAT_MS", self.heartbeat_ms.to_string())
             .env("SNS_SYNC_INTERVAL_MS", self.sync_ms.to_string())
             .env("SNS_DATA_DIR", self.data_dir())
+            // The system's own key and TLS settings, never the caller's.
+            .env_remove("SNS_CLUSTER_KEY_FILE")
+            .env_remove("SNS_TLS_CERT")
+            .env_remove("SNS_TLS_KEY")
+            .env_remove("SNS_TLS_CA")
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null());
+        if let Some(t) = &self.tls {
+            cmd.env("SNS_TLS_CERT", &t.cert)
+                .env("SNS_TLS_KEY", &t.key)
+                .env("SNS_TLS_CA", &t.ca);
+        }
         cmd
     }
 
@@ -242,11 +288,14 @@ impl System {
     }
 
     pub fn table(&self) -> Option<ServerList> {
-        let port = self.coord_port;
+        let addr = format!("127.0.0.1:{}", self.coord_port);
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| tinysns::trust::tls::client_config(&t.ca).expect("the CA"));
         runtime().block_on(async move {
-            let mut c = CoordinatorClient::connect(format!("http://127.0.0.1:{port}"))
-                .await
-                .ok()?;
+            let endpoint = tinysns::trust::endpoint(&addr, tls.as_ref()).ok()?;
+            let mut c = CoordinatorClient::new(endpoint.connect().await.ok()?);
             c.get_table(Empty {}).await.ok().map(|r| r.into_inner())
         })
     }
