@@ -71,6 +71,7 @@
 //! `positions.txt` is replaced by a rename.
 
 pub mod cursors;
+pub mod inbound;
 pub mod plan;
 mod pusher;
 mod receiver;
