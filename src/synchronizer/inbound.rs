@@ -84,7 +84,7 @@ pub fn follows(p: Partition, now: Nanos, batch: &FollowBatch) -> Result<Vec<Foll
         out.push(FollowOp {
             // A client's id means nothing in another cluster.
             request_id: 0,
-            ..e.clone()
+            ..*e
         });
     }
     Ok(out)
@@ -235,7 +235,7 @@ mod tests {
             event(2, 1, i64::MIN),
         ];
         for e in bad {
-            let batch = follow_batch(2, vec![event(2, 1, NOW), e.clone()]);
+            let batch = follow_batch(2, vec![event(2, 1, NOW), e]);
             let m = invalid(follows(P, NOW, &batch));
             assert!(m.starts_with("follow event #1"), "{e:?}: {m}");
         }
