@@ -77,8 +77,10 @@ impl MonotonicClock {
 
     /// [`MonotonicClock::next_after`] with the wall clock given.
     fn next_after_at(&self, floor: Nanos, now: Nanos) -> Nanos {
+        // Exactly what a peer may have stored (`check_peer_time`) is
+        // followed; anything beyond is not.
         let ceiling = now.saturating_add(MAX_SKEW);
-        let floor = if floor >= ceiling {
+        let floor = if floor > ceiling {
             log::warn!(
                 "ignoring a time {floor} ns more than {} s ahead of the clock",
                 MAX_SKEW / 1_000_000_000
@@ -170,10 +172,18 @@ mod tests {
     fn a_floor_beyond_the_bound_is_ignored_and_nothing_wraps() {
         let now = 1_795_457_407_000_000_000;
         let c = MonotonicClock::default();
-        for floor in [i64::MAX, i64::MAX - 1, now + MAX_SKEW, now + 10 * MAX_SKEW] {
+        for floor in [
+            i64::MAX,
+            i64::MAX - 1,
+            now + MAX_SKEW + 1,
+            now + 10 * MAX_SKEW,
+        ] {
             let t = c.next_after_at(floor, now);
             assert!(t >= now && t < now + 1_000, "{floor}: {t}");
         }
+        // At the bound itself it is still followed (a peer may store that).
+        let edge = MonotonicClock::default();
+        assert_eq!(edge.next_after_at(now + MAX_SKEW, now), now + MAX_SKEW + 1);
         // Later times keep growing from there, not from the bad floor.
         let a = c.next_after_at(i64::MAX, now);
         let b = c.next_after_at(0, now);

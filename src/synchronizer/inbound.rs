@@ -24,10 +24,11 @@
 //!   A post far ahead would otherwise hide every later post of its author,
 //!   and a follow far ahead would outlast every unfollow.
 //!
-//! A compromised synchronizer can still lie about its own cluster's users
-//! (what they post and follow): that is its cluster's data, which it carries
-//! anyway. What these rules take away is any say over other clusters' users
-//! and over times outside the bounds.
+//! A push cannot prove which cluster sent it (the cluster key is one for
+//! the whole system), so a process with the key can still speak for the
+//! users of the cluster it claims to be: that cluster's data, which its
+//! synchronizer carries anyway. What these rules take away is any say, in one
+//! push, over another cluster's users, and over times outside the bounds.
 
 use super::plan::Partition;
 use crate::error::{Error, Result};
