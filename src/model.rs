@@ -119,6 +119,144 @@ pub fn validate_op(op: &crate::proto::tinysns::WriteOp) -> Result<(), String> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Peer input (SPEC §5, "peers are checked too"): what another process of the
+// system may send us is checked as strictly as a client's request. The
+// synchronizer's own rules (which cluster may send which users) are in
+// `synchronizer::inbound`; these are the pieces they share with the
+// replication service.
+
+/// Most bytes of outside input an error message quotes.
+pub const QUOTE_BYTES: usize = 64;
+
+/// At most [`QUOTE_BYTES`] of `s` (cut on a character boundary), quoted,
+/// for an error message.
+pub fn excerpt(s: &str) -> String {
+    if s.len() <= QUOTE_BYTES {
+        return format!("{s:?}");
+    }
+    let mut end = QUOTE_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}...", &s[..end])
+}
+
+/// A user id from another process: positive, and of `home` when given.
+pub fn check_user(id: u64, clusters: u32, home: Option<ClusterId>) -> Result<UserId, String> {
+    let user = UserId::new(id).ok_or("user 0 does not exist")?;
+    match home {
+        Some(home) if user.cluster(clusters) != home => Err(format!(
+            "user {user} lives in cluster {}, not {home}",
+            user.cluster(clusters)
+        )),
+        _ => Ok(user),
+    }
+}
+
+/// Checks one operation a master sends its slave (in `Apply` or in a join
+/// reply) as the master checked the client request it came from: a new user,
+/// a follower and an author are users of `cluster` (only they log in here); a
+/// followee is any other user; a post's text is valid (SPEC §2); times are
+/// within bounds of `now` ([`crate::timefmt::check_peer_time`]).
+pub fn check_mirrored_op(
+    op: &crate::proto::tinysns::WriteOp,
+    cluster: ClusterId,
+    clusters: u32,
+    now: crate::timefmt::Nanos,
+) -> Result<(), String> {
+    use crate::proto::tinysns::write_op::Op;
+    let local = Some(cluster);
+    match &op.op {
+        Some(Op::AddUser(a)) => check_user(a.user, clusters, local).map(drop),
+        Some(Op::Follow(f)) => {
+            let follower = check_user(f.follower, clusters, local)?;
+            let followee = check_user(f.followee, clusters, None)?;
+            if follower == followee {
+                return Err(format!("user {follower} cannot follow themselves"));
+            }
+            crate::timefmt::check_peer_time(f.time_ns, now)
+        }
+        Some(Op::Post(p)) => {
+            check_user(p.author, clusters, local)?;
+            validate_post(&p.text)?;
+            crate::timefmt::check_peer_time(p.time_ns, now)
+        }
+        None => Err("empty operation".into()),
+    }
+}
+
+#[cfg(test)]
+mod peer_input_tests {
+    use super::*;
+    use crate::proto::tinysns::{AddUser, FollowOp, PostOp, WriteOp, write_op::Op};
+
+    const NOW: i64 = 1_795_457_407_000_000_000;
+
+    fn check(op: Op) -> Result<(), String> {
+        check_mirrored_op(&WriteOp { op: Some(op) }, ClusterId(1), 3, NOW)
+    }
+
+    fn follow(follower: u64, followee: u64, time_ns: i64) -> Op {
+        Op::Follow(FollowOp {
+            follower,
+            followee,
+            time_ns,
+            follow: true,
+            request_id: 9,
+        })
+    }
+
+    fn post(author: u64, time_ns: i64, text: &str) -> Op {
+        Op::Post(PostOp {
+            author,
+            time_ns,
+            text: text.into(),
+            post_id: 3,
+        })
+    }
+
+    #[test]
+    fn mirrored_operations_are_checked_like_client_requests() {
+        // What a master of cluster 1 (of 3) sends.
+        assert!(check(Op::AddUser(AddUser { user: 4 })).is_ok());
+        assert!(check(follow(4, 2, NOW)).is_ok(), "a followee anywhere");
+        assert!(check(follow(4, 7, NOW)).is_ok());
+        assert!(check(post(1, NOW, "hello")).is_ok());
+        let bad = [
+            Op::AddUser(AddUser { user: 0 }),
+            Op::AddUser(AddUser { user: 2 }),
+            follow(0, 1, NOW),
+            follow(4, 0, NOW),
+            follow(2, 1, NOW),
+            follow(4, 4, NOW),
+            follow(4, 1, i64::MAX),
+            follow(4, 1, 0),
+            post(0, NOW, "x"),
+            post(2, NOW, "x"),
+            post(1, NOW, ""),
+            post(1, NOW, "two\nlines"),
+            post(1, NOW, &"a".repeat(256)),
+            post(1, i64::MAX, "x"),
+            post(1, i64::MIN, "x"),
+        ];
+        for op in bad {
+            assert!(check(op.clone()).is_err(), "{op:?}");
+        }
+        assert!(check_mirrored_op(&WriteOp { op: None }, ClusterId(1), 3, NOW).is_err());
+    }
+
+    #[test]
+    fn excerpts_are_at_most_64_bytes() {
+        assert_eq!(excerpt("abc"), "\"abc\"");
+        let long = "é".repeat(100);
+        let e = excerpt(&long);
+        assert!(e.len() <= QUOTE_BYTES + 5, "{e}");
+        assert!(e.ends_with("..."));
+        assert_eq!(excerpt(&"a".repeat(64)), format!("{:?}", "a".repeat(64)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,10 +83,52 @@
 //!   the start-up window, some server takes over) until it has a master again.
 //! - A malformed file stops the coordinator at start-up rather than silently
 //!   resetting the epochs to 0, which would break fencing.
-//! - A heartbeat carrying a higher epoch than ours (our file was lost or
-//!   rolled back) raises ours to it; what we recorded about an older epoch is
-//!   then forgotten (master unknown unless one is in the table, no in-service
-//!   slave).
+//! - Epochs are ours to issue: a server holds only epochs we told it, so a
+//!   heartbeat carrying a higher one than ours is refused (`INVALID_ARGUMENT`)
+//!   and changes nothing, never adopted. Adopting it would let any peer push
+//!   the epoch to `2^64-1`, where fencing can no longer grow. The only
+//!   legitimate way to get there is a state file that was lost or rolled
+//!   back; that is an operator's repair (see *Peer input*).
+//!
+//! # Peer input
+//!
+//! A heartbeat is peer input and says only what a real process says; the
+//! rest is refused with `INVALID_ARGUMENT` before anything is recorded (no
+//! entry, no in-service flag, no epoch, no write of the state file):
+//!
+//! - Fields in range: the cluster in `1..=N`, a server id in
+//!   `1..=1000` (`MAX_SERVER_ID`), a port in `1..=65535`, a hostname of at
+//!   most 253 bytes without spaces or control characters, a known kind and
+//!   role. A synchronizer's id is its cluster's, and it claims no role, epoch
+//!   or in-service slave.
+//! - An epoch no higher than the one we issued for the cluster.
+//! - Runs (`ServerInfo.process`). A server process picks its run when it
+//!   starts, registers with role NONE, and once answered claims the role it
+//!   was given, always with that run. So, for a server we have heard from:
+//!   a heartbeat without the run, from one that sent it before; a role
+//!   claimed by a run other than the live entry's (a new run registers
+//!   first); NONE from the same run after it claimed a role (a restart is a
+//!   new run). These are what a forged heartbeat in a live server's name
+//!   would look like, and they could otherwise force a failover (NONE from
+//!   the master) or clear the in-service flag.
+//! - A master's in-service report naming a server we have never heard of is
+//!   ignored (not refused: a restarted coordinator may hear the master before
+//!   its slave); one without the slave's run, which a master always knows
+//!   (the slave joins with it), too. What was recorded stands.
+//!
+//! What stays possible for a process that holds the cluster key is what a
+//! real server may do: register a new run in a slot (as a restart does,
+//! which hands a master's cluster over to its in-service slave) or, with the
+//! master's live run, report its slave in or out of service. The key keeps
+//! strangers from doing even that.
+//!
+//! **A lost or rolled-back `epochs.txt`.** Servers then hold epochs above
+//! ours and their heartbeats are refused, which stops writes (no lease): the
+//! honest answer, since who was master and who is in service is lost too.
+//! The repair is to restore the file (a backup; or a line `<cluster> <epoch>
+//! <master> 0` with the epoch the refusals name). Restarting the servers
+//! works too (a fresh process starts at epoch 0), but then the first to
+//! register is master: start the one that was master.
 //!
 //! # Failure detection and promotion
 //!

@@ -23,8 +23,7 @@ pub struct ClusterState {
     /// The epoch (0 = never had a master: epochs are counted from there).
     pub epoch: u64,
     /// The master of `epoch`; `None` if there is none yet, or it is unknown
-    /// (a file in the old two-field form, or an epoch adopted from a
-    /// heartbeat).
+    /// (a file in the old two-field form).
     pub master: Option<ServerId>,
     /// The in-service slave, if any.
     pub in_service: Option<ServerId>,

@@ -18,6 +18,11 @@ use crate::proto::tinysns::{HeartbeatReply, Kind, Role, ServerInfo};
 /// Longest hostname accepted from a heartbeat (the DNS limit).
 const MAX_HOSTNAME: usize = 253;
 
+/// Highest server id accepted. A cluster is a master and its slave, so ids
+/// are small; the bound keeps a peer from filling the table (and every
+/// `GetTable`) with entries.
+pub const MAX_SERVER_ID: u32 = 1000;
+
 /// Key of a table entry: kind, cluster, id (a synchronizer's id is its
 /// cluster's). Ordered so that `GetTable` lists servers first, by cluster and
 /// id.
@@ -31,6 +36,9 @@ struct Entry {
     /// The process's random start number, if it sends one.
     process: Option<RunId>,
     role: Role,
+    /// The role the process claimed in its last heartbeat: a process claims
+    /// NONE only until its first heartbeat is answered.
+    claimed: Role,
     alive: bool,
     last: Instant,
     /// A synchronizer's full cycles, as its last heartbeat said.
@@ -212,7 +220,6 @@ impl Table {
         if beat.key.0 == Kind::Synchronizer {
             return Ok(self.synchronizer_heartbeat(&beat, &seen));
         }
-        self.adopt_higher_epoch(&beat);
         self.forget_restarted_in_service(&beat, &seen);
         let role = self.decide_role(beat.key, beat.claimed, beat.epoch, now);
         self.take_in_service_report(&beat, role);
@@ -240,8 +247,15 @@ impl Table {
                 self.clusters
             )));
         }
-        let id = ServerId::from_wire(info.server_id)
-            .ok_or_else(|| Error::Invalid("server_id must be a positive integer".into()))?;
+        let id = match ServerId::from_wire(info.server_id) {
+            Some(id) if id.0 <= MAX_SERVER_ID => id,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "server_id {} is outside 1..={MAX_SERVER_ID}",
+                    info.server_id
+                )));
+            }
+        };
         if info.port == 0 || info.port > u32::from(u16::MAX) {
             return Err(Error::Invalid(format!(
                 "port must be in 1..=65535, got {}",
@@ -260,7 +274,7 @@ impl Table {
                 info.hostname
             )));
         }
-        Ok(Beat {
+        let beat = Beat {
             key: (kind, cluster, id),
             hostname,
             port: info.port,
@@ -270,7 +284,81 @@ impl Table {
             epoch,
             in_service_slave,
             in_service_process,
-        })
+        };
+        match kind {
+            Kind::Synchronizer => Self::validate_synchronizer(&beat)?,
+            Kind::Server => self.validate_server(&beat)?,
+        }
+        Ok(beat)
+    }
+
+    /// A synchronizer is keyed by its cluster and has no role, epoch or
+    /// slave: it sends none.
+    fn validate_synchronizer(beat: &Beat<'_>) -> Result<(), Error> {
+        let (_, cluster, id) = beat.key;
+        if id.0 != cluster {
+            return Err(Error::Invalid(format!(
+                "synchronizer {id} must have its cluster's id ({cluster})"
+            )));
+        }
+        if beat.claimed != Role::None
+            || beat.epoch != 0
+            || beat.in_service_slave.is_some()
+            || beat.in_service_process.is_some()
+        {
+            return Err(Error::Invalid(
+                "a synchronizer claims no role, epoch or in-service slave".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What a server's heartbeat may say, given what the table knows: the
+    /// claims a real server makes, and nothing else (see *Peer input* in the
+    /// module doc of [`crate::coordinator`]).
+    fn validate_server(&self, beat: &Beat<'_>) -> Result<(), Error> {
+        let (_, cluster, _) = beat.key;
+        let what = describe(beat.key);
+        // Epochs are ours to issue: a server holds only what we told it.
+        let issued = self.epoch(cluster);
+        if beat.epoch > issued {
+            return Err(Error::Invalid(format!(
+                "{what} claims epoch {}, above the {issued} this coordinator issued \
+                 (was {} lost or rolled back? restore it rather than lower the servers' epochs)",
+                beat.epoch,
+                super::EPOCH_FILE
+            )));
+        }
+        let Some(entry) = self.entries.get(&beat.key) else {
+            return Ok(()); // first heard of (also after our own restart)
+        };
+        match (entry.process, beat.process) {
+            // A server that sent its run once sends it always.
+            (Some(_), None) => Err(Error::Invalid(format!(
+                "{what} sent its run before and none now"
+            ))),
+            // A new run registers first (claims NONE); a role claimed by
+            // another run than the live one is not that server's.
+            (Some(known), Some(run))
+                if run != known && entry.alive && beat.claimed != Role::None =>
+            {
+                Err(Error::Invalid(format!(
+                    "{what} claims {} from a run that has not registered",
+                    beat.claimed.as_str_name()
+                )))
+            }
+            // A run claims NONE only until its first heartbeat is answered:
+            // after that it holds the role we gave it.
+            (Some(known), Some(run))
+                if run == known && beat.claimed == Role::None && entry.claimed != Role::None =>
+            {
+                Err(Error::Invalid(format!(
+                    "{what} claims no role after it has claimed {}; a restart is a new run",
+                    entry.claimed.as_str_name()
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Finds or creates the process's entry and marks it alive, keeping its
@@ -290,6 +378,7 @@ impl Table {
                 port: beat.port,
                 process: beat.process,
                 role: seen.old_role,
+                claimed: beat.claimed,
                 alive: true,
                 last: now,
                 full_cycles: beat.full_cycles,
@@ -312,34 +401,6 @@ impl Table {
             in_service: false,
             clusters: self.clusters,
         }
-    }
-
-    /// A process has seen a higher epoch than ours: our state file was lost
-    /// or rolled back. Adopt it so epochs keep growing; what we recorded
-    /// about older epochs no longer says anything.
-    fn adopt_higher_epoch(&mut self, beat: &Beat<'_>) {
-        let (_, cluster, _) = beat.key;
-        let epoch = beat.epoch;
-        if epoch <= self.epoch(cluster) {
-            return;
-        }
-        let master = self
-            .servers_of(cluster)
-            .find(|(_, e)| e.role == Role::Master)
-            .map(|(k, _)| k.2);
-        log::warn!(
-            "{} reports epoch {epoch}, ahead of our {}; adopting it \
-             (master of the epoch unknown, no in-service slave)",
-            describe(beat.key),
-            self.epoch(cluster)
-        );
-        self.update(cluster, |st| {
-            *st = ClusterState {
-                epoch,
-                master,
-                in_service: None,
-            }
-        });
     }
 
     /// A fresh process is not in service, whatever was recorded; after a
@@ -386,27 +447,40 @@ impl Table {
             }
             return;
         }
-        let slave = beat.in_service_slave.filter(|&slave| {
-            if slave == id {
-                log::warn!("{what} reports itself as its in-service slave; ignored");
-                return false;
-            }
+        let Some(slave) = beat.in_service_slave else {
+            self.set_in_service(cluster, None, &format!("reported by master {id}"));
+            return;
+        };
+        if slave == id {
+            // A master that does not know its slave has none.
+            log::warn!("{what} reports itself as its in-service slave");
+            self.set_in_service(cluster, None, &format!("master {id} named itself"));
+            return;
+        }
+        // A slave we have not heard from (it registers before it can join,
+        // so at most one heartbeat after our own restart): the report says
+        // nothing we can check, and what we recorded stands.
+        let Some(registered) = self.entries.get(&(Kind::Server, cluster, slave)) else {
+            log::debug!("{what} reports unregistered server {slave} in service; ignored");
+            return;
+        };
+        let slave = match (beat.in_service_process, registered.process) {
             // The master took in an earlier run of that slave, which has
             // restarted since (maybe with an empty directory) and not yet
             // joined again: it is not in service.
-            let registered = self
-                .entries
-                .get(&(Kind::Server, cluster, slave))
-                .and_then(|e| e.process);
-            let earlier = matches!(
-                (beat.in_service_process, registered),
-                (Some(reported), Some(registered)) if reported != registered
-            );
-            if earlier {
-                log::debug!("{what} reports an earlier run of server {slave} in service; ignored");
+            (Some(reported), Some(registered)) if reported != registered => {
+                log::debug!("{what} reports an earlier run of server {slave} in service");
+                None
             }
-            !earlier
-        });
+            // A slave joins with its run, so its master always knows it: a
+            // report without it is not one a master makes, and changes
+            // nothing.
+            (None, Some(_)) => {
+                log::debug!("{what} reports server {slave} in service without its run; ignored");
+                return;
+            }
+            _ => Some(slave),
+        };
         self.set_in_service(cluster, slave, &format!("reported by master {id}"));
     }
 
@@ -1338,21 +1412,127 @@ mod tests {
         assert_eq!(t.state(1), state(5, 1, 0));
     }
 
+    /// Refused with INVALID_ARGUMENT, and nothing changed: no entry, no
+    /// state, no file.
+    fn refused(t: &mut Table, dir: &Path, info: &ServerInfo, epoch: u64, slave: u32, now: Instant) {
+        let before = (
+            t.all(now),
+            t.states.clone(),
+            std::fs::read(dir.join(EPOCH_FILE)).ok(),
+        );
+        let err = t
+            .heartbeat(info, epoch, ServerId::from_wire(slave), None, now)
+            .expect_err("refused");
+        assert_eq!(
+            Status::from(err).code(),
+            tonic::Code::InvalidArgument,
+            "{info:?}"
+        );
+        assert!(t.unsaved().is_none(), "nothing to write");
+        t.save().expect("save");
+        let after = (
+            t.all(now),
+            t.states.clone(),
+            std::fs::read(dir.join(EPOCH_FILE)).ok(),
+        );
+        assert_eq!(format!("{before:?}"), format!("{after:?}"), "{info:?}");
+    }
+
     #[test]
-    fn higher_epoch_from_a_server_is_adopted() {
+    fn an_epoch_above_what_was_issued_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut t, _, t1) = pair(dir.path(), true);
+        for (info, epoch) in [
+            (server(1, 1, Role::Master), 2),
+            (server(1, 1, Role::Master), u64::MAX),
+            (server(1, 2, Role::Slave), 7),
+            (server(1, 3, Role::None), 2),
+            (server(2, 1, Role::None), 1),
+        ] {
+            refused(&mut t, dir.path(), &info, epoch, 0, t1 + HB);
+        }
+        assert_eq!(t.state(1), state(1, 1, 2));
+        // Promotions go on raising the epoch from where it was.
+        hb(&mut t, &server(1, 2, Role::Slave), 1, t1 + HB * 2);
+        t.check(t1 + HB * 2 + HB / 2);
+        t.save().expect("save");
+        assert_eq!(t.state(1), state(2, 2, 0));
+        // A coordinator whose file was lost refuses the servers' epochs
+        // rather than adopt them (fencing must not rest on what a peer
+        // says); its operator restores the file.
+        let lost = tempfile::tempdir().expect("tempdir");
+        let mut t = Table::load(3, HB, lost.path(), t1).expect("load");
+        refused(&mut t, lost.path(), &server(1, 2, Role::Master), 2, 0, t1);
+        assert!(!lost.path().join(EPOCH_FILE).exists());
+    }
+
+    #[test]
+    fn claims_no_real_server_makes_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let t0 = Instant::now();
         let mut t = Table::load(3, HB, dir.path(), t0).expect("load");
-        let r = hb(&mut t, &server(1, 1, Role::Master), 7, t0);
-        assert_eq!((role(&r), r.epoch), (Role::Master, 7));
-        let again = Table::load(3, HB, dir.path(), t0).expect("reload");
-        assert_eq!(again.state(1), state(7, 1, 0));
-        // What we recorded about an older epoch is forgotten.
-        std::fs::write(dir.path().join(EPOCH_FILE), "1 3 2 1\n").expect("write");
+        let run = |id, role, process| ServerInfo {
+            process,
+            ..server(1, id, role)
+        };
+        hb(&mut t, &run(1, Role::None, 11), 0, t0);
+        hb(&mut t, &run(2, Role::None, 21), 0, t0);
+        let t1 = t0 + HB * 3;
+        report_run(&mut t, &run(1, Role::Master, 11), 1, 2, 21, t1);
+        hb(&mut t, &run(2, Role::Slave, 21), 1, t1);
+        assert_eq!(t.state(1), state(1, 1, 2));
+        let now = t1 + HB;
+        // The master's run claiming NONE again (a run claims it only before
+        // its first answer): no failover.
+        refused(&mut t, dir.path(), &run(1, Role::None, 11), 1, 0, now);
+        // The master's slot without its run, or from a run that never
+        // registered: no report of it counts (the in-service flag stays).
+        refused(&mut t, dir.path(), &run(1, Role::Master, 0), 1, 0, now);
+        refused(&mut t, dir.path(), &run(1, Role::Master, 12), 1, 0, now);
+        refused(&mut t, dir.path(), &run(2, Role::Slave, 0), 1, 0, now);
+        assert_eq!(t.master_of(1).expect("master").server_id, 1);
+        assert_eq!(t.state(1), state(1, 1, 2));
+        // A report naming a server we have never heard of, or its slave
+        // without the slave's run, changes nothing either.
+        report_run(&mut t, &run(1, Role::Master, 11), 1, 9, 99, now);
+        report_run(&mut t, &run(1, Role::Master, 11), 1, 2, 0, now);
+        assert_eq!(t.state(1), state(1, 1, 2));
+        assert!(listed_in_service(&t, 1, 2));
+        // What a real restart sends (a new run, NONE) still hands over.
+        let r = hb(&mut t, &run(1, Role::None, 12), 0, now);
+        assert_eq!((role(&r), r.epoch), (Role::Slave, 2));
+        assert_eq!(t.master_of(1).expect("promoted").server_id, 2);
+        // A registration whose answer was lost is sent again: fine.
+        let r = hb(&mut t, &run(1, Role::None, 12), 0, now);
+        assert_eq!(role(&r), Role::Slave);
+        // The old run of the new slave's slot is refused while the new one
+        // lives, and heard again (as a slave) once that one is gone.
+        hb(&mut t, &run(1, Role::Slave, 12), 2, now);
+        refused(&mut t, dir.path(), &run(1, Role::Master, 11), 1, 2, now);
+        hb(&mut t, &run(2, Role::Master, 21), 2, now + HB * 3);
+        t.check(now + HB * 3);
+        let r = hb(&mut t, &run(1, Role::Master, 11), 1, now + HB * 3);
+        assert_eq!((role(&r), r.epoch), (Role::Slave, 2));
+    }
+
+    #[test]
+    fn synchronizers_send_no_role_epoch_or_slave() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t0 = Instant::now();
         let mut t = Table::load(3, HB, dir.path(), t0).expect("load");
-        let r = hb(&mut t, &server(1, 1, Role::Master), 4, t0);
-        assert_eq!((role(&r), r.epoch), (Role::Master, 4));
-        assert_eq!(t.state(1), state(4, 1, 0));
+        hb(&mut t, &server(1, 1, Role::None), 0, t0);
+        let sync = |cluster, id, role| ServerInfo {
+            kind: Kind::Synchronizer as i32,
+            ..server(cluster, id, role)
+        };
+        refused(&mut t, dir.path(), &sync(2, 3, Role::None), 0, 0, t0);
+        refused(&mut t, dir.path(), &sync(1, 1, Role::Master), 0, 0, t0);
+        refused(&mut t, dir.path(), &sync(1, 1, Role::None), 1, 0, t0);
+        refused(&mut t, dir.path(), &sync(1, 1, Role::None), 0, 2, t0);
+        assert!(t.synchronizers().is_empty());
+        hb(&mut t, &sync(1, 1, Role::None), 0, t0);
+        assert_eq!(t.synchronizers().len(), 1);
+        assert_eq!(t.master_of(1).expect("master").server_id, 1);
     }
 
     #[test]
@@ -1379,6 +1559,10 @@ mod tests {
         let mut r = server(1, 1, Role::None);
         r.role = 9;
         bad.push(r);
+        bad.push(server(1, MAX_SERVER_ID + 1, Role::None));
+        let mut long = server(1, 1, Role::None);
+        long.hostname = "h".repeat(254);
+        bad.push(long);
         for info in bad {
             let err = t.heartbeat(&info, 0, None, None, t0).expect_err("rejected");
             assert_eq!(

@@ -30,10 +30,33 @@
 //!   batch is *committed* once written to our files. A snapshot for a slave
 //!   is cut at the last committed operation, never the last staged one:
 //!   staged operations are not in the files yet, and the join replays them.
+//! * **Epochs come from the coordinator only.** A server learns epochs from
+//!   heartbeat replies and from nothing else: an epoch in a replica RPC is
+//!   compared with ours, never adopted. So no peer can raise a server's
+//!   epoch above what the coordinator issued (which would make the real
+//!   master look deposed and step down, and leave the coordinator's next
+//!   promotion at an epoch the slave already holds: fencing that no longer
+//!   grows).
 //! * **Fencing.** A slave refuses a batch from a lower epoch (the sender is a
 //!   deposed master and steps down when told), refuses any batch while it is
 //!   master itself, and refuses one from another incarnation or with a gap
-//!   (it must resync). A resent batch is applied from where the slave stands.
+//!   (it must resync; a gap is never skipped over). A batch from a *higher*
+//!   epoch than ours is the one legitimate race of this rule: a master the
+//!   coordinator has just confirmed at a new epoch mirrors before our own
+//!   heartbeat has brought that epoch. It is answered `UNAVAILABLE`
+//!   ([`Replica::accept_batch`]) and changes nothing; the caller then asks
+//!   the coordinator at once (a heartbeat now) and tries the batch once more,
+//!   so the race costs the master one heartbeat's round trip, and a batch
+//!   whose epoch the coordinator never issued is refused with our epoch
+//!   untouched.
+//! * **Resent batches.** A batch that starts before where the slave stands
+//!   is legitimate only as a resend: the operations of a join reply that the
+//!   mirror sends again. The slave remembers a digest of each operation it
+//!   applied recently ([`RECENT`] of them) and takes the batch up where it
+//!   stands only if the part it already has is the same operations; a
+//!   different operation under a number it already applied is a batch that
+//!   is not its master's (or a master that lost track), and is refused as
+//!   out of sync: the slave resyncs rather than skip what it never stored.
 //! * **Resync.** A slave that does not follow the master the coordinator
 //!   names, or that its master dropped (two replies in a row say it is not in
 //!   service although it follows), resyncs; one resync at a time.
@@ -42,7 +65,12 @@ use super::replication::OpLog;
 use crate::error::Error;
 use crate::model::{RunId, ServerId};
 use crate::proto::tinysns::{Role as WireRole, WriteOp};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+/// How many of the operations it applied last a slave remembers (as
+/// digests), to tell a resent batch from a different one.
+pub const RECENT: usize = 1 << 16;
 
 /// A master's operations are numbered from 1 within one incarnation.
 pub type Seq = u64;
@@ -67,6 +95,74 @@ pub struct Following {
     pub master: String,
     pub incarnation: Incarnation,
     pub next_seq: Seq,
+    /// Digests of the operations just before `next_seq`, oldest first (at
+    /// most [`RECENT`]).
+    recent: VecDeque<u64>,
+}
+
+impl Following {
+    /// Following `master` in `incarnation` after a join that sent `ops`,
+    /// numbered from `first_seq`.
+    pub fn joined(
+        master: String,
+        incarnation: Incarnation,
+        first_seq: Seq,
+        ops: &[WriteOp],
+    ) -> Following {
+        let mut f = Following {
+            master,
+            incarnation,
+            next_seq: first_seq,
+            recent: VecDeque::new(),
+        };
+        f.push(ops);
+        f
+    }
+
+    /// `ops` were applied from `next_seq` on.
+    fn push(&mut self, ops: &[WriteOp]) {
+        for op in ops {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(digest(op));
+            self.next_seq = self.next_seq.saturating_add(1);
+        }
+    }
+
+    /// Whether `ops`, numbered from `first` (before `next_seq`), are the
+    /// operations applied under those numbers, as far as they go back.
+    fn same_as_applied(&self, first: Seq, ops: &[WriteOp]) -> Result<(), Error> {
+        let remembered = self.next_seq.saturating_sub(self.recent.len() as u64);
+        if first < remembered {
+            return Err(Error::OutOfSync(format!(
+                "a batch from operation {first} reaches back beyond the {} remembered: \
+                 resync needed",
+                self.recent.len()
+            )));
+        }
+        let old = ops.iter().take((self.next_seq - first) as usize);
+        for (i, op) in old.enumerate() {
+            let at = (first - remembered) as usize + i;
+            if self.recent.get(at) != Some(&digest(op)) {
+                return Err(Error::OutOfSync(format!(
+                    "operation {} differs from the one applied under that number: \
+                     resync needed",
+                    first + i as u64
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A digest of an operation, to compare a resent one with the one applied
+/// (within one process: the hasher's keys are fixed, not its algorithm).
+fn digest(op: &WriteOp) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    prost::Message::encode_to_vec(op).hash(&mut h);
+    h.finish()
 }
 
 /// A master's replication state.
@@ -358,13 +454,18 @@ impl Replica {
         Ok(Some(ops))
     }
 
-    /// As slave: whether to take a batch of `len` operations from `first`,
-    /// sent by a master at `epoch` in `incarnation`. Raises our epoch.
+    /// As slave: whether to take a batch of `ops` numbered from `first`,
+    /// sent by a master at `epoch` in `incarnation`. Changes nothing: every
+    /// check comes before anything is stored, and an epoch is never taken
+    /// from a batch (see the module doc). `Unavailable` means only "your
+    /// epoch is ahead of ours": the caller asks the coordinator and may try
+    /// again.
     pub fn accept_batch(
-        &mut self,
+        &self,
         epoch: u64,
         incarnation: Incarnation,
         first: Seq,
+        ops: &[WriteOp],
     ) -> Result<Accepted, Error> {
         if epoch < self.epoch {
             return Err(Error::Precondition(format!(
@@ -372,29 +473,45 @@ impl Replica {
                 self.epoch
             )));
         }
+        if epoch > self.epoch {
+            return Err(Error::Unavailable(format!(
+                "epoch {epoch} is ahead of ours ({}); the coordinator has not told us of it",
+                self.epoch
+            )));
+        }
         if self.is_master() {
             return Err(Error::Precondition("this server is the master".into()));
         }
-        self.epoch = epoch;
         match &self.role {
             Role::Slave(Slave {
                 following: Some(f), ..
-            }) if f.incarnation == incarnation && first <= f.next_seq => Ok(Accepted {
-                skip: (f.next_seq - first) as usize,
-            }),
+            }) if f.incarnation == incarnation && first <= f.next_seq => {
+                f.same_as_applied(first, ops)?;
+                Ok(Accepted {
+                    skip: (f.next_seq - first) as usize,
+                })
+            }
+            Role::Slave(Slave {
+                following: Some(f), ..
+            }) if f.incarnation == incarnation => Err(Error::OutOfSync(format!(
+                "a gap: the batch starts at operation {first}, we stand at {}; resync needed",
+                f.next_seq
+            ))),
             _ => Err(Error::OutOfSync(
                 "not in sync with this master: resync needed".into(),
             )),
         }
     }
 
-    /// As slave: a batch of `len` operations from `first` is stored.
-    pub fn applied(&mut self, first: Seq, len: usize) {
+    /// As slave: a batch of `ops` from `first` (accepted with `skip`) is
+    /// stored.
+    pub fn applied(&mut self, first: Seq, accepted: Accepted, ops: &[WriteOp]) {
         if let Role::Slave(Slave {
             following: Some(f), ..
         }) = &mut self.role
+            && first.saturating_add(accepted.skip as u64) == f.next_seq
         {
-            f.next_seq = f.next_seq.max(first + len as u64);
+            f.push(ops.get(accepted.skip..).unwrap_or(&[]));
         }
     }
 
@@ -464,11 +581,12 @@ mod tests {
         let t = Instant::now();
         let re = r.on_verdict(&slave_verdict(1, master, false), t, None, Incarnation(1));
         assert_eq!(re.resync_from.as_deref(), Some(master));
-        r.resync_done(Some(Following {
-            master: master.into(),
-            incarnation: Incarnation(5),
-            next_seq: 1,
-        }));
+        r.resync_done(Some(Following::joined(
+            master.into(),
+            Incarnation(5),
+            1,
+            &[],
+        )));
         r
     }
 
@@ -603,45 +721,125 @@ mod tests {
     fn batches_are_fenced_by_epoch_role_and_incarnation() {
         let mut r = following_slave("m:1");
         r.epoch = 4;
+        let ops = [op(1)];
         // A deposed master's batch changes nothing, not even our epoch.
         assert!(matches!(
-            r.accept_batch(3, Incarnation(5), 1),
+            r.accept_batch(3, Incarnation(5), 1, &ops),
             Err(Error::Precondition(_))
         ));
         assert_eq!(r.epoch, 4);
         assert!(matches!(
-            r.accept_batch(4, Incarnation(6), 1),
+            r.accept_batch(4, Incarnation(6), 1, &ops),
             Err(Error::OutOfSync(_))
         ));
         assert_eq!(
-            r.accept_batch(5, Incarnation(5), 1),
+            r.accept_batch(4, Incarnation(5), 1, &ops),
             Ok(Accepted { skip: 0 })
         );
-        assert_eq!(r.epoch, 5);
         let mut m = Replica::new(WINDOW);
         m.on_verdict(&master_verdict(1), Instant::now(), None, Incarnation(1));
         assert!(matches!(
-            m.accept_batch(9, Incarnation(1), 1),
+            m.accept_batch(1, Incarnation(1), 1, &ops),
             Err(Error::Precondition(_))
         ));
     }
 
     #[test]
-    fn a_resent_batch_is_taken_up_where_the_slave_stands_and_a_gap_is_refused() {
+    fn an_epoch_is_learnt_from_the_coordinator_never_from_a_batch() {
         let mut r = following_slave("m:1");
-        r.accept_batch(1, Incarnation(5), 1).unwrap();
-        r.applied(1, 3); // operations 1..=3
-        assert_eq!(
-            r.accept_batch(1, Incarnation(5), 2),
-            Ok(Accepted { skip: 2 })
+        let ops = [op(1)];
+        // Ahead of ours: "ask the coordinator", and nothing moves.
+        for epoch in [2, u64::MAX] {
+            assert!(matches!(
+                r.accept_batch(epoch, Incarnation(5), 1, &ops),
+                Err(Error::Unavailable(_))
+            ));
+            assert_eq!(r.epoch, 1);
+        }
+        // The same holds for a master: a batch claiming a newer epoch does
+        // not make it step down or change its epoch.
+        let mut m = Replica::new(WINDOW);
+        m.on_verdict(&master_verdict(3), Instant::now(), None, Incarnation(1));
+        assert!(matches!(
+            m.accept_batch(u64::MAX, Incarnation(1), 1, &ops),
+            Err(Error::Unavailable(_))
+        ));
+        assert!(m.is_master());
+        assert_eq!(m.epoch, 3);
+        // Once the coordinator has said so, the batch is taken.
+        let re = r.on_verdict(
+            &slave_verdict(2, "m:1", true),
+            Instant::now(),
+            None,
+            Incarnation(1),
         );
-        r.applied(2, 2); // a resend of 2..=3 moves nothing back
+        assert_eq!(re.resync_from, None, "the same master: no resync");
+        assert_eq!(r.epoch, 2);
         assert_eq!(
-            r.accept_batch(1, Incarnation(5), 4),
+            r.accept_batch(2, Incarnation(5), 1, &ops),
             Ok(Accepted { skip: 0 })
         );
+    }
+
+    /// Applies a batch as the slave's caller does.
+    fn apply(r: &mut Replica, first: Seq, ops: &[WriteOp]) -> Result<Accepted, Error> {
+        let a = r.accept_batch(1, Incarnation(5), first, ops)?;
+        r.applied(first, a, ops);
+        Ok(a)
+    }
+
+    #[test]
+    fn a_resent_batch_is_taken_up_where_the_slave_stands_and_a_gap_is_refused() {
+        let mut r = following_slave("m:1");
+        let ops: Vec<WriteOp> = (1..=5).map(op).collect();
+        assert_eq!(apply(&mut r, 1, &ops[0..3]), Ok(Accepted { skip: 0 })); // 1..=3
+        // A resend of 2..=4: the part we have is the same, 4 is new.
+        assert_eq!(apply(&mut r, 2, &ops[1..4]), Ok(Accepted { skip: 2 }));
+        // Entirely old: nothing to do, nothing moves back.
+        assert_eq!(apply(&mut r, 1, &ops[0..2]), Ok(Accepted { skip: 4 }));
+        assert_eq!(apply(&mut r, 5, &ops[4..5]), Ok(Accepted { skip: 0 }));
+        // A gap is never skipped over.
+        let gap = r.accept_batch(1, Incarnation(5), 7, &ops[0..1]);
+        assert!(matches!(gap, Err(Error::OutOfSync(_))), "{gap:?}");
+        // Nor is a batch at the right place accepted after a refused one.
+        assert_eq!(apply(&mut r, 6, &[op(6)]), Ok(Accepted { skip: 0 }));
+    }
+
+    #[test]
+    fn different_operations_under_numbers_already_applied_mean_resync() {
+        let mut r = following_slave("m:1");
+        let ops: Vec<WriteOp> = (1..=3).map(op).collect();
+        apply(&mut r, 1, &ops).unwrap();
+        // A batch that claims numbers we applied, with other operations
+        // (not our master's, or a master that lost track): refused, and it
+        // does not move where we stand, so the real next batch still fits.
+        for (first, forged) in [(3, vec![op(99), op(4)]), (1, vec![op(1), op(98)])] {
+            assert!(matches!(
+                r.accept_batch(1, Incarnation(5), first, &forged),
+                Err(Error::OutOfSync(_))
+            ));
+        }
+        assert_eq!(apply(&mut r, 4, &[op(4)]), Ok(Accepted { skip: 0 }));
+        // Before what a join sent (and so before what we remember): resync.
+        let mut j = Replica::new(WINDOW);
+        j.on_verdict(
+            &slave_verdict(1, "m:1", false),
+            Instant::now(),
+            None,
+            Incarnation(1),
+        );
+        j.resync_done(Some(Following::joined(
+            "m:1".into(),
+            Incarnation(5),
+            10,
+            &[op(10), op(11)],
+        )));
+        assert_eq!(
+            j.accept_batch(1, Incarnation(5), 11, &[op(11), op(12)]),
+            Ok(Accepted { skip: 1 })
+        );
         assert!(matches!(
-            r.accept_batch(1, Incarnation(5), 6),
+            j.accept_batch(1, Incarnation(5), 9, &[op(9), op(10)]),
             Err(Error::OutOfSync(_))
         ));
     }
@@ -688,11 +886,12 @@ mod tests {
         let t = Instant::now();
         r.on_verdict(&slave_verdict(1, "m:1", false), t, None, Incarnation(1));
         r.on_verdict(&master_verdict(2), t, None, Incarnation(2));
-        r.resync_done(Some(Following {
-            master: "m:1".into(),
-            incarnation: Incarnation(5),
-            next_seq: 1,
-        }));
+        r.resync_done(Some(Following::joined(
+            "m:1".into(),
+            Incarnation(5),
+            1,
+            &[],
+        )));
         assert!(r.is_master());
         assert!(!r.resyncing);
     }

@@ -6,8 +6,9 @@
 //! |---|---|---|
 //! | [`plan`] (pure) | what to push to whom; the rewind rule | [`plan::Rewinds::apply`] |
 //! | [`cursors`] (pure) | where each peer stands in each file; `positions.txt` | [`cursors::Cursors`] |
+//! | [`inbound`] (pure) | what a peer may push to us: the checks of every push | [`inbound::posts`] |
 //! | `pusher` | the sending loop: dirty files, the watch, the coordinator, pushes | `Pusher::run` |
-//! | `receiver` | the `Synchronizer` service: writing into the server directories | `Receiver::each_store` |
+//! | `receiver` | the `Synchronizer` service: checking, then writing into the server directories | `Receiver::each_store` |
 //!
 //! # Sending
 //! The synchronizer of cluster `c` reads the master's directory of `c` and
@@ -54,7 +55,22 @@
 //! to the saved mark count as taken into account ([`plan::Rewinds`]).
 //!
 //! # Receiving
-//! What arrives is applied to every server directory of the cluster through
+//! A push is peer input and is checked as strictly as a client's request
+//! ([`inbound`]), whole, before anything is written: the sender is another
+//! cluster of the system; users, followers and authors are its users;
+//! followees and targets are ours; texts are valid posts; times are within
+//! bounds of our clock (not before 2000, at most
+//! [`crate::timefmt::MAX_SKEW`], five minutes, ahead). These are exactly the
+//! shapes the pusher of another cluster sends ([`plan`]), so a legitimate
+//! push, a full cycle's re-send included, always passes; one bad item
+//! refuses the batch with `INVALID_ARGUMENT` naming it, and nothing of the
+//! batch is stored. A peer therefore has no say over another cluster's
+//! users, and cannot date a post or a follow where it would hide later posts
+//! or outlast every unfollow. (A sender whose clock runs more than five
+//! minutes ahead of ours has its pushes refused until our clock catches up:
+//! the pusher retries every heartbeat, so they are late, not lost.)
+//!
+//! What passes is applied to every server directory of the cluster through
 //! [`crate::storage::store::Store`], under `flock` and idempotently, and
 //! acknowledged only once it is on disk (flushed, with `SNS_FSYNC=1`). A
 //! directory being resynced is closed to us: the push is refused as
@@ -71,6 +87,7 @@
 //! `positions.txt` is replaced by a rename.
 
 pub mod cursors;
+pub mod inbound;
 pub mod plan;
 mod pusher;
 mod receiver;

@@ -1,16 +1,18 @@
 //! The receiving side: the `Synchronizer` gRPC service. What a peer pushes
-//! is written into every server directory of this cluster through
-//! [`Store`], under `flock` and idempotently, and acknowledged only once it
-//! is on disk.
+//! is checked whole first ([`super::inbound`]), then written into every
+//! server directory of this cluster through [`Store`], under `flock` and
+//! idempotently, and acknowledged only once it is on disk.
 
+use super::inbound;
 use super::plan::Partition;
 use super::pusher::Event;
 use crate::error::{Error, Result};
 use crate::model::UserId;
 use crate::proto::tinysns::synchronizer_server::Synchronizer;
-use crate::proto::tinysns::{FollowBatch, FollowOp, PostBatch, PushReply, UserBatch};
+use crate::proto::tinysns::{FollowBatch, PostBatch, PushReply, UserBatch};
+use crate::storage;
 use crate::storage::store::Store;
-use crate::storage::{self, Post};
+use crate::timefmt;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -122,12 +124,11 @@ impl Receiver {
         Ok(())
     }
 
+    // Each push is checked whole ([`inbound`]) before anything is written:
+    // a bad item refuses the batch and nothing of it is stored.
+
     fn store_users(&self, batch: UserBatch) -> Result<()> {
-        let users: Vec<UserId> = batch
-            .users
-            .iter()
-            .map(|u| UserId::new(*u).ok_or_else(|| Error::Invalid("user 0 does not exist".into())))
-            .collect::<Result<_>>()?;
+        let users = inbound::users(self.partition, &batch)?;
         self.each_store(|s| {
             for u in &users {
                 s.add_user(*u)?;
@@ -137,12 +138,7 @@ impl Receiver {
     }
 
     fn store_follows(&self, batch: FollowBatch) -> Result<()> {
-        let p = self.partition;
-        let events: Vec<FollowOp> = batch
-            .events
-            .into_iter()
-            .filter(|e| e.follower != 0 && e.followee != 0 && p.is_local(e.followee))
-            .collect();
+        let events = inbound::follows(self.partition, timefmt::now(), &batch)?;
         self.each_store(|s| {
             for e in &events {
                 s.follow(e)?;
@@ -160,21 +156,7 @@ impl Receiver {
     }
 
     fn store_posts(&self, batch: PostBatch) -> Result<()> {
-        let p = self.partition;
-        let mut posts = Vec::new();
-        for rp in batch.posts {
-            let Some(op) = rp.post else { continue };
-            if crate::model::validate_post(&op.text).is_err() || op.author == 0 {
-                return Err(Error::Invalid("malformed post".into()));
-            }
-            let targets: Vec<u64> = rp.targets.into_iter().filter(|t| p.is_local(*t)).collect();
-            let post = Post {
-                author: op.author,
-                time: op.time_ns,
-                text: op.text,
-            };
-            posts.push((post, targets));
-        }
+        let posts = inbound::posts(self.partition, timefmt::now(), batch)?;
         self.each_store(|s| {
             for (post, targets) in &posts {
                 s.deliver(post, targets)?;

@@ -16,6 +16,7 @@ mod client_cli;
 mod concurrent_appenders;
 mod durability;
 mod failover;
+mod peer_input;
 mod shutdown;
 mod slave_restart;
 mod timeline;

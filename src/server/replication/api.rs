@@ -20,6 +20,22 @@ use tonic::{Request, Response, Status};
 
 pub(crate) struct ReplicaApi(pub Arc<Node>);
 
+/// Longest `host:port` a joining slave may give (a DNS name and a port).
+const MAX_ADDRESS: usize = 253 + 6;
+
+impl Node {
+    /// The other server of the cluster named in a replica request: a server
+    /// id, and not ours.
+    fn check_peer_server(&self, id: u32) -> Result<ServerId, Error> {
+        match ServerId::from_wire(id) {
+            Some(s) if s.0 != self.opts.server_id => Ok(s),
+            _ => Err(Error::Invalid(format!(
+                "server {id} cannot be this server's slave"
+            ))),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Replica for ReplicaApi {
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyReply>, Status> {
@@ -58,10 +74,25 @@ impl ReplicaApi {
         let node = &self.0;
         node.check_cluster(req.cluster_id)?;
         node.require_master()?;
+        // Checked before the slave is dropped from service below.
+        let asker = node.check_peer_server(req.server_id)?;
+        if req.epoch > node.state().replica.epoch {
+            // The slave has heard of an epoch we have not: we may have been
+            // deposed. Only the coordinator can tell; ask it now.
+            node.report_now().await;
+            node.require_master()?;
+            let ours = node.state().replica.epoch;
+            if req.epoch > ours {
+                return Err(Error::Unavailable(format!(
+                    "the snapshot request's epoch {} is ahead of ours ({ours})",
+                    req.epoch
+                )));
+            }
+        }
         // A slave that asks for a snapshot has lost track (it restarted, or
         // missed writes): it is out of service until it joins again, and the
         // coordinator must hear so before it could promote it.
-        let dropped = node.drop_slave(ServerId(req.server_id));
+        let dropped = node.drop_slave(asker);
         if dropped && !node.report_now().await {
             return Err(Error::Unavailable("cannot reach the coordinator".into()));
         }
@@ -102,11 +133,28 @@ impl ReplicaApi {
         if !node.is_master() {
             return Err(Error::Precondition("this server is not the master".into()));
         }
+        // Everything is checked before the slave is taken in: a slave we
+        // cannot tell from ourselves or from an earlier run would be mirrored
+        // to (and reported in service) wrongly.
+        let server = node.check_peer_server(req.server_id)?;
+        let run = RunId::from_wire(req.process)
+            .ok_or_else(|| Error::Invalid("a joining server names its run (process)".into()))?;
+        if req.address.len() > MAX_ADDRESS || req.address == node.addr {
+            return Err(Error::Invalid(format!(
+                "cannot take in a slave at {}",
+                crate::model::excerpt(&req.address)
+            )));
+        }
         // The address must be one we can dial before the slave is in service.
-        replica_client(&req.address, node.failure_window, &node.opts.trust)?;
+        replica_client(&req.address, node.failure_window, &node.opts.trust).map_err(|_| {
+            Error::Invalid(format!(
+                "bad address {}",
+                crate::model::excerpt(&req.address)
+            ))
+        })?;
         let link = SlaveLink {
-            server: ServerId(req.server_id),
-            run: RunId::from_wire(req.process),
+            server,
+            run: Some(run),
             addr: req.address.clone(),
         };
         // Under the state lock no write is staged while the slave is taken

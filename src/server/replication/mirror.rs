@@ -207,26 +207,52 @@ impl Node {
         }
     }
 
+    /// Checks operations a master sent us (an `Apply`, a join reply) as
+    /// strictly as the client requests they came from
+    /// ([`crate::model::check_mirrored_op`]); the first bad one refuses them
+    /// all, before anything is written.
+    pub(crate) fn check_mirrored(&self, ops: &[WriteOp]) -> Result<(), Error> {
+        let cluster = crate::model::ClusterId(self.opts.cluster);
+        let now = crate::timefmt::now();
+        for (i, op) in ops.iter().enumerate() {
+            crate::model::check_mirrored_op(op, cluster, self.clusters, now)
+                .map_err(|why| Error::Invalid(format!("operation #{i}: {why}")))?;
+        }
+        Ok(())
+    }
+
     /// As a slave: takes a batch of mirrored operations from the master.
+    /// Every check comes before anything is stored; the epoch of the batch
+    /// is compared with ours, never adopted (see [`crate::server::role`]).
     pub(crate) async fn apply_batch(self: &Arc<Self>, req: ApplyRequest) -> Result<(), Error> {
         // Wait for a resync in progress: its operations come first.
         let _gate = self.resync_gate.lock().await;
         self.check_cluster(req.cluster_id)?;
-        for op in &req.ops {
-            crate::model::validate_op(op).map_err(Error::Invalid)?;
-        }
+        self.check_mirrored(&req.ops)?;
         let incarnation = crate::server::role::Incarnation(req.incarnation);
-        let (ops, changed) = {
-            let mut st = self.state();
-            let accepted = st
+        let accept = |n: &Node| {
+            n.state()
                 .replica
-                .accept_batch(req.epoch, incarnation, req.first_seq)?;
+                .accept_batch(req.epoch, incarnation, req.first_seq, &req.ops)
+        };
+        if let Err(Error::Unavailable(why)) = accept(self) {
+            // The batch's epoch is ahead of ours: a master just confirmed at
+            // a new epoch, or a batch whose epoch nobody issued. Only the
+            // coordinator can tell; ask it now, then look again.
+            log::info!("a mirrored batch: {why}; asking the coordinator");
+            self.report_now().await;
+        }
+        let (accepted, ops, changed) = {
+            let mut st = self.state();
+            let accepted =
+                st.replica
+                    .accept_batch(req.epoch, incarnation, req.first_seq, &req.ops)?;
             let ops: Vec<WriteOp> = req.ops.get(accepted.skip..).unwrap_or(&[]).to_vec();
             let mut changed = Vec::new();
             for op in &ops {
                 changed.extend(st.store.apply(op)?);
             }
-            (ops, changed)
+            (accepted, ops, changed)
         };
         // The flush runs on this worker, like the appends before it:
         // handing it to another thread costs more than the flush holds the
@@ -242,7 +268,7 @@ impl Node {
             for op in &ops {
                 st.ids.record(op);
             }
-            st.replica.applied(req.first_seq, req.ops.len());
+            st.replica.applied(req.first_seq, accepted, &req.ops);
         }
         self.wake(&changed);
         Ok(())

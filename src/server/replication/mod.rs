@@ -19,7 +19,12 @@
 //! # Fencing
 //! Every batch carries the cluster's epoch, which the coordinator raises at
 //! each promotion. A server refuses a batch from a lower epoch, and the master
-//! that gets such a refusal steps down. A master also holds a *lease*: the
+//! that gets such a refusal steps down. A server learns epochs only from the
+//! coordinator: a batch from a higher epoch than ours changes nothing; the
+//! slave asks the coordinator at once (a heartbeat now) and takes the batch
+//! if the answer brought that epoch (a master just promoted, whose batch beat
+//! our heartbeat), or answers `UNAVAILABLE` (an epoch nobody issued). A master
+//! also holds a *lease*: the
 //! time it sent its last heartbeat that the coordinator answered, plus the
 //! failure window. The coordinator declares a master failed no earlier than
 //! the failure window after it *received* that heartbeat, so a master that
@@ -29,6 +34,23 @@
 //! master drops everything staged, re-reads its files, and fails the waiting
 //! writes with `UNAVAILABLE`, so the clients retry on whichever server is
 //! master now.
+//!
+//! # What a slave takes
+//! Everything a master sends is peer input, checked before anything is
+//! stored: the operations of an `Apply` or a join reply as strictly as the
+//! client requests they came from ([`crate::model::check_mirrored_op`]:
+//! users of this cluster where the operation is theirs, valid texts, times
+//! within bounds of our clock); the batch's place in the master's numbering
+//! by the role core. A batch after a gap is refused as out of sync (`ABORTED`:
+//! the master drops the slave, which resyncs), never skipped over; a batch
+//! that starts before where the slave stands is taken up where it stands only
+//! if the operations it repeats are the ones applied under those numbers (a
+//! digest of the last 65,536 is kept), since a different operation there means
+//! a batch that is not our master's. On the master's side, `Join` and
+//! `Snapshot` check the server they name (a server id, not ours; a join also
+//! its run and an address that is not ours) before the slave is taken into
+//! or out of service, and a snapshot request from a higher epoch than ours
+//! asks the coordinator first: we may have been deposed.
 //!
 //! # Resync
 //! A server that is (or becomes) a slave brings its directory to the master's

@@ -161,6 +161,16 @@ impl Node {
         if reply.too_far_behind {
             return Ok(None);
         }
+        // The master's operations are peer input: all checked before any is
+        // applied, and numbered from just after the snapshot's cut.
+        if reply.first_seq != installed.seq.saturating_add(1) {
+            return Err(Error::Invalid(format!(
+                "the join reply starts at operation {}, not {} after the snapshot",
+                reply.first_seq,
+                installed.seq.saturating_add(1)
+            )));
+        }
+        self.check_mirrored(&reply.ops)?;
         let changed = {
             let mut st = self.state();
             let mut changed = Vec::new();
@@ -171,15 +181,16 @@ impl Node {
             changed
         };
         let n = reply.ops.len();
+        let following = Following::joined(
+            master.to_string(),
+            installed.incarnation,
+            reply.first_seq,
+            &reply.ops,
+        );
         let ops = reply.ops;
         self.blocking(move |node| Ok(node.journal().append(&ops)?))
             .await?;
         self.wake(&changed);
-        let following = Following {
-            master: master.to_string(),
-            incarnation: installed.incarnation,
-            next_seq: reply.first_seq + n as u64,
-        };
         Ok(Some((following, n)))
     }
 }
