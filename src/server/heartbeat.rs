@@ -38,7 +38,9 @@ impl Node {
         let (reaction, epoch, master) = {
             let mut st = self.state();
             if reply.epoch < st.replica.epoch {
-                // A coordinator that lost its state; it will learn our epoch.
+                // A coordinator whose epochs went back (its state file lost or
+                // restored): it never adopts ours (it refuses heartbeats above
+                // what it issued), so this needs the operator; keep ours.
                 log::warn!(
                     "coordinator answered with epoch {} < ours {}",
                     reply.epoch,
