@@ -65,9 +65,12 @@ pub mod store;
 mod tail;
 pub mod watch;
 
+#[cfg(test)]
+pub(crate) use file::faults;
 pub use file::{
-    GATE_FILE, LastPosts, close_dir, content_hash, data_files, last_posts, offset_after,
-    read_at_most, read_from, records_end, repair, repair_dir, sync_dir, sync_files, try_enter_dir,
+    Checked, Damaged, GATE_FILE, LastPosts, close_dir, content_hash, damaged_of, data_files,
+    data_metadata, is_damaged, last_posts, offset_after, open_append, open_read, read_at_most,
+    read_from, records_end, repair, repair_dir, set_aside, sync_dir, sync_files, try_enter_dir,
 };
 pub use record::{
     FileKind, FollowEvent, Format, Post, USERS_FILE, followers_file, following_file, posts_file,
