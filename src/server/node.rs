@@ -71,13 +71,16 @@ pub(crate) struct State {
     /// other write ([`Node::restage_owed`]); until then writes are refused.
     /// Owed writes that are staged wait in `queue` without a client.
     pub owed: Vec<WriteOp>,
+    /// How many owed writes are staged: in `queue`, or in the batch the
+    /// mirror task has in hand.
+    pub owed_staged: usize,
 }
 
 impl State {
     /// Whether some promised write is not in the files yet: the journal must
     /// keep it, and the mirror task retries it.
     pub fn owing(&self) -> bool {
-        !self.owed.is_empty() || self.queue.iter().any(|p| p.done.is_none())
+        !self.owed.is_empty() || self.owed_staged > 0
     }
 }
 
@@ -168,6 +171,7 @@ impl Node {
                 ids: ClientIds::default(),
                 queue: Vec::new(),
                 owed,
+                owed_staged: 0,
             }),
             journal: Mutex::new(journal),
             timelines: Mutex::new(HashMap::new()),

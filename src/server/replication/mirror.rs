@@ -131,6 +131,13 @@ impl Node {
         };
         match result {
             Ok(()) => {
+                let owed = batch.iter().filter(|p| p.done.is_none()).count();
+                if owed > 0 {
+                    let mut st = self.state();
+                    st.owed_staged = st.owed_staged.saturating_sub(owed);
+                    drop(st);
+                    log::info!("finished {owed} owed write(s)");
+                }
                 for done in batch.into_iter().filter_map(|p| p.done) {
                     let _ = done.send(Ok(()));
                 }
@@ -193,6 +200,7 @@ impl Node {
             })?;
             let seq = st.replica.stage(op.clone())?;
             let op = st.owed.remove(0);
+            st.owed_staged += 1;
             st.queue.push(Pending {
                 seq,
                 op,
@@ -322,6 +330,8 @@ impl Node {
                 .map(|p| p.op.clone())
                 .collect();
             owed.append(&mut st.owed);
+            let unstaged = batch.iter().chain(&rest).filter(owed_now).count();
+            st.owed_staged = st.owed_staged.saturating_sub(unstaged);
             // Forgotten: the ids of writes that will not be. An owed write
             // will be, and a retry of it must be recognised.
             let dropped = batch.iter().filter(|_| !promised).chain(&rest);

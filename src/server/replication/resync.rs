@@ -129,6 +129,7 @@ impl Node {
                 // The files are the master's now: what we owed as a master
                 // is the master's to have (it was mirrored) or never was.
                 st.queue.retain(|p| p.done.is_some());
+                st.owed_staged = 0;
                 if !st.owed.is_empty() {
                     log::warn!(
                         "dropping {} owed write(s): the directory is the master's now",
