@@ -214,7 +214,7 @@ pub(crate) mod faults {
     }
 
     /// The outcome of an append to `path`, if a fault decides it.
-    pub(super) fn append(path: &Path, f: &mut File, bytes: &[u8]) -> Option<io::Result<()>> {
+    pub(crate) fn append(path: &Path, f: &mut File, bytes: &[u8]) -> Option<io::Result<()>> {
         let mut all = faults();
         let i = all.iter().position(|x| x.0 == path)?;
         let fault = &mut all[i];

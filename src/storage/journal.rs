@@ -151,6 +151,10 @@ impl Journal {
             Some(f) => f,
             None => self.file.insert(storage::open_append(&self.path)?),
         };
+        #[cfg(test)]
+        let written = storage::faults::append(&self.path, f, text.as_bytes())
+            .unwrap_or_else(|| f.write_all(text.as_bytes()));
+        #[cfg(not(test))]
         let written = f.write_all(text.as_bytes());
         if let Err(e) = written.and_then(|_| if flush { f.sync_data() } else { Ok(()) }) {
             // A partial write would run into the next batch's first line

@@ -29,11 +29,12 @@
 //! * **A failed stage takes back its own records** and nothing else: other
 //!   operations staged before it stay staged, in order.
 //! * **A failed flush leaves the rest staged.** The files before the failing
-//!   one hold their records. The caller then drops everything staged
-//!   ([`Store::reset`]) and stages the operation again ([`Store::restage`]):
-//!   since applying is idempotent, that stages exactly the records the files
-//!   lack, so finishing the operation later writes each record once. The
-//!   server keeps such an operation in its journal until it is finished
+//!   one hold their records; the rest stay staged, in order, and flushing
+//!   what is left ([`Unflushed::left`]) finishes the operations, each record
+//!   once. Should the staged records be dropped meanwhile ([`Store::reset`]),
+//!   staging the operations again ([`Store::restage`]) stages exactly the
+//!   records the files lack, since applying is idempotent. The server keeps
+//!   such an operation in its journal until it is finished
 //!   ([`crate::server::replication::mirror`]).
 //! * **A damaged file is its user's problem** ([`storage::Damaged`]: not a
 //!   regular file, or not ours to open). A client's write that needs one is
@@ -216,8 +217,9 @@ impl Store {
     /// concatenation of what [`Store::stage`] returned for them, in order),
     /// one append per file. Returns the users whose timeline got a post.
     /// If an append fails, the files before it hold their records and the
-    /// rest stay staged (see the module doc for what the caller does then).
-    pub fn flush(&mut self, files: &[FileKind]) -> io::Result<Vec<u64>> {
+    /// rest stay staged, in order: [`Unflushed::left`] is what to flush to
+    /// finish them (see the module doc).
+    pub fn flush(&mut self, files: &[FileKind]) -> Result<Vec<u64>, Unflushed> {
         let mut counts: Vec<(FileKind, usize)> = Vec::new();
         for f in files {
             match counts.iter_mut().find(|(k, _)| k == f) {
@@ -226,17 +228,24 @@ impl Store {
             }
         }
         let mut changed = Vec::new();
-        for (kind, n) in counts {
+        for (i, &(kind, n)) in counts.iter().enumerate() {
             self.dirty.insert(kind);
-            match kind {
-                FileKind::Users => self.users.flush_front(n)?,
-                FileKind::Following(u) => self.tail_following(u).flush_front(n)?,
-                FileKind::Followers(u) => self.tail_followers(u).flush_front(n)?,
-                FileKind::Posts(u) => self.tail_posts(u).flush_front(n)?,
+            let flushed = match kind {
+                FileKind::Users => self.users.flush_front(n),
+                FileKind::Following(u) => self.tail_following(u).flush_front(n),
+                FileKind::Followers(u) => self.tail_followers(u).flush_front(n),
+                FileKind::Posts(u) => self.tail_posts(u).flush_front(n),
                 FileKind::Timeline(u) => {
-                    self.tail_timeline(u).flush_front(n)?;
                     changed.push(u);
+                    self.tail_timeline(u).flush_front(n)
                 }
+            };
+            if let Err(error) = flushed {
+                let left = counts[i..]
+                    .iter()
+                    .flat_map(|&(k, n)| std::iter::repeat_n(k, n))
+                    .collect();
+                return Err(Unflushed { error, left });
             }
         }
         Ok(changed)
@@ -372,6 +381,15 @@ impl Store {
         t.refresh()?;
         Ok(t.state.latest(author))
     }
+}
+
+/// A [`Store::flush`] that failed part-way.
+#[derive(Debug)]
+pub struct Unflushed {
+    pub error: io::Error,
+    /// The files whose staged records are still to be written, in order:
+    /// flushing them finishes what was asked.
+    pub left: Vec<FileKind>,
 }
 
 /// Where an operation's records go: written now (collecting the users whose
@@ -590,7 +608,8 @@ mod tests {
         // second file's record.
         crate::storage::faults::fail_appends(&followers_file(d, 1), 0, 5, 1);
         let e = s.flush(&files).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(e.error.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(e.left, [FileKind::Followers(1)]);
         assert_eq!(lines(&following_file(d, 4)).len(), 1);
         assert_eq!(
             std::fs::read(followers_file(d, 1)).unwrap(),

@@ -342,7 +342,7 @@ fn a_follow_on_a_full_disk_is_never_half_recorded() {
         shown(&mut c, "4", "on a full disk").await.expect("shown");
     });
 
-    // The slave resyncs (the master's log started afresh) and holds the
+    // The slave, which stored both writes when they were mirrored, holds the
     // same records.
     let slave = sys.server_dir(1, 2);
     wait_for("the slave in service with the master's records", || {

@@ -20,19 +20,27 @@
 //!   as done and not stored twice.
 //! * It stays in the journal (no checkpoint empties the journal while
 //!   anything is owed), so a restart finishes it in its replay.
-//! * Everything staged is dropped and the owed operations are staged again
-//!   at once, ahead of anything else ([`Store::restage`]: exactly the
-//!   records the files lack). So the views show the write whole, the same
-//!   as the journal and the slave: a follow is "already following" and
-//!   listed as a follower together, never one without the other. Writes
-//!   queued behind it were not journaled: they fail and their clients retry.
-//! * The owed operations are mirrored again with the next batch, or on their
-//!   own every heartbeat, until the disk takes them; the log starts a new
-//!   incarnation, so the slave resyncs and then gets them through its join.
-//! * If they cannot even be staged again, they wait in `State::owed`, and
-//!   every write is refused until they are staged.
+//! * Its records stay staged, and it goes back to the front of the queue
+//!   with what is left to write ([`Unflushed::left`]), its sequence numbers
+//!   and its place in the operation log unchanged (the slave has it). So the
+//!   views show the write whole, the same as the journal and the slave: a
+//!   follow is "already following" and listed as a follower together, never
+//!   one without the other.
+//! * It goes out again with the next batch, or on its own every heartbeat,
+//!   until the disk takes it; it is not journaled again, so a full disk
+//!   costs one failed append a heartbeat. Writes queued behind it wait
+//!   behind it.
+//! * If a batch with owed writes in it fails before our files (the lease,
+//!   the slave), everything staged is dropped as for any failed batch, and
+//!   the owed writes are staged again at once, ahead of anything else
+//!   ([`Store::restage`]: exactly the records the files lack); the log
+//!   starts a new incarnation, so the slave resyncs and gets them through
+//!   its join. If they cannot even be staged again (not master, a read
+//!   error), they wait in `State::owed`, and every write is refused until
+//!   they are staged.
 //!
 //! [`Store::restage`]: crate::storage::store::Store::restage
+//! [`Unflushed::left`]: crate::storage::store::Unflushed::left
 
 use super::replica_client;
 use crate::error::Error;
@@ -67,8 +75,9 @@ impl SlaveChannel {
 enum Failed {
     /// Before our files: nothing of it was written here.
     Before(Error),
-    /// Writing our files: it is owed (see the module doc).
-    Files(Error),
+    /// Writing our files: it is owed (see the module doc), and these files
+    /// are left to write.
+    Files(Error, Vec<FileKind>),
 }
 
 impl Node {
@@ -120,8 +129,12 @@ impl Node {
         channel: &mut SlaveChannel,
     ) -> bool {
         // The journal is flushed while the slave stores the batch: the two
-        // flushes overlap instead of adding up.
-        let ops: Vec<WriteOp> = batch.iter().map(|p| p.op.clone()).collect();
+        // flushes overlap instead of adding up. Owed writes are in it already.
+        let ops: Vec<WriteOp> = batch
+            .iter()
+            .filter(|p| p.done.is_some())
+            .map(|p| p.op.clone())
+            .collect();
         let mark = self.journal().len();
         let journaled = self.blocking(move |n| Ok(n.journal().append(&ops)?));
         let (replicated, journaled) = tokio::join!(self.replicate(&batch, channel), journaled);
@@ -149,11 +162,11 @@ impl Node {
                 if let Err(e) = self.journal().truncate_to(mark) {
                     log::error!("cannot take an abandoned batch out of the journal: {e}");
                 }
-                self.abandon(batch, e, false);
+                self.abandon(batch, e);
                 false
             }
-            Err(Failed::Files(e)) => {
-                self.abandon(batch, e, true);
+            Err(Failed::Files(e, left)) => {
+                self.owe(batch, e, left);
                 false
             }
         }
@@ -275,7 +288,7 @@ impl Node {
             let changed = st
                 .store
                 .flush(&files)
-                .map_err(|e| Failed::Files(e.into()))?;
+                .map_err(|u| Failed::Files(u.error.into(), u.left))?;
             if let Some(last) = batch.last() {
                 st.replica.committed(last.seq);
             }
@@ -285,38 +298,64 @@ impl Node {
         Ok(())
     }
 
-    /// Fails a batch and everything queued after it, and drops everything
-    /// staged. What is owed is kept and staged again at once, ahead of
-    /// anything else: the owed writes in the batch or queued after it, and,
-    /// when `promised` (writing our files failed after the journal and the
-    /// slave took the batch), the whole batch. The rest was never written
-    /// here. Any slave must resync, since the operation log held operations
-    /// that will not be.
-    fn abandon(&self, batch: Vec<Pending>, e: Error, promised: bool) {
-        let e = if promised {
-            log::error!(
-                "writing {} operation(s) to the files failed: {}; they stay in the \
-                 journal and are finished once the disk takes them",
-                batch.len(),
-                e.message()
-            );
-            let ops: Vec<WriteOp> = batch.iter().map(|p| p.op.clone()).collect();
-            // With durability off the journal only holds what is owed.
-            if let Err(e) = self.journal().owe(&ops) {
-                log::error!("cannot journal the owed operations: {e}");
-            }
-            Error::Storage(format!(
-                "{}; the write is kept and will be finished when the disk takes it",
-                e.message()
-            ))
-        } else {
-            log::warn!(
-                "abandoning {} staged write(s): {}",
-                batch.len(),
-                e.message()
-            );
-            e
-        };
+    /// A batch whose files failed, after the journal and the slave took it:
+    /// owed (see the module doc). Its writers get the error; it goes back to
+    /// the front of the queue, still staged, with the files `left` to write.
+    fn owe(&self, batch: Vec<Pending>, e: Error, left: Vec<FileKind>) {
+        log::error!(
+            "writing {} operation(s) to the files failed: {}; they stay in the \
+             journal and are finished once the disk takes them",
+            batch.len(),
+            e.message()
+        );
+        let fresh: Vec<WriteOp> = batch
+            .iter()
+            .filter(|p| p.done.is_some())
+            .map(|p| p.op.clone())
+            .collect();
+        // With durability off the journal only holds what is owed.
+        if let Err(e) = self.journal().owe(&fresh) {
+            log::error!("cannot journal the owed operations: {e}");
+        }
+        let e = Error::Storage(format!(
+            "{}; the write is kept and will be finished when the disk takes it",
+            e.message()
+        ));
+        let mut waiting = Vec::new();
+        let mut owed: Vec<Pending> = batch
+            .into_iter()
+            .map(|mut p| {
+                waiting.extend(p.done.take());
+                p.files = Vec::new();
+                p
+            })
+            .collect();
+        if let Some(first) = owed.first_mut() {
+            first.files = left;
+        }
+        {
+            let mut st = self.state();
+            st.owed_staged += waiting.len();
+            // Ahead of what was staged after it, as its records are.
+            owed.append(&mut st.queue);
+            st.queue = owed;
+        }
+        for done in waiting {
+            let _ = done.send(Err(e.clone()));
+        }
+    }
+
+    /// Fails a batch and everything queued after it: nothing of it was
+    /// written here, and the staged records are dropped. Owed writes in it
+    /// or queued after it are kept and staged again at once, ahead of
+    /// anything else. Any slave must resync, since the operation log held
+    /// operations that will not be.
+    fn abandon(&self, batch: Vec<Pending>, e: Error) {
+        log::warn!(
+            "abandoning {} staged write(s): {}",
+            batch.len(),
+            e.message()
+        );
         let rest = {
             let mut st = self.state();
             st.store.reset();
@@ -325,17 +364,15 @@ impl Node {
             let owed_now = |p: &&Pending| p.done.is_none();
             let mut owed: Vec<WriteOp> = batch
                 .iter()
-                .filter(|p| promised || owed_now(p))
-                .chain(rest.iter().filter(owed_now))
+                .chain(&rest)
+                .filter(owed_now)
                 .map(|p| p.op.clone())
                 .collect();
+            st.owed_staged = st.owed_staged.saturating_sub(owed.len());
             owed.append(&mut st.owed);
-            let unstaged = batch.iter().chain(&rest).filter(owed_now).count();
-            st.owed_staged = st.owed_staged.saturating_sub(unstaged);
             // Forgotten: the ids of writes that will not be. An owed write
             // will be, and a retry of it must be recognised.
-            let dropped = batch.iter().filter(|_| !promised).chain(&rest);
-            for p in dropped.filter(|p| p.done.is_some()) {
+            for p in batch.iter().chain(&rest).filter(|p| p.done.is_some()) {
                 st.ids.forget(&p.op);
             }
             st.owed = owed;
@@ -536,6 +573,37 @@ mod tests {
         assert!(!node.state().owing());
         node.checkpoint().unwrap();
         assert_eq!(journal(&node), "");
+        node.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_owed_write_outlives_a_batch_that_fails_before_the_files() {
+        let data = tempfile::tempdir().unwrap();
+        let node = master(data.path(), Duration::from_secs(60));
+        let d = node.dir.clone();
+        write(&node, add_user(1)).await.unwrap();
+        write(&node, add_user(4)).await.unwrap();
+        faults::fail_appends(&followers_file(&d, 1), 0, 0, 1);
+        // The journal takes the follow, then not the next write.
+        faults::fail_appends(&d.join("journal.txt"), 1, 0, 1);
+        assert!(write(&node, follow(4, 1, 100, 0)).await.is_err());
+        let e = write(&node, add_user(7)).await.unwrap_err();
+        assert!(!e.message().contains("kept"), "{e:?}");
+        {
+            // Everything staged was dropped; the owed follow is staged
+            // again, whole in the views, and 7 was never added.
+            let mut st = node.state();
+            assert!(st.owing());
+            let u = |n| UserId::new(n).unwrap();
+            assert!(st.store.followers(u(1)).unwrap().contains(4));
+            assert!(!st.store.users().unwrap().contains(&7));
+        }
+        write(&node, add_user(10)).await.unwrap();
+        assert!(!node.state().owing());
+        assert_eq!(lines(&following_file(&d, 4)), 1);
+        assert_eq!(lines(&followers_file(&d, 1)), 1);
+        let users = std::fs::read_to_string(d.join("all_users.txt")).unwrap();
+        assert_eq!(users, "1\n4\n10\n");
         node.shutdown.cancel();
     }
 
