@@ -56,10 +56,19 @@ impl SnsService for ClientApi {
         let req = req.into_inner();
         let user = self.0.caller(&req.username, &req.session)?;
         let mut st = self.0.state();
-        let all_users = st.store.users()?.iter().map(u64::to_string).collect();
+        // Through our one mapping of errors (tonic's own would make a
+        // damaged file DATA_LOSS, unlogged).
+        let all_users = st
+            .store
+            .users()
+            .map_err(Error::from)?
+            .iter()
+            .map(u64::to_string)
+            .collect();
         let followers = st
             .store
-            .followers(user)?
+            .followers(user)
+            .map_err(Error::from)?
             .current()
             .iter()
             .map(u64::to_string)

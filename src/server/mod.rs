@@ -24,6 +24,26 @@
 //! ([`session::ClientIds`]), remembered by master and slave alike, and
 //! answered as the first one was.
 //!
+//! # When the disk fails
+//! A write is whole or absent (SPEC §5). A batch that fails before our
+//! files (the journal has no room, the slave or the lease fails) writes
+//! nothing here and is taken back out of the journal. A batch whose files
+//! fail after the journal and the slave took it is *owed*: its clients get
+//! an error saying it is kept, the views show it whole at once (so a follow
+//! is "already following" and listed together), and the mirror task
+//! finishes it, each record once, with the next write or at the next
+//! heartbeat, before anything else; the journal keeps it until then, so a
+//! restart finishes it in its replay ([`replication::mirror`]). A start-up
+//! replay that fails (a full disk) stops at the failing operation and the
+//! server starts anyway; the rest is owed and finished once it is master.
+//! A full disk never stops the daemon; writes fail with `INTERNAL` until
+//! there is room.
+//!
+//! A damaged file (not a regular file, a link, not ours to open) is its
+//! user's problem: the server starts over it and names it in its log, and
+//! only the requests that need it fail, with an error naming it
+//! ([`crate::storage::store`]).
+//!
 //! # Timelines and sessions
 //! [`timeline`] streams a user's timeline file and stores what they post on
 //! the same stream; [`session`] holds the login rules (a session per user,
@@ -57,7 +77,7 @@ use crate::model::RunId;
 use crate::proto::csce438::sns_service_server::SnsServiceServer;
 use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::replica_server::ReplicaServer;
-use crate::proto::tinysns::{Kind, ServerInfo};
+use crate::proto::tinysns::{Kind, ServerInfo, WriteOp};
 use crate::storage::journal::Journal;
 use crate::storage::store::Store;
 use crate::storage::{self};
@@ -86,31 +106,78 @@ pub struct Options {
     pub trust: crate::trust::Trust,
 }
 
+/// A directory opened at start-up.
+struct OpenedDir {
+    store: Store,
+    journal: Journal,
+    /// Every journaled operation (their client ids are remembered).
+    replay: Vec<WriteOp>,
+    /// Those the replay could not finish (the disk is full, an I/O error):
+    /// still in the journal, finished once this server is master and the
+    /// disk takes them.
+    owed: Vec<WriteOp>,
+}
+
 /// Opens the directory: repairs torn records, replays the journal and
-/// flushes what the last run may have left in the page cache only.
-fn open_dir(
-    dir: &std::path::Path,
-    opts: &Options,
-    clusters: u32,
-) -> Result<(Store, Journal, Vec<crate::proto::tinysns::WriteOp>), Error> {
+/// flushes what the last run may have left in the page cache only. Neither
+/// a damaged file (its user's problem, see [`Store`]) nor a full disk stops
+/// the server from starting: a replay that fails stops there, and what is
+/// left of it is owed.
+fn open_dir(dir: &std::path::Path, opts: &Options, clusters: u32) -> Result<OpenedDir, Error> {
     let mut store = Store::open(dir, opts.cluster, clusters)?;
     let (mut journal, replay) = Journal::open(dir, opts.fsync)?;
-    for op in &replay {
-        store.apply(op)?;
+    let mut owed = Vec::new();
+    for (i, op) in replay.iter().enumerate() {
+        if let Err(e) = store.apply(op) {
+            // In order: a later post of the same author, stored first, would
+            // make this one look stored already.
+            log::error!(
+                "cannot replay the journal of {}: {e}; {} operation(s) stay in it \
+                 and are finished once the disk takes them",
+                dir.display(),
+                replay.len() - i
+            );
+            owed = replay[i..].to_vec();
+            break;
+        }
     }
     if !replay.is_empty() {
-        log::info!("replayed {} journaled operation(s)", replay.len());
+        log::info!(
+            "replayed {} journaled operation(s)",
+            replay.len() - owed.len()
+        );
     }
     // What the last run wrote may not be on disk yet: replay found it in the
     // files (the page cache outlives a killed process) but not necessarily
     // on the disk. Flush every data file before the journal is emptied.
     store.take_dirty();
-    if !journal.is_empty() && opts.fsync {
-        storage::sync_files(&storage::data_files(dir)?)?;
-        storage::sync_dir(dir)?;
+    let flushed = if !journal.is_empty() && opts.fsync && owed.is_empty() {
+        storage::data_files(dir)
+            .and_then(|files| storage::sync_files(&files))
+            .and_then(|()| storage::sync_dir(dir))
+    } else {
+        Ok(())
+    };
+    // The journal is emptied only once nothing in it is needed any more.
+    match flushed.and_then(|()| {
+        if owed.is_empty() {
+            journal.clear()
+        } else {
+            Ok(())
+        }
+    }) {
+        Ok(()) => {}
+        Err(e) => log::error!(
+            "cannot flush the data files of {} ({e}); the journal is kept",
+            dir.display()
+        ),
     }
-    journal.clear()?;
-    Ok((store, journal, replay))
+    Ok(OpenedDir {
+        store,
+        journal,
+        replay,
+        owed,
+    })
 }
 
 /// Runs a server on `listener` until `shutdown` is cancelled, then waits for
@@ -206,8 +273,12 @@ async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started
     };
     let dir = crate::config::server_dir(&opts.data_dir, opts.cluster, opts.server_id);
     let (open_opts, open_path, clusters) = (opts.clone(), dir.clone(), first.clusters);
-    let (store, journal, replay) =
-        tokio::task::spawn_blocking(move || open_dir(&open_path, &open_opts, clusters)).await??;
+    let OpenedDir {
+        store,
+        journal,
+        replay,
+        owed,
+    } = tokio::task::spawn_blocking(move || open_dir(&open_path, &open_opts, clusters)).await??;
     let (ask, asks) = mpsc::channel(16);
     let opened = node::Opened {
         dir,
@@ -215,6 +286,7 @@ async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started
         run,
         store,
         journal,
+        owed,
     };
     let node = Arc::new(Node::new(opts, opened, ask, stop.clone()));
     {

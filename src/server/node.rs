@@ -51,7 +51,9 @@ pub(crate) struct Pending {
     pub op: WriteOp,
     /// The files its staged records go to ([`Store::stage`]).
     pub files: Vec<FileKind>,
-    pub done: oneshot::Sender<Result<(), Error>>,
+    /// The client waiting for it; `None` for an owed write (see
+    /// [`State::owed`]), whose client has had its answer.
+    pub done: Option<oneshot::Sender<Result<(), Error>>>,
 }
 
 /// What changes, behind [`Node::state`].
@@ -62,6 +64,24 @@ pub(crate) struct State {
     pub ids: ClientIds,
     /// Staged writes in staging order, taken by the mirror task in batches.
     pub queue: Vec<Pending>,
+    /// Owed writes that are not staged: promised (journaled, and mirrored)
+    /// but perhaps not all in the files, because writing them failed or a
+    /// start-up replay could not finish them; and staging them again failed
+    /// too, or this server is not master yet. They are staged before any
+    /// other write ([`Node::restage_owed`]); until then writes are refused.
+    /// Owed writes that are staged wait in `queue` without a client.
+    pub owed: Vec<WriteOp>,
+    /// How many owed writes are staged: in `queue`, or in the batch the
+    /// mirror task has in hand.
+    pub owed_staged: usize,
+}
+
+impl State {
+    /// Whether some promised write is not in the files yet: the journal must
+    /// keep it, and the mirror task retries it.
+    pub fn owing(&self) -> bool {
+        !self.owed.is_empty() || self.owed_staged > 0
+    }
 }
 
 /// A server's directory opened for this run, with what registration told.
@@ -71,6 +91,8 @@ pub(crate) struct Opened {
     pub run: RunId,
     pub store: Store,
     pub journal: Journal,
+    /// Journaled operations the start-up replay could not finish.
+    pub owed: Vec<WriteOp>,
 }
 
 /// The state of one server process.
@@ -131,6 +153,7 @@ impl Node {
             run,
             store,
             journal,
+            owed,
         } = opened;
         let failure_window = 2 * opts.heartbeat;
         Node {
@@ -147,6 +170,8 @@ impl Node {
                 sessions: Sessions::new(failure_window),
                 ids: ClientIds::default(),
                 queue: Vec::new(),
+                owed,
+                owed_staged: 0,
             }),
             journal: Mutex::new(journal),
             timelines: Mutex::new(HashMap::new()),
@@ -293,13 +318,14 @@ impl Node {
             if !st.replica.is_master() {
                 return Err(self.not_master());
             }
+            // What was promised before goes first: staged after this write,
+            // a post of the same author would be taken as already stored.
+            self.restage_owed(st)?;
             let Some(op) = build(st, &self.clock)? else {
                 return Ok(());
             };
-            let files = st.store.stage(&op).map_err(|e| {
-                st.store.reset();
-                Error::from(e)
-            })?;
+            // A failed stage takes back its own records, nothing else.
+            let files = st.store.stage(&op)?;
             st.ids.record(&op);
             let seq = st.replica.stage(op.clone())?;
             let (tx, rx) = oneshot::channel();
@@ -307,7 +333,7 @@ impl Node {
                 seq,
                 op,
                 files,
-                done: tx,
+                done: Some(tx),
             });
             self.kick.notify_one();
             rx

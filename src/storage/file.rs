@@ -5,12 +5,235 @@
 //! Readers take a shared lock and stop before an incomplete last record; the
 //! appenders (in [`super::tail`]) take the exclusive lock and repair a torn
 //! tail first, with [`repair_locked`].
+//!
+//! **Only regular files we made.** Every data file is opened through
+//! [`open_read`] or [`open_append`]: without following a symbolic link
+//! (`O_NOFOLLOW`), without waiting on a FIFO (`O_NONBLOCK`), and refused
+//! unless it is a regular file. So a directory, a FIFO, a device or a link
+//! (to `/dev/zero`, to a file elsewhere) where a data file should be is never
+//! read or written: it is reported as [`Damaged`], naming the file, and the
+//! caller decides whose problem it is ([`crate::storage::store`]).
+//!
+//! **Whole or absent.** An append that fails (disk full, I/O error) is taken
+//! back to where the file ended before it ([`append_whole`]), so a failed
+//! append never leaves part of a record, or some of several records, behind.
 
 use super::record::{FileKind, Format, Post, split_records};
 use crate::timefmt::Nanos;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+// ---------------------------------------------------------------------------
+// Damaged files
+
+/// A file where a data file should be that is not one we can use: not a
+/// regular file (a directory, a link, a FIFO, a device), or one we may not
+/// open. Carried inside an [`io::Error`] (see [`is_damaged`]).
+#[derive(Debug)]
+pub struct Damaged {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+impl std::fmt::Display for Damaged {
+    // The file's name, not its path: this message can reach a client.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        write!(f, "the data file {name} is damaged: {}", self.why)
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+fn damaged(path: &Path, why: impl Into<String>) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        Damaged {
+            path: path.to_path_buf(),
+            why: why.into(),
+        },
+    )
+}
+
+/// Whether `e` says that a file is damaged (it will stay so until someone
+/// repairs it), rather than that an operation failed (disk full, I/O error)
+/// and may work when tried again.
+pub fn is_damaged(e: &io::Error) -> bool {
+    damaged_of(e).is_some()
+}
+
+/// The damaged file `e` is about, if it is about one.
+pub fn damaged_of(e: &io::Error) -> Option<&Damaged> {
+    e.get_ref()?.downcast_ref::<Damaged>()
+}
+
+/// What a file that is not a regular file is, for a person.
+fn what_it_is(t: std::fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "it is a directory"
+    } else if t.is_symlink() {
+        "it is a symbolic link"
+    } else if t.is_fifo() {
+        "it is a FIFO"
+    } else if t.is_socket() {
+        "it is a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "it is a device"
+    } else {
+        "it is not a regular file"
+    }
+}
+
+/// Turns an error from opening a data file into [`Damaged`] when it says
+/// the file is the wrong kind of thing or not ours to open.
+fn opening(path: &Path, e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::EMLINK) => damaged(path, "it is a symbolic link"),
+        Some(libc::EISDIR) => damaged(path, "it is a directory"),
+        Some(libc::ENXIO) | Some(libc::ENODEV) => damaged(path, "it is not a regular file"),
+        Some(libc::EACCES) | Some(libc::EPERM) => damaged(path, format!("cannot open it: {e}")),
+        _ => e,
+    }
+}
+
+/// Opens a data file with `opts`, never following a link or waiting on a
+/// FIFO, and checks that it is a regular file.
+fn open_data(path: &Path, opts: &mut OpenOptions) -> io::Result<File> {
+    // O_NONBLOCK only matters for what is not a regular file (a FIFO would
+    // block the open until a writer came); on a regular file it changes
+    // nothing.
+    let f = opts
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| opening(path, e))?;
+    let t = f.metadata()?.file_type();
+    if !t.is_file() {
+        return Err(damaged(path, what_it_is(t)));
+    }
+    Ok(f)
+}
+
+/// Moves a damaged entry out of the way, to `<name>.damaged` (or
+/// `<name>.damaged.<n>`), keeping it for a person to look at; returns where.
+/// Such names are not data files, so nothing reads them again.
+pub fn set_aside(path: &Path) -> io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for n in 1u32.. {
+        let to = match n {
+            1 => path.with_file_name(format!("{name}.damaged")),
+            n => path.with_file_name(format!("{name}.damaged.{n}")),
+        };
+        match std::fs::symlink_metadata(&to) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::rename(path, &to)?;
+                return Ok(to);
+            }
+            Err(e) => return Err(e),
+            Ok(_) if n < 1000 => continue,
+            Ok(_) => break,
+        }
+    }
+    Err(io::Error::other(
+        "too many damaged copies already set aside",
+    ))
+}
+
+/// Opens a data file for reading; `None` if it does not exist.
+pub fn open_read(path: &Path) -> io::Result<Option<File>> {
+    match open_data(path, OpenOptions::new().read(true)) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A data file's metadata without following a link; `None` if it does not
+/// exist, [`Damaged`] if it is not a regular file.
+pub fn data_metadata(path: &Path) -> io::Result<Option<std::fs::Metadata>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => Ok(Some(m)),
+        Ok(m) => Err(damaged(path, what_it_is(m.file_type()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Appends `bytes` (whole records) to `f`, which ends at `at`, in one write.
+/// If the write fails, the file is cut back to `at`: nothing of it stays.
+pub(super) fn append_whole(f: &mut File, at: u64, bytes: &[u8], path: &Path) -> io::Result<()> {
+    #[cfg(test)]
+    let written = faults::append(path, f, bytes).unwrap_or_else(|| f.write_all(bytes));
+    #[cfg(not(test))]
+    let written = f.write_all(bytes);
+    if let Err(e) = written {
+        // Cutting back frees space, so it works on a full disk. Should it
+        // fail too, the next appender finds a torn tail and cuts it.
+        if let Err(cut) = f.set_len(at) {
+            log::error!(
+                "{}: cannot take back a failed append: {cut}",
+                path.display()
+            );
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Faults injected into appends, for the unit tests of this crate: the next
+/// appends to a file fail, after writing part of what they were given.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::fs::File;
+    use std::io::{self, Write};
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    /// `(file, appends that still succeed first, bytes written before the
+    /// failure, failures left)`.
+    type Fault = (PathBuf, usize, usize, usize);
+    static FAULTS: Mutex<Vec<Fault>> = Mutex::new(Vec::new());
+
+    fn faults() -> std::sync::MutexGuard<'static, Vec<Fault>> {
+        FAULTS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After `ok` more appends to `path` succeed, the next `times` fail
+    /// with "no space left on device", each having written `partial`
+    /// bytes first.
+    pub fn fail_appends(path: &Path, ok: usize, partial: usize, times: usize) {
+        faults().push((path.to_path_buf(), ok, partial, times));
+    }
+
+    /// The outcome of an append to `path`, if a fault decides it.
+    pub(crate) fn append(path: &Path, f: &mut File, bytes: &[u8]) -> Option<io::Result<()>> {
+        let mut all = faults();
+        let i = all.iter().position(|x| x.0 == path)?;
+        let fault = &mut all[i];
+        if fault.1 > 0 {
+            fault.1 -= 1;
+            return None;
+        }
+        let partial = fault.2.min(bytes.len());
+        fault.3 -= 1;
+        if fault.3 == 0 {
+            all.remove(i);
+        }
+        drop(all);
+        if let Err(e) = f.write_all(&bytes[..partial]) {
+            return Some(Err(e));
+        }
+        Some(Err(io::Error::from_raw_os_error(libc::ENOSPC)))
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Flushing to disk
@@ -20,12 +243,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Every data file of a directory (not the journal or the gate).
+/// Every data file of a directory (not the journal or the gate). Entries
+/// named like data files that are not regular files are left out: they are
+/// not ours ([`repair_dir`] reports them).
 pub fn data_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir)? {
-        let path = e?.path();
-        if FileKind::parse(&path).is_some() {
+        let e = e?;
+        let path = e.path();
+        if FileKind::parse(&path).is_some() && e.file_type().is_ok_and(|t| t.is_file()) {
             out.push(path);
         }
     }
@@ -33,12 +259,14 @@ pub fn data_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 /// Flushes the data of each file to disk (`fdatasync`). A file that is gone
-/// (its directory was reset) has nothing left to flush.
+/// (its directory was reset) has nothing left to flush, and a damaged one
+/// holds nothing we wrote.
 pub fn sync_files(paths: &[PathBuf]) -> io::Result<()> {
     for p in paths {
-        match File::open(p) {
-            Ok(f) => f.sync_data()?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        match open_read(p) {
+            Ok(Some(f)) => f.sync_data()?,
+            Ok(None) => {}
+            Err(e) if is_damaged(&e) => log::debug!("not flushing {}: {e}", p.display()),
             Err(e) => return Err(e),
         }
     }
@@ -50,24 +278,20 @@ pub fn sync_files(paths: &[PathBuf]) -> io::Result<()> {
 
 /// Opened for reading too: an appender reads what others appended before it
 /// decides what to write.
-pub(super) fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
+pub fn open_append(path: &Path) -> io::Result<File> {
+    open_data(
+        path,
+        OpenOptions::new().read(true).append(true).create(true),
+    )
 }
 
 /// Opens `path` for reading with a shared lock held; `None` if it does not exist.
 pub(super) fn open_shared(path: &Path) -> io::Result<Option<File>> {
-    match File::open(path) {
-        Ok(f) => {
-            f.lock_shared()?;
-            Ok(Some(f))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    let Some(f) = open_read(path)? else {
+        return Ok(None);
+    };
+    f.lock_shared()?;
+    Ok(Some(f))
 }
 
 /// Offset just past the last complete record of a file of length `len`,
@@ -104,14 +328,16 @@ pub fn records_end(path: &Path, from: u64, to: u64) -> io::Result<u64> {
     if to <= from {
         return Ok(from);
     }
-    let mut f = File::open(path)?;
+    let Some(mut f) = open_read(path)? else {
+        return Ok(from);
+    };
     Ok(last_boundary(&mut f, to, Format::of(path))?.max(from))
 }
 
 /// Cuts a torn last record off `path`; returns how many bytes were cut.
 pub fn repair(path: &Path) -> io::Result<u64> {
     let format = Format::of(path);
-    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+    let mut f = match open_data(path, OpenOptions::new().read(true).write(true)) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
@@ -145,18 +371,34 @@ fn ends_with(f: &mut File, len: u64, term: &[u8]) -> io::Result<bool> {
     Ok(buf == term)
 }
 
-/// Repairs every data file in `dir` (start-up). Returns the files that had a
-/// torn record.
-pub fn repair_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut repaired = Vec::new();
+/// What [`repair_dir`] found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Files that had a torn last record, now cut off.
+    pub torn: Vec<PathBuf>,
+    /// Entries named like data files that cannot be used, and why.
+    pub damaged: Vec<(PathBuf, io::Error)>,
+}
+
+/// Repairs every data file in `dir` (start-up). A file that cannot be
+/// repaired (not a regular file, not ours to open, an I/O error) is reported
+/// and left as it is: it is the problem of the user it belongs to, and only
+/// the requests that need it fail.
+pub fn repair_dir(dir: &Path) -> io::Result<Checked> {
+    let mut checked = Checked::default();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         // Data files only: the journal has a format and a repair of its own.
-        if FileKind::parse(&path).is_some() && path.is_file() && repair(&path)? > 0 {
-            repaired.push(path);
+        if FileKind::parse(&path).is_none() {
+            continue;
+        }
+        match repair(&path) {
+            Ok(0) => {}
+            Ok(_) => checked.torn.push(path),
+            Err(e) => checked.damaged.push((path, e)),
         }
     }
-    Ok(repaired)
+    Ok(checked)
 }
 
 /// Reads the complete records from `offset` to the end under a shared lock.
@@ -309,6 +551,7 @@ pub fn try_enter_dir(dir: &Path) -> io::Result<Option<File>> {
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(dir.join(GATE_FILE))
     {
         Ok(f) => f,
@@ -331,6 +574,7 @@ pub fn close_dir(dir: &Path) -> io::Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(dir.join(GATE_FILE))?;
     f.lock()?;
     Ok(f)
@@ -342,7 +586,7 @@ pub fn close_dir(dir: &Path) -> io::Result<File> {
 pub fn content_hash(path: &Path, len: u64) -> io::Result<u64> {
     use std::hash::Hasher;
     let mut h = std::hash::DefaultHasher::new();
-    let mut f = File::open(path)?;
+    let mut f = open_read(path)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
     let mut left = len;
     let mut buf = vec![0u8; 1 << 16];
     while left > 0 {
@@ -449,5 +693,117 @@ mod tests {
             offset_after(&path, 5000).unwrap(),
             std::fs::metadata(&path).unwrap().len()
         );
+    }
+
+    /// A FIFO at `path` (a reader that opened it would wait for a writer).
+    pub(crate) fn mkfifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only reads it.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    }
+
+    #[test]
+    fn a_failed_append_is_taken_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u1_timeline.txt");
+        let mut t: Tail<AuthorClock> = Tail::new(path.clone());
+        t.append_with(|_| Some(post(2, 10, "kept").encode()))
+            .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        // The disk takes 7 bytes of the next append, then is full.
+        faults::fail_appends(&path, 0, 7, 1);
+        let e = t
+            .append_with(|_| Some(post(2, 20, "lost").encode()))
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing of it stays");
+        assert_eq!(
+            t.state.latest(2),
+            10,
+            "the view claims only what is written"
+        );
+        // Staged records whose flush fails stay staged, and none is written.
+        t.stage(|_| Some(post(2, 30, "a").encode())).unwrap();
+        t.stage(|_| Some(post(2, 40, "b").encode())).unwrap();
+        faults::fail_appends(&path, 0, 50, 1);
+        assert!(t.flush_front(2).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        t.flush_front(2).unwrap();
+        let texts: Vec<String> = last_posts(&path, 10, |_| true, |_| false)
+            .unwrap()
+            .posts
+            .into_iter()
+            .map(|p| p.text)
+            .collect();
+        assert_eq!(texts, ["kept", "a", "b"]);
+    }
+
+    #[test]
+    fn what_is_not_a_regular_file_is_damaged_and_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("elsewhere.txt");
+        let valid = post(5, 5, "not ours").encode();
+        std::fs::write(&target, &valid).unwrap();
+        std::fs::create_dir(d.join("u1_timeline.txt")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.join("u2_timeline.txt")).unwrap();
+        std::os::unix::fs::symlink(&target, d.join("u3_posts.txt")).unwrap();
+        mkfifo(&d.join("u4_posts.txt"));
+        std::fs::write(d.join("u5_posts.txt"), &valid).unwrap();
+        let kinds = [
+            ("u1_timeline.txt", "a directory"),
+            ("u2_timeline.txt", "a symbolic link"),
+            ("u3_posts.txt", "a symbolic link"),
+            ("u4_posts.txt", "a FIFO"),
+        ];
+        for (name, what) in kinds {
+            let path = d.join(name);
+            for e in [
+                open_read(&path).map(drop).unwrap_err(),
+                open_append(&path).map(drop).unwrap_err(),
+                last_posts(&path, 20, |_| true, |_| false)
+                    .map(drop)
+                    .unwrap_err(),
+                read_from(&path, 0).map(drop).unwrap_err(),
+                Tail::<AuthorClock>::new(path.clone())
+                    .refresh()
+                    .unwrap_err(),
+                Tail::<AuthorClock>::new(path.clone())
+                    .append_with(|_| Some(post(1, 1, "x").encode()))
+                    .map(drop)
+                    .unwrap_err(),
+            ] {
+                assert!(is_damaged(&e), "{name}: {e}");
+                let text = e.to_string();
+                assert!(text.contains(name) && text.contains(what), "{text}");
+            }
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), valid.as_bytes());
+        let checked = repair_dir(d).unwrap();
+        let mut names: Vec<String> = checked
+            .damaged
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, kinds.map(|k| k.0));
+        assert_eq!(data_files(d).unwrap(), vec![d.join("u5_posts.txt")]);
+        let all: Vec<PathBuf> = kinds.iter().map(|k| d.join(k.0)).collect();
+        sync_files(&all).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_entry_is_set_aside_under_a_name_that_is_no_data_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u1_timeline.txt");
+        std::fs::create_dir(&path).unwrap();
+        let to = set_aside(&path).unwrap();
+        assert!(FileKind::parse(&to).is_none());
+        std::fs::create_dir(&path).unwrap();
+        let again = set_aside(&path).unwrap();
+        assert_ne!(to, again);
+        assert!(!path.exists() && to.is_dir() && again.is_dir());
     }
 }

@@ -30,9 +30,26 @@
 //!
 //! A line without its newline was cut by a crash before it was flushed, so
 //! nobody was told it was stored: replay ignores it.
+//!
+//! # When writing the data files fails
+//! The journal is also what finishes a write whose records could not all be
+//! written to the data files (disk full, an I/O error): such an operation is
+//! *owed*. It stays in the journal (with durability off, [`Journal::owe`]
+//! writes it there), no checkpoint empties the journal while anything is
+//! owed, and replay at start-up finishes it; a running server finishes it
+//! earlier, as soon as the disk takes it
+//! ([`crate::server::replication::mirror`]).
+//!
+//! # A damaged journal
+//! The journal is read as a regular file only, never through a link, and
+//! line by line (a line longer than any operation is skipped unread). A
+//! journal that is not a regular file is moved aside (`journal.txt.damaged`)
+//! and reported, and the server starts with an empty one: refusing to start
+//! would stop every user of the cluster.
 
 use crate::proto::tinysns::{AddUser, FollowOp, PostOp, WriteOp, write_op};
-use std::fs::{File, OpenOptions};
+use crate::storage;
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -42,50 +59,87 @@ pub const JOURNAL_FILE: &str = "journal.txt";
 /// Size past which the journal is checkpointed and emptied.
 pub const CHECKPOINT_BYTES: u64 = 8 << 20;
 
+/// The longest line an operation can have (a post of 255 bytes and three
+/// numbers), with room to spare: a longer line is damage, skipped unread.
+const MAX_LINE: usize = 1024;
+
 pub struct Journal {
     path: PathBuf,
-    /// `None` when durability is off: nothing is journaled or flushed.
+    /// Durability on: every batch is journaled and flushed.
+    durable: bool,
+    /// Open for appending; with durability off, only once something is owed.
     file: Option<File>,
     len: u64,
 }
 
 impl Journal {
     /// Opens the journal of `dir` and returns the operations to replay. With
-    /// `enabled` false, returns a journal that records nothing (and still
-    /// replays what an earlier, durable run left).
+    /// `enabled` false, returns a journal that records only what is owed
+    /// (and still replays what an earlier run left).
     pub fn open(dir: &Path, enabled: bool) -> io::Result<(Journal, Vec<WriteOp>)> {
         let path = dir.join(JOURNAL_FILE);
-        let mut bytes = Vec::new();
-        match File::open(&path) {
-            Ok(mut f) => {
-                f.read_to_end(&mut bytes)?;
+        let (ops, len) = match storage::open_read(&path) {
+            Ok(Some(f)) => {
+                let (ops, whole, len) = decode_from(f, &path)?;
+                if whole < len {
+                    // Cut the torn line off: what is appended next (an owed
+                    // operation kept across this run) must start a line.
+                    storage::open_append(&path)?.set_len(whole)?;
+                }
+                (ops, whole)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Ok(None) => (Vec::new(), 0),
+            Err(e) if storage::is_damaged(&e) => {
+                let aside = storage::set_aside(&path)?;
+                log::error!(
+                    "{}: {e}; moved to {} and starting with an empty journal \
+                     (what it held is not replayed)",
+                    path.display(),
+                    aside.display()
+                );
+                (Vec::new(), 0)
+            }
             Err(e) => return Err(e),
-        }
-        let ops = decode_all(&bytes, &path);
+        };
         let file = if enabled {
-            Some(OpenOptions::new().create(true).append(true).open(&path)?)
+            Some(storage::open_append(&path)?)
         } else {
             None
         };
         let journal = Journal {
-            len: bytes.len() as u64,
+            len,
             path,
+            durable: enabled,
             file,
         };
         Ok((journal, ops))
     }
 
     pub fn enabled(&self) -> bool {
-        self.file.is_some()
+        self.durable
     }
 
     /// Appends `ops` in one write and flushes the journal.
     pub fn append(&mut self, ops: &[WriteOp]) -> io::Result<()> {
-        let Some(f) = self.file.as_mut() else {
+        if !self.durable {
             return Ok(());
-        };
+        }
+        self.write(ops, true)
+    }
+
+    /// Records operations whose records could not all be written to the
+    /// data files, so that a restart finishes them. With durability on,
+    /// their batch is in the journal already; with it off they are written
+    /// now, not flushed (like every write then: they survive a crash of
+    /// the process, not of the machine).
+    pub fn owe(&mut self, ops: &[WriteOp]) -> io::Result<()> {
+        if self.durable {
+            return Ok(());
+        }
+        self.write(ops, false)
+    }
+
+    fn write(&mut self, ops: &[WriteOp], flush: bool) -> io::Result<()> {
         let mut text = String::new();
         for op in ops {
             encode(op, &mut text);
@@ -93,7 +147,16 @@ impl Journal {
         if text.is_empty() {
             return Ok(());
         }
-        if let Err(e) = f.write_all(text.as_bytes()).and_then(|_| f.sync_data()) {
+        let f = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(storage::open_append(&self.path)?),
+        };
+        #[cfg(test)]
+        let written = storage::faults::append(&self.path, f, text.as_bytes())
+            .unwrap_or_else(|| f.write_all(text.as_bytes()));
+        #[cfg(not(test))]
+        let written = f.write_all(text.as_bytes());
+        if let Err(e) = written.and_then(|_| if flush { f.sync_data() } else { Ok(()) }) {
             // A partial write would run into the next batch's first line
             // and make one bogus line of two: cut it off.
             let _ = f.set_len(self.len);
@@ -145,7 +208,8 @@ impl Journal {
                 f.set_len(0)?;
                 f.sync_all()?;
             }
-            // Durability is off now but an earlier run left a journal.
+            // Durability is off and nothing was owed in this run, but an
+            // earlier run left a journal.
             None => match std::fs::remove_file(&self.path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
@@ -217,29 +281,69 @@ fn decode(line: &str) -> Option<WriteOp> {
     Some(op)
 }
 
-/// The operations of a journal's bytes. Each line stands alone, so a line
-/// that does not parse (a damaged disk block) is skipped, with a warning,
-/// and the rest is replayed; a last line without its newline was never
-/// acknowledged and is ignored.
-fn decode_all(bytes: &[u8], path: &Path) -> Vec<WriteOp> {
+/// The operations of a journal, read line by line, the length of its whole
+/// lines and its length. Each
+/// line stands alone, so a line that does not parse (a damaged disk block)
+/// is skipped, with a warning quoting at most 64 bytes of it, and the rest
+/// is replayed; a last line without its newline was never acknowledged and
+/// is ignored.
+fn decode_from(mut r: impl Read, path: &Path) -> io::Result<(Vec<WriteOp>, u64, u64)> {
     let mut ops = Vec::new();
-    let mut rest = bytes;
-    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-        let line = &rest[..end];
-        rest = &rest[end + 1..];
-        match std::str::from_utf8(line).ok().and_then(decode) {
-            Some(op) => ops.push(op),
-            None => log::warn!(
-                "{}: skipping an unreadable line {:?}",
-                path.display(),
-                String::from_utf8_lossy(line)
-            ),
+    let mut line: Vec<u8> = Vec::new();
+    // A line longer than MAX_LINE: skipped up to its newline, unread.
+    let mut overlong = false;
+    let mut len = 0u64;
+    let mut whole = 0u64;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut chunk = &buf[..n];
+        while !chunk.is_empty() {
+            let (part, ends) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (&chunk[..i], true),
+                None => (chunk, false),
+            };
+            let used = part.len() + usize::from(ends);
+            chunk = &chunk[used..];
+            len += used as u64;
+            if !overlong && line.len() + part.len() <= MAX_LINE {
+                line.extend_from_slice(part);
+            } else {
+                overlong = true;
+                line.clear();
+            }
+            if !ends {
+                continue;
+            }
+            whole = len;
+            if overlong {
+                log::warn!(
+                    "{}: skipping a line longer than any operation",
+                    path.display()
+                );
+            } else {
+                match std::str::from_utf8(&line).ok().and_then(decode) {
+                    Some(op) => ops.push(op),
+                    None => log::warn!(
+                        "{}: skipping an unreadable line {:?}",
+                        path.display(),
+                        String::from_utf8_lossy(&line[..line.len().min(64)])
+                    ),
+                }
+            }
+            line.clear();
+            overlong = false;
         }
     }
-    if !rest.is_empty() {
+    if !line.is_empty() || overlong {
         log::warn!("{}: ignoring a torn last line", path.display());
     }
-    ops
+    Ok((ops, whole, len))
 }
 
 #[cfg(test)]
@@ -327,5 +431,58 @@ mod tests {
         let (mut j, _) = Journal::open(dir.path(), false).unwrap();
         j.append(&sample()).unwrap();
         assert!(!dir.path().join(JOURNAL_FILE).exists());
+    }
+
+    #[test]
+    fn a_journal_that_is_not_a_regular_file_is_set_aside() {
+        for make in [
+            |p: &Path| std::fs::create_dir(p).unwrap(),
+            |p: &Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap(),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(JOURNAL_FILE);
+            make(&path);
+            let (mut j, ops) = Journal::open(dir.path(), true).unwrap();
+            assert!(ops.is_empty());
+            assert!(
+                std::fs::symlink_metadata(dir.path().join("journal.txt.damaged")).is_ok(),
+                "kept for a person to look at"
+            );
+            j.append(&sample()).unwrap();
+            assert_eq!(Journal::open(dir.path(), true).unwrap().1, sample());
+        }
+    }
+
+    #[test]
+    fn an_overlong_line_is_skipped_unread_and_a_torn_one_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let long = "P 1 5 6 ".to_string() + &"x".repeat(200_000);
+        std::fs::write(&path, format!("A 4\n{long}\nA 5\nA 6")).unwrap();
+        let (mut j, ops) = Journal::open(dir.path(), true).unwrap();
+        let users: Vec<u64> = ops
+            .iter()
+            .filter_map(|o| match &o.op {
+                Some(write_op::Op::AddUser(a)) => Some(a.user),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(users, [4, 5]);
+        // What is appended next starts a line of its own.
+        j.append(&sample()[..1]).unwrap();
+        assert_eq!(Journal::open(dir.path(), true).unwrap().1.len(), 3);
+    }
+
+    #[test]
+    fn owed_operations_are_journaled_even_with_durability_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), false).unwrap();
+        j.append(&sample()).unwrap();
+        assert!(!dir.path().join(JOURNAL_FILE).exists());
+        j.owe(&sample()[1..2]).unwrap();
+        let (_, ops) = Journal::open(dir.path(), false).unwrap();
+        assert_eq!(ops, sample()[1..2]);
+        j.clear().unwrap();
+        assert!(Journal::open(dir.path(), false).unwrap().1.is_empty());
     }
 }

@@ -41,6 +41,29 @@
 //!   ([`try_enter_dir`]); a server rebuilding its directory holds it
 //!   exclusively ([`close_dir`]), so nobody appends to a half-copied file.
 //!
+//! # When the disk fails, or a file is not what it should be
+//! * **An append is whole or absent.** One that fails (disk full, an I/O
+//!   error) is cut back to where the file ended, under the same lock, so
+//!   neither part of a record nor some of several records stay; the view
+//!   folds a record only once it is written. A write that touches several
+//!   files is made whole by the caller: the server's journal finishes it
+//!   ([`journal`], and `server::replication::mirror`), a synchronizer's push
+//!   is sent again until it is acknowledged.
+//! * **Data files are regular files we made.** Each is opened without
+//!   following a link and without waiting on a FIFO, and refused unless it
+//!   is a regular file, so a directory, a link (to `/dev/zero`, to a file
+//!   elsewhere), a FIFO or a device in its place is never read, written or
+//!   copied: it is [`Damaged`] (as is a file we may not open), an error that
+//!   names the file. Reads are bounded by the length of a regular file.
+//! * **A damaged file is its user's problem.** Start-up reports it and goes
+//!   on ([`repair_dir`]); a client's write that needs it is refused, fan-out
+//!   to a damaged timeline is skipped, and applying (replay, a slave, a push)
+//!   skips it ([`store`]). What must get out of the way (a resync installing
+//!   the master's copy, a damaged journal or `positions.txt`) is moved aside
+//!   to `<name>.damaged` ([`set_aside`]), never deleted: a person decides.
+//!   Records that do not parse inside a regular file are skipped where they
+//!   are read.
+//!
 //! # Layout
 //!
 //! Start with [`store`]: it is where the operations of the protocol meet
@@ -49,7 +72,7 @@
 //! | file | what it is |
 //! |---|---|
 //! | `record` | record formats ([`Post`], [`FollowEvent`], [`Format`], [`split_records`]) and file names ([`FileKind`]); pure |
-//! | `file` | files under `flock`: reads of whole records, torn-tail repair, [`last_posts`] read backwards, the directory gate ([`try_enter_dir`], [`close_dir`]), [`content_hash`], flushing |
+//! | `file` | files under `flock`: opening only regular files ([`open_read`], [`open_append`], [`Damaged`]), whole-or-absent appends, reads of whole records, torn-tail repair, [`last_posts`] read backwards, the directory gate ([`try_enter_dir`], [`close_dir`]), [`content_hash`], flushing |
 //! | `tail` | incremental views: [`Tail`] and the states it folds ([`UserSet`], [`FollowLog`], [`AuthorClock`]) |
 //! | [`store`] | one directory as an idempotent state machine of write operations |
 //! | [`journal`] | the write-ahead journal of a mirrored batch |
@@ -65,9 +88,12 @@ pub mod store;
 mod tail;
 pub mod watch;
 
+#[cfg(test)]
+pub(crate) use file::faults;
 pub use file::{
-    GATE_FILE, LastPosts, close_dir, content_hash, data_files, last_posts, offset_after,
-    read_at_most, read_from, records_end, repair, repair_dir, sync_dir, sync_files, try_enter_dir,
+    Checked, Damaged, GATE_FILE, LastPosts, close_dir, content_hash, damaged_of, data_files,
+    data_metadata, is_damaged, last_posts, offset_after, open_append, open_read, read_at_most,
+    read_from, records_end, repair, repair_dir, set_aside, sync_dir, sync_files, try_enter_dir,
 };
 pub use record::{
     FileKind, FollowEvent, Format, Post, USERS_FILE, followers_file, following_file, posts_file,

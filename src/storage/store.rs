@@ -20,6 +20,29 @@
 //! * **Fan-out on write, local only.** A post goes to the timeline of every
 //!   follower who lives in this cluster and was following the author at the
 //!   post's time. Followers in other clusters get it from the synchronizers.
+//!
+//! # When the disk fails
+//! * **Each append is whole or absent** (`file::append_whole`): a
+//!   failed append is cut back, and a view folds a record only once it is
+//!   written (or staged). So after any failure the views claim exactly what
+//!   the files hold, plus what is staged.
+//! * **A failed stage takes back its own records** and nothing else: other
+//!   operations staged before it stay staged, in order.
+//! * **A failed flush leaves the rest staged.** The files before the failing
+//!   one hold their records; the rest stay staged, in order, and flushing
+//!   what is left ([`Unflushed::left`]) finishes the operations, each record
+//!   once. Should the staged records be dropped meanwhile ([`Store::reset`]),
+//!   staging the operations again ([`Store::restage`]) stages exactly the
+//!   records the files lack, since applying is idempotent. The server keeps
+//!   such an operation in its journal until it is finished
+//!   ([`crate::server::replication::mirror`]).
+//! * **A damaged file is its user's problem** ([`storage::Damaged`]: not a
+//!   regular file, or not ours to open). A client's write that needs one is
+//!   refused with an error naming the file, and stages nothing; a timeline
+//!   reached by fan-out is skipped, so one follower's damaged timeline costs
+//!   the author nothing. Applying (start-up replay, a slave, the
+//!   synchronizer's pushes) skips every damaged file, reporting it, so one
+//!   damaged file never stops what others need.
 
 use crate::config::cluster_of;
 use crate::model::UserId;
@@ -56,10 +79,19 @@ fn view<S: storage::Fold>(
 
 impl Store {
     /// Opens (creating if needed) the directory and repairs torn records.
+    /// Damaged files are reported and left alone: only the requests that
+    /// need them fail.
     pub fn open(dir: &Path, cluster: u32, clusters: u32) -> io::Result<Store> {
         std::fs::create_dir_all(dir)?;
-        for f in storage::repair_dir(dir)? {
+        let checked = storage::repair_dir(dir)?;
+        for f in checked.torn {
             log::warn!("{}: cut off a torn last record", f.display());
+        }
+        for (f, e) in checked.damaged {
+            log::error!(
+                "{}: cannot be used ({e}); the requests that need it will fail",
+                f.display()
+            );
         }
         Ok(Store {
             dir: dir.to_path_buf(),
@@ -108,7 +140,7 @@ impl Store {
     }
 
     /// Applies one operation now. Returns the users whose timeline got a
-    /// post.
+    /// post. Damaged files are skipped (and reported).
     pub fn apply(&mut self, op: &WriteOp) -> io::Result<Vec<u64>> {
         self.now(|s, sink| s.put(op, sink))
     }
@@ -119,14 +151,11 @@ impl Store {
         &mut self,
         write: impl FnOnce(&mut Self, &mut Sink) -> io::Result<()>,
     ) -> io::Result<Vec<u64>> {
-        let mut sink = Sink::Now(Vec::new(), Vec::new());
+        let mut sink = Sink::new(false, false);
         // Files written before an error are dirty too.
         let result = write(self, &mut sink);
-        let Sink::Now(changed, written) = sink else {
-            return result.map(|_| Vec::new());
-        };
-        self.dirty.extend(written);
-        result.map(|_| changed)
+        self.dirty.extend(sink.files);
+        result.map(|_| sink.changed)
     }
 
     /// The files written since the last call, to be flushed to disk by the
@@ -145,20 +174,52 @@ impl Store {
     /// views, but writes nothing. Returns the files it will append to, for
     /// [`Store::flush`]. Operations must be flushed in the order they were
     /// staged; a staged operation that will never be flushed (the master lost
-    /// its role) is dropped with [`Store::reset`].
+    /// its role) is dropped with [`Store::reset`]. A client's write: a
+    /// damaged file it needs refuses it (except a follower's timeline, which
+    /// is skipped), and on any error nothing of it stays staged.
     pub fn stage(&mut self, op: &WriteOp) -> io::Result<Vec<FileKind>> {
-        let mut sink = Sink::Later(Vec::new());
-        self.put(op, &mut sink)?;
-        match sink {
-            Sink::Later(files) => Ok(files),
-            Sink::Now(..) => Ok(Vec::new()),
+        self.stage_with(op, true)
+    }
+
+    /// Stages again an operation whose flush failed (after a
+    /// [`Store::reset`]): only the records the files lack. Damaged files are
+    /// skipped, as [`Store::apply`] does: the operation is already promised
+    /// (journaled, mirrored) and must be finished for everyone else.
+    pub fn restage(&mut self, op: &WriteOp) -> io::Result<Vec<FileKind>> {
+        self.stage_with(op, false)
+    }
+
+    fn stage_with(&mut self, op: &WriteOp, refuse_damaged: bool) -> io::Result<Vec<FileKind>> {
+        let mut sink = Sink::new(true, refuse_damaged);
+        match self.put(op, &mut sink) {
+            Ok(()) => Ok(sink.files),
+            Err(e) => {
+                for kind in sink.files.into_iter().rev() {
+                    self.unstage_last(kind);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes back the last record staged for `kind`.
+    fn unstage_last(&mut self, kind: FileKind) {
+        match kind {
+            FileKind::Users => self.users.unstage_last(),
+            FileKind::Following(u) => self.tail_following(u).unstage_last(),
+            FileKind::Followers(u) => self.tail_followers(u).unstage_last(),
+            FileKind::Posts(u) => self.tail_posts(u).unstage_last(),
+            FileKind::Timeline(u) => self.tail_timeline(u).unstage_last(),
         }
     }
 
     /// Writes the staged records of operations whose files are `files` (the
     /// concatenation of what [`Store::stage`] returned for them, in order),
     /// one append per file. Returns the users whose timeline got a post.
-    pub fn flush(&mut self, files: &[FileKind]) -> io::Result<Vec<u64>> {
+    /// If an append fails, the files before it hold their records and the
+    /// rest stay staged, in order: [`Unflushed::left`] is what to flush to
+    /// finish them (see the module doc).
+    pub fn flush(&mut self, files: &[FileKind]) -> Result<Vec<u64>, Unflushed> {
         let mut counts: Vec<(FileKind, usize)> = Vec::new();
         for f in files {
             match counts.iter_mut().find(|(k, _)| k == f) {
@@ -167,17 +228,24 @@ impl Store {
             }
         }
         let mut changed = Vec::new();
-        for (kind, n) in counts {
+        for (i, &(kind, n)) in counts.iter().enumerate() {
             self.dirty.insert(kind);
-            match kind {
-                FileKind::Users => self.users.flush_front(n)?,
-                FileKind::Following(u) => self.tail_following(u).flush_front(n)?,
-                FileKind::Followers(u) => self.tail_followers(u).flush_front(n)?,
-                FileKind::Posts(u) => self.tail_posts(u).flush_front(n)?,
+            let flushed = match kind {
+                FileKind::Users => self.users.flush_front(n),
+                FileKind::Following(u) => self.tail_following(u).flush_front(n),
+                FileKind::Followers(u) => self.tail_followers(u).flush_front(n),
+                FileKind::Posts(u) => self.tail_posts(u).flush_front(n),
                 FileKind::Timeline(u) => {
-                    self.tail_timeline(u).flush_front(n)?;
                     changed.push(u);
+                    self.tail_timeline(u).flush_front(n)
                 }
+            };
+            if let Err(error) = flushed {
+                let left = counts[i..]
+                    .iter()
+                    .flat_map(|&(k, n)| std::iter::repeat_n(k, n))
+                    .collect();
+                return Err(Unflushed { error, left });
             }
         }
         Ok(changed)
@@ -257,11 +325,18 @@ impl Store {
         sink.write(tail, FileKind::Posts(p.author), |s| {
             (!s.has(post.author, post.time)).then(|| post.encode())
         })?;
-        let followers = self.followers_of(p.author)?;
-        let targets: Vec<u64> = followers
-            .users()
-            .filter(|f| followers.at(*f, p.time_ns))
-            .collect();
+        let targets: Vec<u64> = match self.followers_of(p.author) {
+            Ok(followers) => followers
+                .users()
+                .filter(|f| followers.at(*f, p.time_ns))
+                .collect(),
+            Err(e) => {
+                // Without the author's followers there is nobody to fan out
+                // to: refused, or (applying) the post is stored alone.
+                sink.damaged(e, false)?;
+                Vec::new()
+            }
+        };
         let targets: Vec<u64> = targets.into_iter().filter(|f| self.is_local(*f)).collect();
         self.deliver_to(&post, &targets, sink)
     }
@@ -308,37 +383,74 @@ impl Store {
     }
 }
 
+/// A [`Store::flush`] that failed part-way.
+#[derive(Debug)]
+pub struct Unflushed {
+    pub error: io::Error,
+    /// The files whose staged records are still to be written, in order:
+    /// flushing them finishes what was asked.
+    pub left: Vec<FileKind>,
+}
+
 /// Where an operation's records go: written now (collecting the users whose
-/// timeline changed), or staged (collecting the files to flush later).
-enum Sink {
-    /// Users whose timeline changed, and every file written.
-    Now(Vec<u64>, Vec<FileKind>),
-    Later(Vec<FileKind>),
+/// timeline changed), or staged (collecting the files to flush later); and
+/// what a damaged file does to it.
+struct Sink {
+    /// Staged, not written.
+    later: bool,
+    /// A damaged file the operation needs refuses it (a client's write);
+    /// otherwise it is skipped and reported. Timelines are always skipped.
+    refuse_damaged: bool,
+    /// Written now: users whose timeline changed.
+    changed: Vec<u64>,
+    /// The files written, or staged to, in order.
+    files: Vec<FileKind>,
 }
 
 impl Sink {
+    fn new(later: bool, refuse_damaged: bool) -> Sink {
+        Sink {
+            later,
+            refuse_damaged,
+            changed: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
     fn write<S: storage::Fold>(
         &mut self,
         tail: &mut Tail<S>,
         kind: FileKind,
         decide: impl FnOnce(&S) -> Option<String>,
     ) -> io::Result<()> {
-        match self {
-            Sink::Now(changed, written) => {
-                if tail.append_with(decide)? {
-                    written.push(kind);
-                    if let FileKind::Timeline(u) = kind {
-                        changed.push(u);
-                    }
+        let wrote = if self.later {
+            tail.stage(decide)
+        } else {
+            tail.append_with(decide)
+        };
+        match wrote {
+            Ok(true) => {
+                self.files.push(kind);
+                if let (false, FileKind::Timeline(u)) = (self.later, kind) {
+                    self.changed.push(u);
                 }
+                Ok(())
             }
-            Sink::Later(files) => {
-                if tail.stage(decide)? {
-                    files.push(kind);
-                }
-            }
+            Ok(false) => Ok(()),
+            Err(e) => self.damaged(e, matches!(kind, FileKind::Timeline(_))),
         }
-        Ok(())
+    }
+
+    /// Decides what an error does to the operation: `Ok` when it is a
+    /// damaged file to skip (reported here, naming it), the error otherwise.
+    fn damaged(&self, e: io::Error, fan_out: bool) -> io::Result<()> {
+        match storage::damaged_of(&e) {
+            Some(d) if fan_out || !self.refuse_damaged => {
+                log::error!("{}: skipped, {}", d.path.display(), d.why);
+                Ok(())
+            }
+            _ => Err(e),
+        }
     }
 }
 
@@ -444,5 +556,161 @@ mod tests {
         s.stage(&post(30)).unwrap();
         s.reset();
         assert!(!s.stage(&post(30)).unwrap().is_empty());
+    }
+
+    fn follow(follower: u64, followee: u64, time_ns: i64) -> WriteOp {
+        op(write_op::Op::Follow(FollowOp {
+            follower,
+            followee,
+            time_ns,
+            follow: true,
+            request_id: 0,
+        }))
+    }
+
+    fn post_op(author: u64, time_ns: i64) -> WriteOp {
+        op(write_op::Op::Post(PostOp {
+            author,
+            time_ns,
+            text: format!("post {time_ns}"),
+            post_id: 0,
+        }))
+    }
+
+    fn user(u: u64) -> UserId {
+        UserId::new(u).unwrap()
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    /// What the server does after a failed flush: drop what is staged and
+    /// stage the operations again.
+    fn restage_all(s: &mut Store, ops: &[WriteOp]) -> Vec<FileKind> {
+        s.reset();
+        ops.iter().flat_map(|o| s.restage(o).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_follow_whose_second_file_fails_is_finished_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut s = Store::open(d, 1, 3).unwrap();
+        let f = follow(4, 1, 100);
+        let files = s.stage(&f).unwrap();
+        assert_eq!(files, [FileKind::Following(4), FileKind::Followers(1)]);
+        // The disk fills up after the first file, half-way through the
+        // second file's record.
+        crate::storage::faults::fail_appends(&followers_file(d, 1), 0, 5, 1);
+        let e = s.flush(&files).unwrap_err();
+        assert_eq!(e.error.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(e.left, [FileKind::Followers(1)]);
+        assert_eq!(lines(&following_file(d, 4)).len(), 1);
+        assert_eq!(
+            std::fs::read(followers_file(d, 1)).unwrap(),
+            b"",
+            "no torn record"
+        );
+        // Staged again: only what the files lack, and the views show the
+        // follow whole.
+        let owed = restage_all(&mut s, std::slice::from_ref(&f));
+        assert_eq!(owed, [FileKind::Followers(1)]);
+        assert!(s.following(user(4)).unwrap().contains(1));
+        assert!(s.followers(user(1)).unwrap().contains(4));
+        s.flush(&owed).unwrap();
+        assert_eq!(lines(&following_file(d, 4)).len(), 1);
+        assert_eq!(lines(&followers_file(d, 1)).len(), 1);
+        // Finished: staging it again stages nothing.
+        assert!(restage_all(&mut s, &[f]).is_empty());
+    }
+
+    #[test]
+    fn posts_whose_fan_out_fails_are_finished_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut s = Store::open(d, 1, 3).unwrap();
+        s.apply(&follow(4, 1, 1)).unwrap();
+        s.apply(&follow(7, 1, 2)).unwrap();
+        let ops = [post_op(1, 10), post_op(1, 20)];
+        let files: Vec<FileKind> = ops.iter().flat_map(|o| s.stage(o).unwrap()).collect();
+        crate::storage::faults::fail_appends(&timeline_file(d, 7), 0, 30, 1);
+        assert!(s.flush(&files).is_err());
+        assert_eq!(
+            std::fs::read_to_string(timeline_file(d, 7)).unwrap_or_default(),
+            ""
+        );
+        // Staged again: 7's timeline, and 4's unless it was written before
+        // 7's failed (fan-out order is the followers file's).
+        let owed = restage_all(&mut s, &ops);
+        let sevens = owed.iter().filter(|k| **k == FileKind::Timeline(7)).count();
+        assert_eq!(sevens, 2, "{owed:?}");
+        assert!(!owed.contains(&FileKind::Posts(1)), "{owed:?}");
+        assert!(s.flush(&owed).unwrap().contains(&7));
+        for f in [posts_file(d, 1), timeline_file(d, 4), timeline_file(d, 7)] {
+            let text = std::fs::read_to_string(&f).unwrap();
+            assert_eq!(text.matches("W post").count(), 2, "{}", f.display());
+            assert!(text.find("post 10") < text.find("post 20"));
+        }
+    }
+
+    #[test]
+    fn a_failed_stage_takes_back_only_its_own_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut s = Store::open(d, 1, 3).unwrap();
+        s.apply(&follow(4, 1, 1)).unwrap();
+        let first = s.stage(&post_op(1, 10)).unwrap();
+        // 4 follows 7, whose followers file is damaged: refused, and 4's
+        // side is not left staged.
+        std::fs::create_dir(followers_file(d, 7)).unwrap();
+        let e = s.stage(&follow(4, 7, 20)).unwrap_err();
+        assert!(storage::is_damaged(&e), "{e}");
+        assert!(e.to_string().contains("u7_followers.txt"), "{e}");
+        assert!(!s.following(user(4)).unwrap().contains(7));
+        // What was staged before it is still staged, and written whole.
+        s.flush(&first).unwrap();
+        let tl = std::fs::read_to_string(timeline_file(d, 4)).unwrap();
+        assert_eq!(tl.matches("W post 10").count(), 1);
+        assert_eq!(
+            lines(&following_file(d, 4)).len(),
+            1,
+            "only the first follow"
+        );
+    }
+
+    #[test]
+    fn a_damaged_timeline_costs_its_user_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut s = Store::open(d, 1, 3).unwrap();
+        s.apply(&follow(4, 1, 1)).unwrap();
+        s.apply(&follow(7, 1, 2)).unwrap();
+        std::fs::create_dir(timeline_file(d, 7)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", followers_file(d, 10)).unwrap();
+        // A post reaches every follower whose timeline is sound.
+        let files = s.stage(&post_op(1, 10)).unwrap();
+        assert_eq!(files, [FileKind::Posts(1), FileKind::Timeline(4)]);
+        s.flush(&files).unwrap();
+        assert_eq!(s.apply(&post_op(1, 20)).unwrap(), vec![4]);
+        // A client's write into a damaged file is refused and changes
+        // nothing; applied (a replay, a slave, a push), it is skipped.
+        let before = std::fs::read(following_file(d, 4)).unwrap();
+        assert!(storage::is_damaged(
+            &s.stage(&follow(4, 10, 30)).unwrap_err()
+        ));
+        assert_eq!(std::fs::read(following_file(d, 4)).unwrap(), before);
+        s.apply(&follow(4, 10, 30)).unwrap();
+        assert!(s.following(user(4)).unwrap().contains(10));
+        // Reading a damaged file is an error for its user alone.
+        assert!(s.followers(user(10)).is_err());
+        assert_eq!(s.followers(user(1)).unwrap().current().len(), 2);
+        // A store opens over all of it.
+        drop(s);
+        Store::open(d, 1, 3).unwrap();
     }
 }

@@ -4,12 +4,12 @@
 //! (`all_users.txt`), [`FollowLog`] (`_following`, `_followers`) and
 //! [`AuthorClock`] (`_posts`, `_timeline`).
 
-use super::file::{open_append, open_shared, repair_locked};
+use super::file::{append_whole, data_metadata, open_append, open_shared, repair_locked};
 use super::record::{FollowEvent, Format, Post, split_records};
 use crate::timefmt::Nanos;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -58,10 +58,10 @@ impl<S: Fold> Tail<S> {
 
     /// Reads what was appended since the last call.
     pub fn refresh(&mut self) -> io::Result<()> {
-        let (len, ino) = match std::fs::metadata(&self.path) {
-            Ok(m) => (m.len(), m.ino()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0),
-            Err(e) => return Err(e),
+        // Not following a link: what is not a regular file is damaged.
+        let (len, ino) = match data_metadata(&self.path)? {
+            Some(m) => (m.len(), m.ino()),
+            None => (0, 0),
         };
         if self.replaced(len, ino) {
             self.reset();
@@ -144,7 +144,17 @@ impl<S: Fold> Tail<S> {
         Ok(true)
     }
 
-    /// Writes the first `n` staged records, in one append.
+    /// Takes back the last staged record (the operation that staged it
+    /// failed before it was queued). The view is read again from the file
+    /// when next needed, since a fold cannot be undone.
+    pub fn unstage_last(&mut self) {
+        if self.pending.pop_back().is_some() {
+            self.reset();
+        }
+    }
+
+    /// Writes the first `n` staged records, in one append. If it fails,
+    /// nothing of them is written and they stay staged.
     pub fn flush_front(&mut self, n: usize) -> io::Result<()> {
         let n = n.min(self.pending.len());
         if n == 0 {
@@ -193,7 +203,9 @@ impl<S: Fold> Tail<S> {
 
     fn write_locked(&mut self, f: &mut File, bytes: &[u8]) -> io::Result<()> {
         debug_assert!(bytes.ends_with(self.format.terminator()));
-        f.write_all(bytes)?;
+        // Whole or absent: a failed append is cut back to `offset`, where
+        // the file ended (the caller holds the lock and has read it all).
+        append_whole(f, self.offset, bytes, &self.path)?;
         self.offset += bytes.len() as u64;
         Ok(())
     }

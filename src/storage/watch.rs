@@ -21,6 +21,11 @@
 //! that thread; the callers coalesce (the synchronizer drains its queue
 //! before it reads, a server's timeline reads from its offset to the end).
 //!
+//! A watch reads no file, only names, so a damaged entry in the directory
+//! (a directory, a link, a FIFO where a data file should be) costs it
+//! nothing: whoever reads the file on its hint finds it damaged
+//! ([`crate::storage::Damaged`]).
+//!
 //! When the kernel's queue overflows it drops events and says so; the
 //! callback then gets [`Change::Rescan`] and must look at everything. It gets
 //! one too when the directory itself goes away, and the watch then ends

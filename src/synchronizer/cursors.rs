@@ -25,9 +25,13 @@
 //!
 //! Times are nanoseconds; `0` is "none yet" (the file's spelling of `None`).
 //! Offsets are not saved: after a start each is found again from its time.
-//! A damaged line (the file is not flushed) is skipped: it costs a re-send
-//! from the start for its cursor, which receivers store once, where refusing
-//! to start would cost the whole cluster's propagation.
+//! A damaged line (the file is not flushed; a stray byte, text that is not
+//! UTF-8) is skipped and reported, quoting at most 64 bytes of it, and the
+//! synchronizer carries on: the line costs a re-send from the start for its
+//! cursor, which receivers store once, where refusing to start would cost
+//! the whole cluster's propagation. The same holds for the whole file: one
+//! that cannot be read at all is moved aside (`positions.txt.damaged`) and
+//! every cursor starts from the beginning.
 
 use crate::model::{ClusterId, UserId};
 use crate::storage::{self, FollowEvent};
@@ -88,6 +92,8 @@ pub struct Cursors {
 pub struct Damaged {
     /// Counted from 1.
     pub line: usize,
+    /// Its first 64 bytes at most, as text (bytes that are not UTF-8 are
+    /// shown as U+FFFD).
     pub text: String,
 }
 
@@ -120,16 +126,25 @@ impl Cursors {
         }
     }
 
-    /// Reads `positions.txt`'s text; the lines that could not be read are
-    /// returned beside the cursors.
-    pub fn parse(text: &str) -> (Cursors, Vec<Damaged>) {
+    /// Reads `positions.txt`'s bytes; the lines that could not be read
+    /// (including lines that are not UTF-8) are returned beside the cursors.
+    pub fn parse(bytes: &[u8]) -> (Cursors, Vec<Damaged>) {
         let mut cursors = Cursors::default();
         let mut damaged = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            if cursors.parse_line(line).is_none() {
+        let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        // The newline ends the last line; it does not start another.
+        if lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        for (n, line) in lines.into_iter().enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let parsed = std::str::from_utf8(line)
+                .ok()
+                .and_then(|l| cursors.parse_line(l));
+            if parsed.is_none() {
                 damaged.push(Damaged {
                     line: n + 1,
-                    text: line.to_string(),
+                    text: String::from_utf8_lossy(&line[..line.len().min(64)]).into_owned(),
                 });
             }
         }
@@ -315,13 +330,13 @@ mod tests {
     #[test]
     fn positions_round_trip() {
         let c = sample();
-        let (back, damaged) = Cursors::parse(&c.format());
+        let (back, damaged) = Cursors::parse(c.format().as_bytes());
         assert!(damaged.is_empty());
         assert_eq!(back, c);
         // Offsets are not saved.
         let mut moved = c.clone();
         moved.following(user(12), ClusterId(2)).offset = Some(77);
-        assert_eq!(Cursors::parse(&moved.format()).0, c);
+        assert_eq!(Cursors::parse(moved.format().as_bytes()).0, c);
     }
 
     #[test]
@@ -346,7 +361,7 @@ mod tests {
                     posts 4 2 10 9\n\
                     garbage\n\
                     users 3";
-        let (c, damaged) = Cursors::parse(text);
+        let (c, damaged) = Cursors::parse(text.as_bytes());
         let lines: Vec<usize> = damaged.iter().map(|d| d.line).collect();
         assert_eq!(lines, vec![2, 3, 6, 7]);
         assert_eq!(damaged[0].text, "posts 4 2 10");
@@ -358,6 +373,26 @@ mod tests {
         p.follows = Some(9);
         assert_eq!(c, want);
         assert_eq!(c.users_sent(ClusterId(3)), 0);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_cost_only_their_line() {
+        let mut text = b"users 2 3\n".to_vec();
+        text.extend_from_slice(b"following 4 2 \xff\xfe5\n");
+        text.extend_from_slice(b"\x80garbage \xc3\x28\n");
+        text.extend_from_slice(b"posts 4 2 10 9\r\n");
+        text.extend_from_slice(&[b'x'; 200]);
+        let (c, damaged) = Cursors::parse(&text);
+        let lines: Vec<usize> = damaged.iter().map(|d| d.line).collect();
+        assert_eq!(lines, vec![2, 3, 5]);
+        assert_eq!(damaged[0].text, "following 4 2 \u{fffd}\u{fffd}5");
+        assert_eq!(damaged[2].text.len(), 64, "a damaged line is quoted short");
+        let mut want = Cursors::default();
+        want.users(ClusterId(2)).sent = 3;
+        let p = want.posts(user(4), ClusterId(2));
+        p.at.last = Some(10);
+        p.follows = Some(9);
+        assert_eq!(c, want);
     }
 
     #[test]

@@ -54,6 +54,14 @@
 //! taken into account are remembered one by one, and after a start those up
 //! to the saved mark count as taken into account ([`plan::Rewinds`]).
 //!
+//! **Damage.** Nothing on disk stops the synchronizer. A line of
+//! `positions.txt` that cannot be read (malformed, or bytes that are not
+//! UTF-8) is skipped and reported, costing a re-send for its cursor; a
+//! `positions.txt` that is not a regular file is moved aside. A source file
+//! of the master's that cannot be read (damaged, or an I/O error) is
+//! reported once, naming it, and retried every heartbeat, and the peer is
+//! not counted as failing: every other file still goes out.
+//!
 //! # Receiving
 //! A push is peer input and is checked as strictly as a client's request
 //! ([`inbound`]), whole, before anything is written: the sender is another
@@ -76,6 +84,12 @@
 //! directory being resynced is closed to us: the push is refused as
 //! unavailable and the peer retries it. The servers see what was written
 //! through their own directory watches.
+//!
+//! A push that fails (disk full, an I/O error) is not acknowledged: each
+//! append it made is whole, the sender's cursor does not move, and the
+//! same push comes again until it is stored everywhere, each record once.
+//! A damaged file of one user (their timeline, their followers) is skipped
+//! and reported, so the push is stored for everyone else.
 //!
 //! # Shutdown
 //! Three tasks run: the gRPC service, the heartbeats, and the pusher. When

@@ -2,6 +2,11 @@
 //! which peers to push to (asked of the coordinator), the watch, the reads
 //! from each cursor and the pushes. What to push and how cursors move is
 //! decided by [`super::plan`] and [`super::cursors`].
+//!
+//! A source file that cannot be read (damaged: not a regular file, a link,
+//! not ours to open; or an I/O error) is that file's problem, not the
+//! peer's: it is reported once, naming the file, retried every heartbeat,
+//! and every other file still goes to that peer in the same round.
 
 use super::cursors::{Absorbed, Cursors, LocalUsers, TimeCursor};
 use super::plan::{self, Partition, Rewind, Rewinds, Source};
@@ -105,6 +110,8 @@ pub(super) struct Pusher {
     dirty: HashSet<Source>,
     /// Sources with a push that failed, retried every heartbeat.
     failed: HashSet<Source>,
+    /// Sources whose file could not be read, already reported.
+    unreadable: HashSet<Source>,
     /// Whether cursors moved since they were last saved.
     unsaved: bool,
     /// When the coordinator was last asked for the master and the peers.
@@ -171,14 +178,36 @@ async fn unless_cancelled<T>(
     }
 }
 
-/// Reads `positions.txt`; a missing file is no cursors yet.
-fn load_positions(path: &Path) -> Result<Cursors> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Cursors::default()),
-        Err(e) => return Err(e.into()),
+/// Reads `positions.txt`; a missing file is no cursors yet. Nothing in it
+/// stops the synchronizer ([`super::cursors`]): a damaged line is skipped,
+/// and a file that cannot be read is moved aside (if it is not a regular
+/// file) and costs a re-send from the start, which receivers store once.
+fn load_positions(path: &Path) -> Cursors {
+    let read = storage::open_read(path).and_then(|f| {
+        let mut bytes = Vec::new();
+        if let Some(mut f) = f {
+            std::io::Read::read_to_end(&mut f, &mut bytes)?;
+        }
+        Ok(bytes)
+    });
+    let bytes = match read {
+        Ok(b) => b,
+        Err(e) => {
+            let aside = if storage::is_damaged(&e) {
+                storage::set_aside(path)
+                    .map(|to| format!("; moved to {}", to.display()))
+                    .unwrap_or_else(|e| format!("; cannot move it aside: {e}"))
+            } else {
+                String::new()
+            };
+            log::error!(
+                "{}: {e}{aside}; every cursor starts from the beginning",
+                path.display()
+            );
+            return Cursors::default();
+        }
     };
-    let (cursors, damaged) = Cursors::parse(&text);
+    let (cursors, damaged) = Cursors::parse(&bytes);
     for d in damaged {
         log::warn!(
             "{}:{}: skipping a malformed line {:?}",
@@ -187,7 +216,7 @@ fn load_positions(path: &Path) -> Result<Cursors> {
             d.text
         );
     }
-    Ok(cursors)
+    cursors
 }
 
 /// The offset of the first follow event after `after` (a follow file is
@@ -201,7 +230,7 @@ fn follow_offset_after(path: &Path, after: Nanos) -> std::io::Result<u64> {
 /// of source only the cursor's time is known, and the offset is found
 /// again with `find`.
 fn offset_of(c: &mut TimeCursor, path: &Path, find: Finder) -> Result<(u64, u64)> {
-    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let len = storage::data_metadata(path)?.map_or(0, |m| m.len());
     let offset = match (c.offset, c.last) {
         (Some(o), _) if o <= len => o,
         (_, None) => 0,
@@ -240,7 +269,7 @@ impl Pusher {
         cycles: Arc<AtomicU64>,
         shutdown: CancellationToken,
     ) -> Result<Pusher> {
-        let cursors = load_positions(&settings.positions)?;
+        let cursors = load_positions(&settings.positions);
         Ok(Pusher {
             settings,
             coordinator,
@@ -252,6 +281,7 @@ impl Pusher {
             rewinds: Rewinds::default(),
             dirty: HashSet::new(),
             failed: HashSet::new(),
+            unreadable: HashSet::new(),
             unsaved: false,
             last_lookup: None,
             events,
@@ -474,6 +504,22 @@ impl Pusher {
                     src @ Source::Following(_) => self.push_records(src, peer).await,
                     Source::Posts(u) => self.push_posts(u, peer).await,
                 };
+                // Only our own reads fail with a storage error: the file is
+                // the problem, not the peer.
+                if let Err(Error::Storage(e)) = &result {
+                    if self.unreadable.insert(src) {
+                        let path = self.source_path(src.file()).unwrap_or_default();
+                        log::error!(
+                            "{}: cannot be read ({e}); its changes wait until it can",
+                            path.display()
+                        );
+                    }
+                    self.failed.insert(src);
+                    continue;
+                }
+                if result.is_ok() && self.unreadable.remove(&src) {
+                    log::info!("{src:?} can be read again");
+                }
                 if let Err(e) = result {
                     if self.shutdown.is_cancelled() {
                         log::debug!("push of {src:?} to cluster {peer} abandoned: {e}");
@@ -642,15 +688,73 @@ impl Pusher {
     }
 
     /// Saves the cursors: written whole to a temporary file, then renamed
-    /// over the old one, so a crash leaves one or the other.
+    /// over the old one, so a crash leaves one or the other. The temporary
+    /// file is made anew, never written through whatever is in its place
+    /// (a link). A failure (disk full) leaves the old file and is retried
+    /// at the next heartbeat.
     fn save_positions(&mut self) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = &self.settings.positions;
         let tmp = path.with_extension("tmp");
-        let result =
-            std::fs::write(&tmp, self.cursors.format()).and_then(|_| std::fs::rename(&tmp, path));
+        let text = self.cursors.format();
+        let result = (|| {
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            drop(f);
+            std::fs::rename(&tmp, path)
+        })();
         match result {
             Ok(()) => self.unsaved = false,
             Err(e) => log::error!("cannot save {}: {e}", path.display()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_that_cannot_be_read_cost_a_resend_not_the_synchronizer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("positions.txt");
+        assert_eq!(load_positions(&path), Cursors::default(), "none yet");
+        // A stray byte costs its line only.
+        std::fs::write(&path, b"users 2 3\nusers 3 \xff4\nusers 4 1\n").unwrap();
+        let c = load_positions(&path);
+        assert_eq!(c.users_sent(ClusterId(2)), 3);
+        assert_eq!(c.users_sent(ClusterId(3)), 0);
+        assert_eq!(c.users_sent(ClusterId(4)), 1);
+        // Not a file at all: moved aside, and every cursor starts afresh.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        assert_eq!(load_positions(&path), Cursors::default());
+        assert!(std::fs::symlink_metadata(dir.path().join("positions.txt.damaged")).is_ok());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_damaged_source_file_is_an_error_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u4_posts.txt");
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        let mut c = TimeCursor::default();
+        let e = next_records(&mut c, &path, storage::offset_after)
+            .map(drop)
+            .unwrap_err();
+        // What the pusher tells from a peer's failure.
+        assert!(
+            matches!(&e, Error::Storage(m) if m.contains("u4_posts.txt")),
+            "{e:?}"
+        );
     }
 }

@@ -14,6 +14,7 @@ mod harness;
 mod bad_input;
 mod client_cli;
 mod concurrent_appenders;
+mod disk_faults;
 mod durability;
 mod failover;
 mod peer_input;

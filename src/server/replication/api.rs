@@ -2,7 +2,7 @@
 //! a master. Each handler checks, asks the role core, and does the I/O.
 
 use super::replica_client;
-use super::snapshot::{data_file_name, send_snapshot};
+use super::snapshot::{self, send_snapshot};
 use crate::error::Error;
 use crate::model::{RunId, ServerId};
 use crate::proto::tinysns::replica_server::Replica;
@@ -104,13 +104,7 @@ impl ReplicaApi {
             .blocking(|n| {
                 let st = n.state();
                 let (seq, incarnation) = st.replica.snapshot_cut()?;
-                let mut cut = Vec::new();
-                for e in std::fs::read_dir(&n.dir)? {
-                    let path = e?.path();
-                    if let Some(name) = data_file_name(&path) {
-                        cut.push((name, std::fs::metadata(&path)?.len()));
-                    }
-                }
+                let cut = snapshot::cut(&n.dir)?;
                 Ok((cut, seq, incarnation))
             })
             .await?;

@@ -5,15 +5,49 @@
 //! `fdatasync`) while the slave stores it, then writes the staged records to
 //! our files if the lease still holds, and answers the writers. Writes that
 //! arrive meanwhile form the next batch: concurrent writers share round
-//! trips and flushes (group commit). A batch that fails is never written:
-//! it is taken back out of the journal and everything staged is dropped.
+//! trips and flushes (group commit). A batch that fails before our files
+//! (the slave, the journal, the lease) is never written: it is taken back
+//! out of the journal and everything staged is dropped.
+//!
+//! # A batch whose files fail: owed, then finished
+//! Once a batch is journaled and the slave has it, it is promised: a
+//! failover or a restart would bring it back. So when writing it to our
+//! files fails (disk full, an I/O error), it is not undone but *owed*, and
+//! finished in order, each record once:
+//!
+//! * Its writers get the error (`INTERNAL`, saying the write is kept and
+//!   will be finished); their client ids stay known, so a retry is answered
+//!   as done and not stored twice.
+//! * It stays in the journal (no checkpoint empties the journal while
+//!   anything is owed), so a restart finishes it in its replay.
+//! * Its records stay staged, and it goes back to the front of the queue
+//!   with what is left to write ([`Unflushed::left`]), its sequence numbers
+//!   and its place in the operation log unchanged (the slave has it). So the
+//!   views show the write whole, the same as the journal and the slave: a
+//!   follow is "already following" and listed as a follower together, never
+//!   one without the other.
+//! * It goes out again with the next batch, or on its own every heartbeat,
+//!   until the disk takes it; it is not journaled again, so a full disk
+//!   costs one failed append a heartbeat. Writes queued behind it wait
+//!   behind it.
+//! * If a batch with owed writes in it fails before our files (the lease,
+//!   the slave), everything staged is dropped as for any failed batch, and
+//!   the owed writes are staged again at once, ahead of anything else
+//!   ([`Store::restage`]: exactly the records the files lack); the log
+//!   starts a new incarnation, so the slave resyncs and gets them through
+//!   its join. If they cannot even be staged again (not master, a read
+//!   error), they wait in `State::owed`, and every write is refused until
+//!   they are staged.
+//!
+//! [`Store::restage`]: crate::storage::store::Store::restage
+//! [`Unflushed::left`]: crate::storage::store::Unflushed::left
 
 use super::replica_client;
 use crate::error::Error;
 use crate::model::ServerId;
 use crate::proto::tinysns::replica_client::ReplicaClient;
 use crate::proto::tinysns::{ApplyRequest, WriteOp};
-use crate::server::node::{Node, Pending, fresh_incarnation, shutting_down};
+use crate::server::node::{Node, Pending, State, fresh_incarnation, shutting_down};
 use crate::server::role::SlaveLink;
 use crate::storage::{self, FileKind};
 use crate::trust::PeerChannel;
@@ -37,16 +71,33 @@ impl SlaveChannel {
     }
 }
 
+/// How a batch failed.
+enum Failed {
+    /// Before our files: nothing of it was written here.
+    Before(Error),
+    /// Writing our files: it is owed (see the module doc), and these files
+    /// are left to write.
+    Files(Error, Vec<FileKind>),
+}
+
 impl Node {
     /// The mirror task: sends batches to the slave, then commits them, until
     /// shutdown. A batch in hand is finished; what is queued after it is
-    /// failed with `UNAVAILABLE`, so its clients retry elsewhere.
+    /// failed with `UNAVAILABLE`, so its clients retry elsewhere (owed writes
+    /// stay in the journal, for the next start).
     pub(crate) async fn mirror_loop(self: Arc<Self>) {
         let mut channel = SlaveChannel::default();
         loop {
+            // Owed writes are tried again every heartbeat, and with every
+            // new write; not at once, which on a full disk would spin.
+            let owing = self.state().owing();
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 _ = self.kick.notified() => {}
+                _ = tokio::time::sleep(self.opts.heartbeat), if owing => {}
+            }
+            if let Err(e) = self.restage_owed(&mut self.state()) {
+                log::debug!("owed writes not staged yet: {e}");
             }
             loop {
                 let batch = std::mem::take(&mut self.state().queue);
@@ -54,55 +105,83 @@ impl Node {
                 if batch.is_empty() {
                     break;
                 }
-                self.mirror_batch(batch, &mut channel).await;
+                let through = self.mirror_batch(batch, &mut channel).await;
                 if self.journal().wants_checkpoint()
                     && let Err(e) = self.blocking(|n| n.checkpoint()).await
                 {
                     log::error!("checkpoint failed: {e}");
                 }
-                if self.shutdown.is_cancelled() {
+                if self.shutdown.is_cancelled() || !through {
                     break;
                 }
             }
         }
         let rest = std::mem::take(&mut self.state().queue);
-        for p in rest {
-            let _ = p.done.send(Err(shutting_down()));
+        for done in rest.into_iter().filter_map(|p| p.done) {
+            let _ = done.send(Err(shutting_down()));
         }
     }
 
-    async fn mirror_batch(self: &Arc<Self>, batch: Vec<Pending>, channel: &mut SlaveChannel) {
+    /// Mirrors, journals and writes one batch; says whether it went through.
+    async fn mirror_batch(
+        self: &Arc<Self>,
+        batch: Vec<Pending>,
+        channel: &mut SlaveChannel,
+    ) -> bool {
         // The journal is flushed while the slave stores the batch: the two
-        // flushes overlap instead of adding up.
-        let ops: Vec<WriteOp> = batch.iter().map(|p| p.op.clone()).collect();
+        // flushes overlap instead of adding up. Owed writes are in it already.
+        let ops: Vec<WriteOp> = batch
+            .iter()
+            .filter(|p| p.done.is_some())
+            .map(|p| p.op.clone())
+            .collect();
         let mark = self.journal().len();
         let journaled = self.blocking(move |n| Ok(n.journal().append(&ops)?));
         let (replicated, journaled) = tokio::join!(self.replicate(&batch, channel), journaled);
         let result = match (replicated, journaled) {
             (Ok(()), Ok(())) => self.commit(&batch).await,
-            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Err(e), _) | (_, Err(e)) => Err(Failed::Before(e)),
         };
         match result {
             Ok(()) => {
-                for p in batch {
-                    let _ = p.done.send(Ok(()));
+                let owed = batch.iter().filter(|p| p.done.is_none()).count();
+                if owed > 0 {
+                    let mut st = self.state();
+                    st.owed_staged = st.owed_staged.saturating_sub(owed);
+                    drop(st);
+                    log::info!("finished {owed} owed write(s)");
                 }
+                for done in batch.into_iter().filter_map(|p| p.done) {
+                    let _ = done.send(Ok(()));
+                }
+                true
             }
-            Err(e) => {
-                // Not written, not acknowledged: not to be replayed.
+            Err(Failed::Before(e)) => {
+                // Not written, not acknowledged: not to be replayed. (Owed
+                // writes in it were journaled before `mark` too.)
                 if let Err(e) = self.journal().truncate_to(mark) {
                     log::error!("cannot take an abandoned batch out of the journal: {e}");
                 }
-                self.abandon(batch, e)
+                self.abandon(batch, e);
+                false
+            }
+            Err(Failed::Files(e, left)) => {
+                self.owe(batch, e, left);
+                false
             }
         }
     }
 
     /// Flushes every data file written since the last checkpoint, then
-    /// empties the journal, whose operations are now on disk in the files.
+    /// empties the journal, whose operations are now on disk in the files;
+    /// unless some are owed (not all in the files): then the journal keeps
+    /// everything until they are.
     pub(crate) fn checkpoint(&self) -> Result<(), Error> {
         let mut journal = self.journal();
-        let dirty = self.state().store.take_dirty();
+        let (dirty, owing) = {
+            let mut st = self.state();
+            (st.store.take_dirty(), st.owing())
+        };
         if journal.enabled()
             && let Err(e) = storage::sync_files(&dirty).and_then(|_| storage::sync_dir(&self.dir))
         {
@@ -110,7 +189,40 @@ impl Node {
             self.state().store.mark_dirty(&dirty);
             return Err(e.into());
         }
+        if owing {
+            return Ok(());
+        }
         Ok(journal.clear()?)
+    }
+
+    /// Stages the owed writes that wait unstaged ([`State::owed`]), in
+    /// order and ahead of anything else, and queues them without a client.
+    /// Only a master stages; what cannot be staged stays owed.
+    pub(crate) fn restage_owed(&self, st: &mut State) -> Result<(), Error> {
+        if st.owed.is_empty() {
+            return Ok(());
+        }
+        if !st.replica.is_master() {
+            return Err(self.not_master());
+        }
+        while let Some(op) = st.owed.first() {
+            let files = st.store.restage(op).map_err(|e| {
+                Error::Storage(format!(
+                    "an earlier write is not finished yet, and writes wait for it: {e}"
+                ))
+            })?;
+            let seq = st.replica.stage(op.clone())?;
+            let op = st.owed.remove(0);
+            st.owed_staged += 1;
+            st.queue.push(Pending {
+                seq,
+                op,
+                files,
+                done: None,
+            });
+        }
+        log::info!("owed writes staged again, to be finished");
+        Ok(())
     }
 
     /// Hands a batch to the slave in service, if any.
@@ -168,12 +280,15 @@ impl Node {
     }
 
     /// Writes a replicated batch to our own files, if our lease still holds.
-    async fn commit(&self, batch: &[Pending]) -> Result<(), Error> {
-        self.ensure_lease().await?;
+    async fn commit(&self, batch: &[Pending]) -> Result<(), Failed> {
+        self.ensure_lease().await.map_err(Failed::Before)?;
         let files: Vec<FileKind> = batch.iter().flat_map(|p| p.files.iter().copied()).collect();
         let changed = {
             let mut st = self.state();
-            let changed = st.store.flush(&files)?;
+            let changed = st
+                .store
+                .flush(&files)
+                .map_err(|u| Failed::Files(u.error.into(), u.left))?;
             if let Some(last) = batch.last() {
                 st.replica.committed(last.seq);
             }
@@ -183,9 +298,58 @@ impl Node {
         Ok(())
     }
 
+    /// A batch whose files failed, after the journal and the slave took it:
+    /// owed (see the module doc). Its writers get the error; it goes back to
+    /// the front of the queue, still staged, with the files `left` to write.
+    fn owe(&self, batch: Vec<Pending>, e: Error, left: Vec<FileKind>) {
+        log::error!(
+            "writing {} operation(s) to the files failed: {}; they stay in the \
+             journal and are finished once the disk takes them",
+            batch.len(),
+            e.message()
+        );
+        let fresh: Vec<WriteOp> = batch
+            .iter()
+            .filter(|p| p.done.is_some())
+            .map(|p| p.op.clone())
+            .collect();
+        // With durability off the journal only holds what is owed.
+        if let Err(e) = self.journal().owe(&fresh) {
+            log::error!("cannot journal the owed operations: {e}");
+        }
+        let e = Error::Storage(format!(
+            "{}; the write is kept and will be finished when the disk takes it",
+            e.message()
+        ));
+        let mut waiting = Vec::new();
+        let mut owed: Vec<Pending> = batch
+            .into_iter()
+            .map(|mut p| {
+                waiting.extend(p.done.take());
+                p.files = Vec::new();
+                p
+            })
+            .collect();
+        if let Some(first) = owed.first_mut() {
+            first.files = left;
+        }
+        {
+            let mut st = self.state();
+            st.owed_staged += waiting.len();
+            // Ahead of what was staged after it, as its records are.
+            owed.append(&mut st.queue);
+            st.queue = owed;
+        }
+        for done in waiting {
+            let _ = done.send(Err(e.clone()));
+        }
+    }
+
     /// Fails a batch and everything queued after it: nothing of it was
-    /// written here, and the staged records are dropped. Any slave must
-    /// resync, since the operation log held operations that will not be.
+    /// written here, and the staged records are dropped. Owed writes in it
+    /// or queued after it are kept and staged again at once, ahead of
+    /// anything else. Any slave must resync, since the operation log held
+    /// operations that will not be.
     fn abandon(&self, batch: Vec<Pending>, e: Error) {
         log::warn!(
             "abandoning {} staged write(s): {}",
@@ -197,13 +361,28 @@ impl Node {
             st.store.reset();
             st.replica.abandon(fresh_incarnation());
             let rest = std::mem::take(&mut st.queue);
-            for p in batch.iter().chain(&rest) {
+            let owed_now = |p: &&Pending| p.done.is_none();
+            let mut owed: Vec<WriteOp> = batch
+                .iter()
+                .chain(&rest)
+                .filter(owed_now)
+                .map(|p| p.op.clone())
+                .collect();
+            st.owed_staged = st.owed_staged.saturating_sub(owed.len());
+            owed.append(&mut st.owed);
+            // Forgotten: the ids of writes that will not be. An owed write
+            // will be, and a retry of it must be recognised.
+            for p in batch.iter().chain(&rest).filter(|p| p.done.is_some()) {
                 st.ids.forget(&p.op);
+            }
+            st.owed = owed;
+            if let Err(e) = self.restage_owed(&mut st) {
+                log::warn!("owed writes not staged again yet: {e}");
             }
             rest
         };
-        for p in batch.into_iter().chain(rest) {
-            let _ = p.done.send(Err(e.clone()));
+        for done in batch.into_iter().chain(rest).filter_map(|p| p.done) {
+            let _ = done.send(Err(e.clone()));
         }
     }
 
@@ -278,5 +457,225 @@ impl Node {
     /// whether it was.
     pub(crate) fn drop_slave(&self, server: ServerId) -> bool {
         self.state().replica.drop_slave(server)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::error::Error;
+    use crate::model::UserId;
+    use crate::proto::tinysns::{AddUser, FollowOp, WriteOp, write_op};
+    use crate::server::node::{Node, Opened};
+    use crate::server::role::{Incarnation, Verdict};
+    use crate::server::session::ClientId;
+    use crate::server::{Options, open_dir};
+    use crate::storage::faults;
+    use crate::storage::{followers_file, following_file};
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    fn add_user(user: u64) -> WriteOp {
+        WriteOp {
+            op: Some(write_op::Op::AddUser(AddUser { user })),
+        }
+    }
+
+    fn follow(follower: u64, followee: u64, time_ns: i64, request_id: u64) -> WriteOp {
+        WriteOp {
+            op: Some(write_op::Op::Follow(FollowOp {
+                follower,
+                followee,
+                time_ns,
+                follow: true,
+                request_id,
+            })),
+        }
+    }
+
+    fn lines(path: &Path) -> usize {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
+    fn journal(node: &Node) -> String {
+        std::fs::read_to_string(node.dir.join("journal.txt")).unwrap_or_default()
+    }
+
+    /// A master of cluster 1 (of 3) without a slave, opened on `data` as a
+    /// start does, with its mirror task running. The coordinator is played
+    /// by a task that renews the lease whenever asked.
+    fn master(data: &Path, heartbeat: Duration) -> Arc<Node> {
+        let opts = Options {
+            cluster: 1,
+            server_id: 1,
+            coordinator: "127.0.0.1:1".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            heartbeat,
+            fsync: true,
+            data_dir: data.to_path_buf(),
+            trust: crate::trust::Trust::new(crate::trust::ClusterKey::generate(), None),
+        };
+        let dir = crate::config::server_dir(data, 1, 1);
+        let opened = open_dir(&dir, &opts, 3).unwrap();
+        let (ask, mut asks) = mpsc::channel::<tokio::sync::oneshot::Sender<bool>>(16);
+        let node = Arc::new(Node::new(
+            opts,
+            Opened {
+                dir,
+                clusters: 3,
+                run: crate::model::RunId(1),
+                store: opened.store,
+                journal: opened.journal,
+                owed: opened.owed,
+            },
+            ask,
+            CancellationToken::new(),
+        ));
+        let verdict = Verdict {
+            master: true,
+            epoch: 1,
+            in_service: false,
+            master_addr: None,
+        };
+        let renew = move |n: &Node| {
+            n.state()
+                .replica
+                .on_verdict(&verdict, Instant::now(), None, Incarnation(1));
+        };
+        renew(&node);
+        let n = node.clone();
+        tokio::spawn(async move {
+            while let Some(reply) = asks.recv().await {
+                renew(&n);
+                let _ = reply.send(true);
+            }
+        });
+        tokio::spawn(node.clone().mirror_loop());
+        node
+    }
+
+    async fn write(node: &Node, op: WriteOp) -> Result<(), Error> {
+        node.write(move |_, _| Ok(Some(op))).await
+    }
+
+    #[tokio::test]
+    async fn a_follow_whose_second_file_fails_is_owed_and_finished_by_the_next_write() {
+        let data = tempfile::tempdir().unwrap();
+        let node = master(data.path(), Duration::from_secs(60));
+        let d = node.dir.clone();
+        write(&node, add_user(1)).await.unwrap();
+        write(&node, add_user(4)).await.unwrap();
+        // The disk is full once 4's side of the follow is written.
+        faults::fail_appends(&followers_file(&d, 1), 0, 3, 1);
+        let e = write(&node, follow(4, 1, 100, 77)).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Storage(m) if m.contains("kept")),
+            "{e:?}"
+        );
+        // Half in the files for now, whole in the views and the journal.
+        assert_eq!(lines(&following_file(&d, 4)), 1);
+        assert_eq!(lines(&followers_file(&d, 1)), 0);
+        {
+            let mut st = node.state();
+            assert!(st.owing());
+            let u = |n| UserId::new(n).unwrap();
+            assert!(st.store.following(u(4)).unwrap().contains(1));
+            assert!(st.store.followers(u(1)).unwrap().contains(4));
+            // A retry with the same id is known: not stored twice.
+            assert!(st.ids.contains(ClientId::Request { user: u(4), id: 77 }));
+        }
+        // No checkpoint empties the journal while the follow is owed.
+        node.checkpoint().unwrap();
+        assert!(journal(&node).contains("F 4 1 100 + 77"));
+        // The next write finishes it first, each record once.
+        write(&node, add_user(7)).await.unwrap();
+        assert_eq!(lines(&following_file(&d, 4)), 1);
+        assert_eq!(lines(&followers_file(&d, 1)), 1);
+        assert!(!node.state().owing());
+        node.checkpoint().unwrap();
+        assert_eq!(journal(&node), "");
+        node.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_owed_write_outlives_a_batch_that_fails_before_the_files() {
+        let data = tempfile::tempdir().unwrap();
+        let node = master(data.path(), Duration::from_secs(60));
+        let d = node.dir.clone();
+        write(&node, add_user(1)).await.unwrap();
+        write(&node, add_user(4)).await.unwrap();
+        faults::fail_appends(&followers_file(&d, 1), 0, 0, 1);
+        // The journal takes the follow, then not the next write.
+        faults::fail_appends(&d.join("journal.txt"), 1, 0, 1);
+        assert!(write(&node, follow(4, 1, 100, 0)).await.is_err());
+        let e = write(&node, add_user(7)).await.unwrap_err();
+        assert!(!e.message().contains("kept"), "{e:?}");
+        {
+            // Everything staged was dropped; the owed follow is staged
+            // again, whole in the views, and 7 was never added.
+            let mut st = node.state();
+            assert!(st.owing());
+            let u = |n| UserId::new(n).unwrap();
+            assert!(st.store.followers(u(1)).unwrap().contains(4));
+            assert!(!st.store.users().unwrap().contains(&7));
+        }
+        write(&node, add_user(10)).await.unwrap();
+        assert!(!node.state().owing());
+        assert_eq!(lines(&following_file(&d, 4)), 1);
+        assert_eq!(lines(&followers_file(&d, 1)), 1);
+        let users = std::fs::read_to_string(d.join("all_users.txt")).unwrap();
+        assert_eq!(users, "1\n4\n10\n");
+        node.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_owed_write_is_retried_every_heartbeat_until_the_disk_takes_it() {
+        let data = tempfile::tempdir().unwrap();
+        let node = master(data.path(), Duration::from_millis(20));
+        let d = node.dir.clone();
+        write(&node, add_user(4)).await.unwrap();
+        // The disk stays full for three more tries.
+        faults::fail_appends(&followers_file(&d, 1), 0, 0, 4);
+        assert!(write(&node, follow(4, 1, 100, 0)).await.is_err());
+        let start = Instant::now();
+        while node.state().owing() {
+            assert!(start.elapsed() < Duration::from_secs(30), "never finished");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(lines(&following_file(&d, 4)), 1);
+        assert_eq!(lines(&followers_file(&d, 1)), 1);
+        node.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_replay_that_fails_stops_there_and_is_finished_when_master() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = crate::config::server_dir(data.path(), 1, 1);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A crash left a journal whose records never reached the files.
+        std::fs::write(
+            dir.join("journal.txt"),
+            "A 4\nF 4 1 100 + 77\nF 4 7 200 + 78\n",
+        )
+        .unwrap();
+        faults::fail_appends(&followers_file(&dir, 1), 0, 2, 1);
+        let node = master(data.path(), Duration::from_secs(60));
+        // The replay stopped at the follow; what is left stays journaled.
+        assert_eq!(node.state().owed.len(), 2);
+        assert!(journal(&node).contains("F 4 7 200 + 78"));
+        assert_eq!(lines(&following_file(&dir, 4)), 1);
+        // Once master, the first write stages them first and finishes them.
+        write(&node, add_user(10)).await.unwrap();
+        assert!(!node.state().owing());
+        assert_eq!(lines(&following_file(&dir, 4)), 2);
+        assert_eq!(lines(&followers_file(&dir, 1)), 1);
+        assert_eq!(lines(&followers_file(&dir, 7)), 1);
+        node.shutdown.cancel();
     }
 }

@@ -33,7 +33,8 @@
 //! paused (SIGSTOP) and resumed. A batch that fails is never flushed: the
 //! master drops everything staged, re-reads its files, and fails the waiting
 //! writes with `UNAVAILABLE`, so the clients retry on whichever server is
-//! master now.
+//! master now. A batch whose own files fail once the journal and the slave
+//! have it is not dropped but owed, and finished ([`mirror`]'s module doc).
 //!
 //! # What a slave takes
 //! Everything a master sends is peer input, checked before anything is
@@ -64,7 +65,9 @@
 //!    prefix of its own, or the whole file when it is not (a copy that diverged,
 //!    e.g. on a deposed master). Files the master does not have are removed. A
 //!    deleted directory is rebuilt whole. The snapshot is consistent with a
-//!    sequence number: every operation up to it is in the files.
+//!    sequence number: every operation up to it is in the files (an owed
+//!    operation after it may be there in part; the join brings it whole). A
+//!    damaged file stops nothing and is never copied ([`snapshot`]).
 //! 3. `Join`: the master sends the operations after that number from its
 //!    operation log and, in the same step, takes the slave into service and
 //!    tells the coordinator. If the log no longer reaches back that far, the

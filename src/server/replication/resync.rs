@@ -126,7 +126,21 @@ impl Node {
         self.blocking(move |n| {
             let _gate = gate;
             installer.finish(&files)?;
-            n.state().store.reset();
+            {
+                let mut st = n.state();
+                st.store.reset();
+                // The files are the master's now: what we owed as a master
+                // is the master's to have (it was mirrored) or never was.
+                st.queue.retain(|p| p.done.is_some());
+                st.owed_staged = 0;
+                if !st.owed.is_empty() {
+                    log::warn!(
+                        "dropping {} owed write(s): the directory is the master's now",
+                        st.owed.len()
+                    );
+                    st.owed.clear();
+                }
+            }
             // The journal held operations on the files as they were; they
             // are the master's files now, flushed.
             n.checkpoint()

@@ -8,12 +8,26 @@
 //! sequence number. The slave appends suffixes in place, builds replaced
 //! files beside the old ones and renames them into place at the end, then
 //! removes files the master does not have and flushes it all.
+//!
+//! # Damaged files
+//! A damaged file ([`storage::Damaged`]: not a regular file, a link, not
+//! ours to open) never stops a snapshot of everything else, and is never
+//! read or copied as if it were data:
+//!
+//! * On the master, it is not sent; it is still listed, so the slave keeps
+//!   its own copy of that file (the only good one, perhaps) untouched.
+//! * On the slave, it is left out of the description, so the master sends
+//!   its copy whole; the damaged entry is moved aside
+//!   (`<name>.damaged`, for a person to look at) when the copy takes its
+//!   place, or when the master has no such file. A link is never followed,
+//!   so a snapshot writes only inside the directory.
 
 use crate::error::Error;
 use crate::proto::tinysns::{FileState, SnapshotChunk};
 use crate::storage::{self, FileKind};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -22,7 +36,9 @@ use tonic::Status;
 /// (256 KB and 4 MB pieces were both slower).
 const CHUNK: usize = 1 << 20;
 
-/// Every data file of a directory with its length and content hash.
+/// Every data file of a directory with its length and content hash. A file
+/// that cannot be read is left out (and reported): the master then sends
+/// its copy whole.
 pub(crate) fn manifest(dir: &Path) -> std::io::Result<Vec<FileState>> {
     let mut out = Vec::new();
     let rd = match std::fs::read_dir(dir) {
@@ -35,14 +51,69 @@ pub(crate) fn manifest(dir: &Path) -> std::io::Result<Vec<FileState>> {
         let Some(name) = data_file_name(&path) else {
             continue;
         };
-        let len = std::fs::metadata(&path)?.len();
-        out.push(FileState {
-            name,
-            len,
-            hash: storage::content_hash(&path, len)?,
+        let described = storage::data_metadata(&path).and_then(|m| match m {
+            Some(m) => storage::content_hash(&path, m.len()).map(|h| Some((m.len(), h))),
+            None => Ok(None),
         });
+        match described {
+            Ok(Some((len, hash))) => out.push(FileState { name, len, hash }),
+            Ok(None) => {}
+            Err(e) => log::warn!("{}: {e}; the master's copy will replace it", path.display()),
+        }
     }
     Ok(out)
+}
+
+/// The data files of a master's directory with their lengths, where a
+/// snapshot is cut. Links and other entries that are not regular files are
+/// listed with length 0: [`send_snapshot`] sends none of them.
+pub(crate) fn cut(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
+    let mut cut = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        if let Some(name) = data_file_name(&path) {
+            let len = match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_file() => m.len(),
+                Ok(_) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            cut.push((name, len));
+        }
+    }
+    Ok(cut)
+}
+
+/// Makes `path` a new, empty file of ours, whatever was there (a link is
+/// removed, not followed; a directory is moved aside).
+fn create_fresh(path: &Path) -> std::io::Result<std::fs::File> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            storage::set_aside(path)?;
+        }
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Moves a damaged entry where a data file goes out of the way (see the
+/// module doc); a regular file, or nothing, stays.
+fn clear_damaged(path: &Path) -> std::io::Result<()> {
+    match storage::data_metadata(path) {
+        Ok(_) => Ok(()),
+        Err(e) if storage::is_damaged(&e) => {
+            let to = storage::set_aside(path)?;
+            log::warn!("{}: {e}; moved to {}", path.display(), to.display());
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The name of a data file (`all_users.txt`, `u<id>_<kind>.txt`), or `None`
@@ -100,7 +171,7 @@ impl Installer {
         if !self.open.contains_key(&c.name) {
             let target = if c.replace {
                 let tmp = self.dir.join(format!("{}.resync", c.name));
-                let file = std::fs::File::create(&tmp)?;
+                let file = create_fresh(&tmp)?;
                 Target {
                     file,
                     len: 0,
@@ -108,10 +179,8 @@ impl Installer {
                     tmp: Some(tmp),
                 }
             } else {
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)?;
+                // Never through a link: only a regular file of ours grows.
+                let file = storage::open_append(&path)?;
                 let len = file.metadata()?.len();
                 Target {
                     file,
@@ -157,7 +226,10 @@ impl Installer {
             }
             drop(t.file);
             if let Some(tmp) = t.tmp {
-                std::fs::rename(&tmp, self.dir.join(&name))?;
+                let to = self.dir.join(&name);
+                // A directory there would refuse the rename.
+                clear_damaged(&to)?;
+                std::fs::rename(&tmp, to)?;
             }
         }
         for e in std::fs::read_dir(&self.dir)? {
@@ -165,7 +237,11 @@ impl Installer {
             if let Some(name) = data_file_name(&path)
                 && !files.iter().any(|f| f.name == name)
             {
-                std::fs::remove_file(&path)?;
+                clear_damaged(&path)?;
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
             }
         }
         if self.fsync {
@@ -201,6 +277,26 @@ pub(crate) fn send_snapshot(
     let mut files = Vec::new();
     for (name, len) in cut {
         let path = dir.join(&name);
+        // Checked before anything of it is sent: a damaged file is listed
+        // (the slave keeps its own copy) but not sent. A failure later, in
+        // the middle of a file, fails the whole snapshot.
+        let mut f = match storage::open_read(&path) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(e) if storage::is_damaged(&e) => {
+                log::error!(
+                    "{}: {e}; not sent in a snapshot (the slave keeps its copy)",
+                    path.display()
+                );
+                files.push(FileState {
+                    name,
+                    len: 0,
+                    hash: 0,
+                });
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mine = slave.iter().find(|f| f.name == name);
         let from = match mine {
             Some(f) if f.len <= len && storage::content_hash(&path, f.len)? == f.hash => f.len,
@@ -211,7 +307,6 @@ pub(crate) fn send_snapshot(
         // without reading the rest), then sent in pieces as it is read.
         let end = storage::records_end(&path, from, len)?;
         if replace || end > from {
-            let mut f = std::fs::File::open(&path)?;
             f.seek(SeekFrom::Start(from))?;
             let mut offset = from;
             loop {
@@ -255,4 +350,90 @@ pub(crate) fn send_snapshot(
 /// The slave stopped reading the snapshot.
 fn gone() -> Error {
     Error::Unavailable("the slave went away during a snapshot".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(author: u64, time: i64, text: &str) -> Vec<u8> {
+        storage::Post {
+            author,
+            time,
+            text: text.into(),
+        }
+        .encode()
+        .into_bytes()
+    }
+
+    /// Runs a whole snapshot from `master` into `slave`, as a resync does.
+    fn resync(master: &Path, slave: &Path) {
+        let described = manifest(slave).unwrap();
+        let (tx, mut rx) = mpsc::channel(1024);
+        send_snapshot(master, cut(master).unwrap(), &described, 7, 1, &tx).unwrap();
+        drop(tx);
+        let mut installer = Installer::new(slave.to_path_buf(), true);
+        while let Some(chunk) = rx.blocking_recv() {
+            let chunk = chunk.unwrap();
+            if chunk.done {
+                installer.finish(&chunk.files).unwrap();
+                return;
+            }
+            installer.write(&chunk).unwrap();
+        }
+        panic!("the snapshot ended early");
+    }
+
+    #[test]
+    fn damaged_files_neither_stop_a_snapshot_nor_travel_in_it() {
+        let m = tempfile::tempdir().unwrap();
+        let s = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let (m, s) = (m.path(), s.path());
+        let mine = post(1, 10, "the master's");
+        std::fs::write(m.join("u1_posts.txt"), &mine).unwrap();
+        std::fs::write(m.join("all_users.txt"), "1\n4\n").unwrap();
+        // Damaged on the master: a directory, a link to an endless file.
+        std::fs::create_dir(m.join("u4_timeline.txt")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", m.join("u7_posts.txt")).unwrap();
+        // The slave's own copy of the file the master cannot read.
+        let kept = post(1, 5, "the slave's copy");
+        std::fs::write(s.join("u4_timeline.txt"), &kept).unwrap();
+        // Damaged on the slave: a link to a file elsewhere, a directory the
+        // master has no file for.
+        let target = outside.path().join("not-ours.txt");
+        std::fs::write(&target, "leave me\n").unwrap();
+        std::os::unix::fs::symlink(&target, s.join("u1_posts.txt")).unwrap();
+        std::fs::create_dir(s.join("u10_posts.txt")).unwrap();
+
+        let described = manifest(s).unwrap();
+        assert_eq!(
+            described
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>(),
+            ["u4_timeline.txt"]
+        );
+        resync(m, s);
+        assert_eq!(std::fs::read(s.join("u1_posts.txt")).unwrap(), mine);
+        assert!(
+            std::fs::symlink_metadata(s.join("u1_posts.txt"))
+                .unwrap()
+                .is_file()
+        );
+        assert_eq!(std::fs::read(s.join("all_users.txt")).unwrap(), b"1\n4\n");
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            b"leave me\n",
+            "not followed"
+        );
+        assert_eq!(std::fs::read(s.join("u4_timeline.txt")).unwrap(), kept);
+        assert!(!s.join("u7_posts.txt").exists(), "nothing of /dev/zero");
+        assert!(!s.join("u10_posts.txt").exists());
+        assert!(s.join("u10_posts.txt.damaged").is_dir(), "set aside");
+        assert!(std::fs::symlink_metadata(s.join("u1_posts.txt.damaged")).is_ok());
+        // Nothing is left to send the next time.
+        resync(m, s);
+        assert_eq!(std::fs::read(s.join("u1_posts.txt")).unwrap(), mine);
+    }
 }

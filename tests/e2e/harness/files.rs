@@ -78,7 +78,9 @@ pub type Snapshot = BTreeMap<PathBuf, Vec<u8>>;
 
 /// Every file under each of `dirs` (recursively), by its path relative to
 /// `root`, with its bytes. A directory or file that does not exist (any
-/// more) adds nothing; any other error is a failure.
+/// more) adds nothing; any other error is a failure. Links are not followed
+/// and FIFOs or devices not opened: each is recorded as what it is (a test
+/// may plant one where a data file should be).
 pub fn snapshot(root: &Path, dirs: &[PathBuf]) -> Snapshot {
     fn walk(root: &Path, dir: &Path, out: &mut Snapshot) {
         let entries = match std::fs::read_dir(dir) {
@@ -87,9 +89,20 @@ pub fn snapshot(root: &Path, dirs: &[PathBuf]) -> Snapshot {
             Err(e) => panic!("cannot list {}: {e}", dir.display()),
         };
         for entry in entries {
-            let path = entry.expect("directory entry").path();
-            if path.is_dir() {
+            let entry = entry.expect("directory entry");
+            let path = entry.path();
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
                 walk(root, &path, out);
+                continue;
+            }
+            if !kind.is_file() {
+                let what = match std::fs::read_link(&path) {
+                    Ok(to) => format!("a link to {}", to.display()),
+                    Err(_) => "not a regular file".to_string(),
+                };
+                let rel = path.strip_prefix(root).expect("under root").to_path_buf();
+                out.insert(rel, what.into_bytes());
                 continue;
             }
             match std::fs::read(&path) {
