@@ -66,29 +66,30 @@ pub struct MonotonicClock {
 
 impl MonotonicClock {
     /// A time strictly after every earlier one from this clock and after
-    /// `floor` (e.g. the last time already on disk). A floor beyond
-    /// [`MAX_SKEW`] ahead of now is not believed (a damaged or forged
-    /// record): it is ignored rather than followed, so that one file cannot
-    /// move every user's times far ahead, and nothing can make the clock
-    /// wrap.
-    pub fn next_after(&self, floor: Nanos) -> Nanos {
+    /// `floor` (the last time already on disk for what is written), or why
+    /// there is none. A floor beyond [`MAX_SKEW`] ahead of now (this clock
+    /// set back, or a damaged or forged record) is neither followed (that
+    /// would stamp times no peer accepts and move every later time far
+    /// ahead, up to a wrap) nor ignored (a time at or before the floor
+    /// would make the new record look already stored, or sort before the
+    /// one it follows: an acknowledged write lost): the write is refused
+    /// until the clock passes the floor.
+    pub fn next_after(&self, floor: Nanos) -> Result<Nanos, String> {
         self.next_after_at(floor, now())
     }
 
     /// [`MonotonicClock::next_after`] with the wall clock given.
-    fn next_after_at(&self, floor: Nanos, now: Nanos) -> Nanos {
+    fn next_after_at(&self, floor: Nanos, now: Nanos) -> Result<Nanos, String> {
         // Exactly what a peer may have stored (`check_peer_time`) is
         // followed; anything beyond is not.
-        let ceiling = now.saturating_add(MAX_SKEW);
-        let floor = if floor > ceiling {
-            log::warn!(
-                "ignoring a time {floor} ns more than {} s ahead of the clock",
+        if floor > now.saturating_add(MAX_SKEW) {
+            return Err(format!(
+                "the latest record is dated {}, more than {} s ahead of this server's clock \
+                 (a clock set back or a damaged file); writes wait until the clock passes it",
+                to_rfc3339(floor),
                 MAX_SKEW / 1_000_000_000
-            );
-            Nanos::MIN
-        } else {
-            floor
-        };
+            ));
+        }
         let mut t = now.max(floor.saturating_add(1));
         loop {
             let last = self.last.load(Ordering::SeqCst);
@@ -101,7 +102,7 @@ impl MonotonicClock {
                 .last
                 .compare_exchange(last, t, Ordering::SeqCst, Ordering::SeqCst)
             {
-                Ok(_) => return t,
+                Ok(_) => return Ok(t),
                 Err(_) => continue,
             }
         }
@@ -159,42 +160,47 @@ mod tests {
     #[test]
     fn monotonic() {
         let c = MonotonicClock::default();
-        let a = c.next_after(0);
-        let b = c.next_after(0);
+        let a = c.next_after(0).unwrap();
+        let b = c.next_after(0).unwrap();
         assert!(b > a);
         // A floor a little ahead (within the skew bound) is followed.
         let ahead = now() + MAX_SKEW / 2;
-        assert!(c.next_after(ahead) > ahead);
-        assert!(c.next_after(0) > ahead);
+        assert!(c.next_after(ahead).unwrap() > ahead);
+        assert!(c.next_after(0).unwrap() > ahead);
     }
 
     #[test]
-    fn a_floor_beyond_the_bound_is_ignored_and_nothing_wraps() {
+    fn a_floor_beyond_the_bound_refuses_the_write_and_nothing_wraps() {
         let now = 1_795_457_407_000_000_000;
         let c = MonotonicClock::default();
+        let before = c.next_after_at(0, now).unwrap();
         for floor in [
             i64::MAX,
             i64::MAX - 1,
             now + MAX_SKEW + 1,
             now + 10 * MAX_SKEW,
         ] {
-            let t = c.next_after_at(floor, now);
-            assert!(t >= now && t < now + 1_000, "{floor}: {t}");
+            // Never a time at or before the floor (the record would look
+            // stored already, or sort before the one it follows).
+            let e = c.next_after_at(floor, now).unwrap_err();
+            assert!(e.contains("ahead of this server's clock"), "{e}");
         }
+        // The refusals moved nothing.
+        let after = c.next_after_at(0, now).unwrap();
+        assert!(after > before && after < now + 1_000);
         // At the bound itself it is still followed (a peer may store that).
         let edge = MonotonicClock::default();
-        assert_eq!(edge.next_after_at(now + MAX_SKEW, now), now + MAX_SKEW + 1);
-        // Later times keep growing from there, not from the bad floor.
-        let a = c.next_after_at(i64::MAX, now);
-        let b = c.next_after_at(0, now);
-        assert!(b > a && b < now + 1_000);
+        assert_eq!(
+            edge.next_after_at(now + MAX_SKEW, now),
+            Ok(now + MAX_SKEW + 1)
+        );
         // Even a clock that was pushed to the end of the range does not wrap.
         let stuck = MonotonicClock {
             last: AtomicI64::new(i64::MAX),
         };
-        assert_eq!(stuck.next_after_at(0, now), i64::MAX);
+        assert_eq!(stuck.next_after_at(0, now), Ok(i64::MAX));
         // A wall clock at the end of the range does not overflow either.
-        assert_eq!(c.next_after_at(i64::MAX, i64::MAX), i64::MAX);
+        assert_eq!(c.next_after_at(i64::MAX, i64::MAX), Ok(i64::MAX));
     }
 
     #[test]

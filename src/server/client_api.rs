@@ -180,7 +180,9 @@ impl ClientApi {
                 }
                 _ => {}
             }
-            let time_ns = clock.next_after(following.max_time());
+            let time_ns = clock
+                .next_after(following.max_time())
+                .map_err(|why| Error::Storage(format!("user {user}'s follows: {why}")))?;
             Ok(Some(WriteOp {
                 op: Some(write_op::Op::Follow(FollowOp {
                     follower: user.get(),

@@ -202,7 +202,9 @@ async fn store_post(node: &Node, user: UserId, msg: Message) -> Result<Option<Me
         if retry.is_some_and(|id| st.ids.contains(id)) {
             return Ok(None);
         }
-        let time_ns = clock.next_after(st.store.latest_post(user)?);
+        let time_ns = clock
+            .next_after(st.store.latest_post(user)?)
+            .map_err(|why| Error::Storage(format!("user {user}'s posts: {why}")))?;
         Ok(Some(WriteOp {
             op: Some(write_op::Op::Post(PostOp {
                 author: user.get(),

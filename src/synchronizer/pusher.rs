@@ -112,6 +112,8 @@ pub(super) struct Pusher {
     failed: HashSet<Source>,
     /// Sources whose file could not be read, already reported.
     unreadable: HashSet<Source>,
+    /// Pushes a peer refused (not failed to answer), already reported.
+    refused: HashSet<(Source, ClusterId)>,
     /// Whether cursors moved since they were last saved.
     unsaved: bool,
     /// When the coordinator was last asked for the master and the peers.
@@ -282,6 +284,7 @@ impl Pusher {
             dirty: HashSet::new(),
             failed: HashSet::new(),
             unreadable: HashSet::new(),
+            refused: HashSet::new(),
             unsaved: false,
             last_lookup: None,
             events,
@@ -520,14 +523,31 @@ impl Pusher {
                 if result.is_ok() && self.unreadable.remove(&src) {
                     log::info!("{src:?} can be read again");
                 }
-                if let Err(e) = result {
-                    if self.shutdown.is_cancelled() {
-                        log::debug!("push of {src:?} to cluster {peer} abandoned: {e}");
-                    } else {
-                        log::warn!("push of {src:?} to cluster {peer} failed: {e}; will retry");
+                match result {
+                    Ok(()) => {
+                        self.refused.remove(&(src, peer));
                     }
-                    self.failed.insert(src);
-                    down.insert(peer);
+                    // The peer answered and refused this push: the records
+                    // are the problem, not the peer, so the other sources
+                    // still go to it this round. Said once, retried at each
+                    // round (a time ahead of the peer's clock passes).
+                    Err(e) if !e.is_unavailable() && !self.shutdown.is_cancelled() => {
+                        if self.refused.insert((src, peer)) {
+                            log::error!(
+                                "cluster {peer} refuses the push of {src:?}: {e}; retried each round"
+                            );
+                        }
+                        self.failed.insert(src);
+                    }
+                    Err(e) => {
+                        if self.shutdown.is_cancelled() {
+                            log::debug!("push of {src:?} to cluster {peer} abandoned: {e}");
+                        } else {
+                            log::warn!("push of {src:?} to cluster {peer} failed: {e}; will retry");
+                        }
+                        self.failed.insert(src);
+                        down.insert(peer);
+                    }
                 }
             }
         }

@@ -803,3 +803,83 @@ fn a_damaged_positions_line_or_source_file_does_not_stop_a_synchronizer() {
     });
     assert!(alive, "synchronizer 1 is not alive in the table");
 }
+
+/// One author's damaged record (a valid record shape, an invalid post: a
+/// tab in its text) is refused by the peer cluster's receiver; that
+/// refusal holds up that author's pushes only, never other authors' posts
+/// to the same peer, also when every source is retried in one round after
+/// the peer was down.
+#[test]
+fn a_refused_record_holds_up_its_author_only() {
+    let mut sys = System::full_with(2, HEARTBEAT_MS, 30_000);
+    // Cluster 1 holds the odd users, cluster 2 the even ones; user 2
+    // follows four authors of cluster 1.
+    let authors = [1u64, 3, 5, 7];
+    let mut writers: Vec<Client> = authors
+        .iter()
+        .map(|&a| Client::logged_in(sys.coord_port, a))
+        .collect();
+    wait_until("cluster 2 to know the authors", || {
+        authors.iter().all(|&a| sys.has_user(2, 1, a))
+    });
+    let mut reader = Client::logged_in(sys.coord_port, 2);
+    for a in authors {
+        assert_eq!(reader.command(&format!("FOLLOW {a}")), SUCCESS);
+    }
+    wait_until("cluster 1 to see the follows", || {
+        authors.iter().all(|&a| sys.has_follower(1, 1, a, 2))
+    });
+    for w in writers.iter_mut() {
+        w.enter_timeline();
+    }
+    writers[0].send("good by 1");
+    let timeline = sys.server_dir(2, 1).join("u2_timeline.txt");
+    wait_until("author 1's post in cluster 2", || {
+        post_texts(&timeline) == ["good by 1"]
+    });
+    // Author 1's posts file gets one record that is no valid post, on both
+    // servers of cluster 1.
+    let t = tinysns::timefmt::to_rfc3339(tinysns::timefmt::now());
+    for s in 1..=2 {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(sys.server_dir(1, s).join("u1_posts.txt"))
+            .expect("posts file");
+        write!(f, "T {t}\nU 1\nW bad\there\n\n").expect("append");
+    }
+    // The peer is away while the others post: every push to it fails, and
+    // all are retried in one round when it is back.
+    sys.kill(&System::synchronizer_name(2));
+    for (w, a) in writers.iter_mut().zip(authors).skip(1) {
+        w.send(&format!("post by {a}"));
+    }
+    wait_until("the posts to be stored in cluster 1", || {
+        authors.iter().skip(1).all(|a| {
+            posts_with(
+                &sys.server_dir(1, 1).join(format!("u{a}_posts.txt")),
+                &format!("post by {a}"),
+            ) == 1
+        })
+    });
+    sys.start_synchronizer(2);
+    wait_for("every other author's post in cluster 2", || {
+        let got = post_texts(&timeline);
+        let missing: Vec<u64> = authors
+            .iter()
+            .skip(1)
+            .copied()
+            .filter(|a| !got.contains(&format!("post by {a}")))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "missing the posts of {missing:?}; timeline {got:?}"
+            ))
+        }
+    });
+    assert!(
+        !read(&timeline).contains("bad\there"),
+        "the invalid record was delivered"
+    );
+}

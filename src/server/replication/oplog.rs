@@ -34,8 +34,12 @@ impl OpLog {
 
     /// The operations after `seq`, if the log still has all of them.
     pub fn since(&self, seq: u64) -> Option<Vec<WriteOp>> {
+        // `seq` comes from a peer: checked before any arithmetic on it.
+        if seq > self.last {
+            return None;
+        }
         let first_kept = self.last + 1 - self.ops.len() as u64;
-        if seq + 1 < first_kept || seq > self.last {
+        if seq + 1 < first_kept {
             return None;
         }
         let skip = (seq + 1 - first_kept) as usize;
@@ -58,6 +62,7 @@ mod tests {
     fn since_returns_what_follows_and_refuses_what_is_gone() {
         let mut log = OpLog::default();
         assert_eq!(log.since(0), Some(vec![]));
+        assert_eq!(log.since(u64::MAX), None);
         for u in 1..=3 {
             log.push(op(u));
         }
