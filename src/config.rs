@@ -94,16 +94,23 @@ pub fn cluster_of(user: u64, clusters: u32) -> u32 {
     ((user.saturating_sub(1) % n) + 1) as u32
 }
 
-/// Parses a user id as the protocol spells it: a positive decimal integer
-/// without sign or spaces. Anything else is not a user.
+/// Digits of the largest user id (`u64::MAX`).
+pub const MAX_USER_DIGITS: usize = 20;
+
+/// Parses a user id as the protocol spells it: a positive decimal integer in
+/// ASCII digits, without sign, spaces, newline or leading zeros, that fits
+/// in 64 bits. Anything else is not a user (one spelling per user, so that
+/// `u04_timeline.txt` is nobody's file).
 pub fn parse_user(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+    let b = s.as_bytes();
+    if b.is_empty()
+        || b.len() > MAX_USER_DIGITS
+        || b[0] == b'0'
+        || !b.iter().all(u8::is_ascii_digit)
+    {
         return None;
     }
-    match s.parse::<u64>() {
-        Ok(0) | Err(_) => None,
-        Ok(id) => Some(id),
-    }
+    s.parse().ok()
 }
 
 /// Directory of one server: `<data>/cluster_<c>/server_<s>/`.
@@ -267,6 +274,7 @@ mod tests {
     #[test]
     fn user_ids() {
         assert_eq!(parse_user("12"), Some(12));
+        assert_eq!(parse_user("18446744073709551615"), Some(u64::MAX));
         for bad in [
             "",
             "0",
@@ -276,6 +284,14 @@ mod tests {
             " 1",
             "abc",
             "99999999999999999999999",
+            "18446744073709551616",
+            "4\n",
+            "4\r",
+            "\t4",
+            "04",
+            "00000000000000000000001",
+            "٤",
+            "１",
         ] {
             assert_eq!(parse_user(bad), None, "{bad:?}");
         }

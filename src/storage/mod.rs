@@ -73,4 +73,4 @@ pub use record::{
     FileKind, FollowEvent, Format, Post, USERS_FILE, followers_file, following_file, posts_file,
     split_records, timeline_file, users_file,
 };
-pub use tail::{AuthorClock, Fold, FollowLog, Tail, UserSet};
+pub use tail::{Appended, AuthorClock, Fold, FollowLog, Follower, READ_CHUNK, Tail, UserSet};
