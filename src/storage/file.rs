@@ -6,7 +6,7 @@
 //! appenders (in [`super::tail`]) take the exclusive lock and repair a torn
 //! tail first, with [`repair_locked`].
 
-use super::record::{FileKind, Format, MAX_POST_RECORD, Post, Scanner};
+use super::record::{FileKind, Format, MAX_POST_RECORD, Post, Scanner, last_end};
 use super::tail::{READ_CHUNK, report_malformed, scan_file};
 use crate::timefmt::Nanos;
 use std::fs::{File, OpenOptions};
@@ -78,17 +78,14 @@ fn last_boundary(f: &mut File, len: u64, format: Format) -> io::Result<u64> {
     let mut end = len;
     let mut carry: Vec<u8> = Vec::new();
     while end > 0 {
-        let start = end.saturating_sub(4096);
+        let start = end.saturating_sub(READ_CHUNK as u64);
         let mut buf = vec![0u8; (end - start) as usize];
         f.seek(SeekFrom::Start(start))?;
         f.read_exact(&mut buf)?;
         buf.extend_from_slice(&carry);
         // Search from the end of this window (which includes the carried
         // prefix of the previous window) for the last terminator.
-        if let Some(pos) = buf
-            .windows(term.len())
-            .rposition(|w| w == term)
-            .map(|p| start + (p + term.len()) as u64)
+        if let Some(pos) = last_end(&buf, term).map(|p| start + p as u64)
             && pos <= len
         {
             return Ok(pos);
