@@ -36,6 +36,7 @@ async fn main() -> ExitCode {
         heartbeat: p.knobs.heartbeat(),
         fsync: p.knobs.fsync,
         data_dir: p.knobs.data_dir,
+        limits: p.limits,
     };
     config::run_daemon("server", opts.port, |listener, shutdown| {
         tinysns::server::run(listener, opts, shutdown)

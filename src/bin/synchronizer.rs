@@ -33,6 +33,7 @@ async fn main() -> ExitCode {
         sync_interval: p.knobs.sync_interval(),
         fsync: p.knobs.fsync,
         data_dir: p.knobs.data_dir,
+        limits: p.limits,
     };
     config::run_daemon("synchronizer", opts.port, |listener, shutdown| {
         tinysns::synchronizer::run(listener, opts, shutdown)

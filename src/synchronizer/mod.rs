@@ -104,6 +104,8 @@ pub struct Options {
     /// Flush what a push wrote to disk before acknowledging it.
     pub fsync: bool,
     pub data_dir: PathBuf,
+    /// `max_users`: a push of users past it is refused.
+    pub limits: crate::config::Limits,
 }
 
 /// Runs a synchronizer on `listener` until `shutdown` is cancelled, and
@@ -162,7 +164,13 @@ pub async fn run(
             return Err(e);
         }
     };
-    let receiver = receiver::Receiver::new(partition, opts.data_dir.clone(), opts.fsync, tx);
+    let receiver = receiver::Receiver::new(
+        partition,
+        opts.data_dir.clone(),
+        opts.fsync,
+        opts.limits,
+        tx,
+    );
     log::info!(
         "synchronizer {} serving at {}:{} ({} clusters)",
         opts.id,

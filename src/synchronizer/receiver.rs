@@ -22,6 +22,8 @@ pub(super) struct Receiver {
     data_dir: PathBuf,
     /// Flush what a push wrote before acknowledging it.
     fsync: bool,
+    /// `max_users` caps what `all_users.txt` may hold.
+    limits: crate::config::Limits,
     /// One store per server directory of this cluster.
     stores: Mutex<HashMap<PathBuf, Store>>,
     /// To the pusher: a remote follow may need posts sent again.
@@ -37,12 +39,14 @@ impl Receiver {
         partition: Partition,
         data_dir: PathBuf,
         fsync: bool,
+        limits: crate::config::Limits,
         events: mpsc::UnboundedSender<Event>,
     ) -> Receiver {
         Receiver {
             partition,
             data_dir,
             fsync,
+            limits,
             stores: Mutex::new(HashMap::new()),
             events,
         }
@@ -128,6 +132,18 @@ impl Receiver {
             .iter()
             .map(|u| UserId::new(*u).ok_or_else(|| Error::Invalid("user 0 does not exist".into())))
             .collect::<Result<_>>()?;
+        // The cap counts what each directory holds; a batch that would take
+        // any of them past it is refused whole, before anything is written.
+        let mut room = Ok(());
+        self.each_store(|s| {
+            let known = s.users()?;
+            let new = users.iter().filter(|u| !known.contains(&u.get())).count();
+            if room.is_ok() {
+                room = self.limits.admit_users(known.len(), new);
+            }
+            Ok(())
+        })?;
+        room?;
         self.each_store(|s| {
             for u in &users {
                 s.add_user(*u)?;
