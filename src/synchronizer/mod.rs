@@ -38,7 +38,9 @@
 //! again and marks every file dirty, which costs a `stat` per file when
 //! nothing changed; a push that failed is retried every heartbeat, and a peer
 //! that failed once is skipped for the rest of the round, so a hung peer costs
-//! one timeout per round.
+//! one timeout per round. A peer that refuses a push with `RESOURCE_EXHAUSTED`
+//! (a cluster at `SNS_MAX_USERS` refusing new users) is not down: its other
+//! pushes (follows, posts) go on.
 //!
 //! An author whom nobody in a peer's cluster has ever followed costs nothing
 //! for that peer: the cursor waits, and the first follow from there moves it
@@ -57,6 +59,8 @@
 //! What arrives is applied to every server directory of the cluster through
 //! [`crate::storage::store::Store`], under `flock` and idempotently, and
 //! acknowledged only once it is on disk (flushed, with `SNS_FSYNC=1`). A
+//! push of users that would take a directory past `SNS_MAX_USERS` is refused
+//! whole, before anything is written. A
 //! directory being resynced is closed to us: the push is refused as
 //! unavailable and the peer retries it. The servers see what was written
 //! through their own directory watches.

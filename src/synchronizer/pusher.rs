@@ -479,7 +479,11 @@ impl Pusher {
                         log::warn!("push of {src:?} to cluster {peer} failed: {e}; will retry");
                     }
                     self.failed.insert(src);
-                    down.insert(peer);
+                    // A peer that refuses this source (a cluster at its user
+                    // cap) still takes the others: not down.
+                    if !matches!(e, Error::Exhausted(_)) {
+                        down.insert(peer);
+                    }
                 }
             }
         }

@@ -737,6 +737,45 @@ fn the_user_cap_refuses_the_next_user_and_changes_nothing() {
     });
 }
 
+/// Two clusters, the first at its cap: the second's new users are refused
+/// there (and retried), but follows and posts keep flowing both ways.
+#[test]
+fn a_full_cluster_still_gets_posts_from_the_others() {
+    let mut sys = System::new(2, 500, 1000);
+    let cap = [("SNS_MAX_USERS", "3")];
+    sys.start_server_with(1, 1, &cap);
+    sys.wait_for_role(1, 1, Role::Master);
+    sys.start_server_with(1, 2, &cap);
+    sys.start_pair(2);
+    sys.start_synchronizer_with(1, &cap);
+    sys.start_synchronizer(2);
+    sys.wait_for_all();
+    // Users 1 and 3 live in cluster 1, 2 and 4 in cluster 2.
+    let mut one = Client::logged_in(sys.coord_port, 1);
+    let _three = Client::logged_in(sys.coord_port, 3);
+    let mut two = Client::logged_in(sys.coord_port, 2);
+    wait_until("user 2 in cluster 1", || sys.has_user(1, 1, 2));
+    // Cluster 1 is full now; user 4 is refused there, not in cluster 2.
+    let _four = Client::logged_in(sys.coord_port, 4);
+    assert_eq!(one.command("FOLLOW 2"), SUCCESS);
+    wait_until("user 1 following 2 in cluster 2", || {
+        sys.has_follower(2, 1, 2, 1)
+    });
+    two.enter_timeline();
+    two.send("from a cluster with room");
+    wait_until("the post in user 1's timeline", || {
+        post_texts(&sys.server_dir(1, 1).join("u1_timeline.txt"))
+            .contains(&"from a cluster with room".to_string())
+    });
+    assert!(sys.has_user(2, 1, 4));
+    assert!(!sys.has_user(1, 1, 4), "cluster 1 holds at most 3 users");
+    assert!(
+        sys.log(&System::synchronizer_name(2))
+            .contains("this cluster holds its maximum of 3 users"),
+        "the refusal is logged where it happens"
+    );
+}
+
 /// `all_users.txt` written with 1,000,000 users: this project's client
 /// lists them all, and the next new user is refused.
 #[test]
