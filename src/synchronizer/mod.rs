@@ -40,7 +40,9 @@
 //! that failed once is skipped for the rest of the round, so a hung peer costs
 //! one timeout per round. A peer that refuses a push with `RESOURCE_EXHAUSTED`
 //! (a cluster at `SNS_MAX_USERS` refusing new users) is not down: its other
-//! pushes (follows, posts) go on.
+//! pushes (follows, posts) go on. A record too long to be valid in a file we
+//! send from is reported and the cursor moves past it
+//! ([`crate::storage::read_at_most`]); nothing stops at it.
 //!
 //! An author whom nobody in a peer's cluster has ever followed costs nothing
 //! for that peer: the cursor waits, and the first follow from there moves it

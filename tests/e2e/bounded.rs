@@ -676,6 +676,43 @@ fn damaged_timeline_files_cost_a_bounded_amount() {
     });
 }
 
+/// A record with a 5 MiB text in an author's posts file: the synchronizer
+/// reports it, skips it, and carries the next post to the other cluster.
+#[test]
+fn a_damaged_posts_file_does_not_stop_the_synchronizer() {
+    let sys = System::full_with(2, 500, 1000);
+    // User 1 lives in cluster 1, user 2 in cluster 2.
+    let mut author = Client::logged_in(sys.coord_port, 1);
+    let mut reader = Client::logged_in(sys.coord_port, 2);
+    wait_until("user 1 in cluster 2", || sys.has_user(2, 1, 1));
+    assert_eq!(reader.command("FOLLOW 1"), SUCCESS);
+    wait_until("user 2 following 1 in cluster 1", || {
+        sys.has_follower(1, 1, 1, 2)
+    });
+    let remote = sys.server_dir(2, 1).join("u2_timeline.txt");
+    author.enter_timeline();
+    author.send("before the damage");
+    wait_until("the first post in cluster 2", || {
+        post_texts(&remote).contains(&"before the damage".to_string())
+    });
+    let master = sys.master_of(1).expect("a master in cluster 1");
+    let posts = sys.server_dir(1, master).join("u1_posts.txt");
+    append_locked(&posts, record_with_text(1, 5 << 20).as_bytes());
+    author.send("after the damage");
+    wait_until("the post after the damage in cluster 2", || {
+        post_texts(&remote).contains(&"after the damage".to_string())
+    });
+    assert_eq!(
+        post_texts(&remote),
+        ["before the damage", "after the damage"]
+    );
+    assert!(
+        sys.log(&System::synchronizer_name(1))
+            .contains("longer than any valid one"),
+        "the synchronizer reports the damage"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // The user cap
 
