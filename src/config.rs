@@ -70,6 +70,56 @@ impl Knobs {
     }
 }
 
+/// Default of `SNS_MAX_USERS`.
+pub const DEFAULT_MAX_USERS: u64 = 1_000_000;
+/// Default of `SNS_MAX_STREAMS`.
+pub const DEFAULT_MAX_STREAMS: u64 = 1000;
+/// Default of `SNS_MAX_STREAMS_PER_USER`.
+pub const DEFAULT_MAX_STREAMS_PER_USER: u64 = 4;
+
+/// The bounds on what outsiders can make a process hold (SPEC §5).
+#[derive(clap::Args, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most users a cluster accepts (`all_users.txt`, local and remote): a
+    /// login of a new user or a synchronizer's push past it is refused.
+    #[arg(long = "max-users", env = "SNS_MAX_USERS", default_value_t = DEFAULT_MAX_USERS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_users: u64,
+    /// Most timeline streams a server holds open at once.
+    #[arg(long = "max-streams", env = "SNS_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_streams: u64,
+    /// Most timeline streams one user holds open at once.
+    #[arg(long = "max-streams-per-user", env = "SNS_MAX_STREAMS_PER_USER",
+          default_value_t = DEFAULT_MAX_STREAMS_PER_USER,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_streams_per_user: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_users: DEFAULT_MAX_USERS,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_streams_per_user: DEFAULT_MAX_STREAMS_PER_USER,
+        }
+    }
+}
+
+impl Limits {
+    /// Whether a directory holding `known` users may take `new` more.
+    pub fn admit_users(&self, known: usize, new: usize) -> Result<(), Error> {
+        if new == 0 || (known as u64).saturating_add(new as u64) <= self.max_users {
+            Ok(())
+        } else {
+            Err(Error::Exhausted(format!(
+                "this cluster holds its maximum of {} users",
+                self.max_users
+            )))
+        }
+    }
+}
+
 /// The flags that servers and synchronizers share: where the coordinator is,
 /// where to listen and how others reach us, and the knobs.
 #[derive(clap::Args, Debug, Clone)]
@@ -88,6 +138,8 @@ pub struct PeerArgs {
     pub host: String,
     #[command(flatten)]
     pub knobs: Knobs,
+    #[command(flatten)]
+    pub limits: Limits,
     /// Print help.
     #[arg(long = "help", action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -106,16 +158,23 @@ pub fn cluster_of(user: u64, clusters: u32) -> u32 {
     ((user.saturating_sub(1) % n) + 1) as u32
 }
 
-/// Parses a user id as the protocol spells it: a positive decimal integer
-/// without sign or spaces. Anything else is not a user.
+/// Digits of the largest user id (`u64::MAX`).
+pub const MAX_USER_DIGITS: usize = 20;
+
+/// Parses a user id as the protocol spells it: a positive decimal integer in
+/// ASCII digits, without sign, spaces, newline or leading zeros, that fits
+/// in 64 bits. Anything else is not a user (one spelling per user, so that
+/// `u04_timeline.txt` is nobody's file).
 pub fn parse_user(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+    let b = s.as_bytes();
+    if b.is_empty()
+        || b.len() > MAX_USER_DIGITS
+        || b[0] == b'0'
+        || !b.iter().all(u8::is_ascii_digit)
+    {
         return None;
     }
-    match s.parse::<u64>() {
-        Ok(0) | Err(_) => None,
-        Ok(id) => Some(id),
-    }
+    s.parse().ok()
 }
 
 /// Directory of one server: `<data>/cluster_<c>/server_<s>/`.
@@ -279,8 +338,30 @@ mod tests {
     }
 
     #[test]
+    fn the_user_cap_counts_only_new_users() {
+        let l = Limits {
+            max_users: 5,
+            ..Limits::default()
+        };
+        assert!(l.admit_users(4, 1).is_ok());
+        assert!(l.admit_users(5, 0).is_ok(), "known users always log in");
+        assert!(
+            l.admit_users(7, 0).is_ok(),
+            "a lowered cap refuses only new ones"
+        );
+        let e = l.admit_users(5, 1).unwrap_err();
+        assert_eq!(
+            e,
+            Error::Exhausted("this cluster holds its maximum of 5 users".into())
+        );
+        assert!(l.admit_users(3, 3).is_err(), "a batch is refused whole");
+        assert!(l.admit_users(usize::MAX, 1).is_err());
+    }
+
+    #[test]
     fn user_ids() {
         assert_eq!(parse_user("12"), Some(12));
+        assert_eq!(parse_user("18446744073709551615"), Some(u64::MAX));
         for bad in [
             "",
             "0",
@@ -290,6 +371,14 @@ mod tests {
             " 1",
             "abc",
             "99999999999999999999999",
+            "18446744073709551616",
+            "4\n",
+            "4\r",
+            "\t4",
+            "04",
+            "00000000000000000000001",
+            "٤",
+            "１",
         ] {
             assert_eq!(parse_user(bad), None, "{bad:?}");
         }

@@ -49,6 +49,24 @@ pub enum Error {
     Internal(String),
 }
 
+/// Most bytes of someone's input that an error message quotes (SPEC §5).
+pub const QUOTE_BYTES: usize = 64;
+
+/// `input` as an error message quotes it: escaped, in quotes, at most
+/// [`QUOTE_BYTES`] of it (cut at a character boundary), with its length
+/// when cut. Every message that repeats input goes through here, so that a
+/// megabyte of input is never echoed back or logged.
+pub fn quote(input: &str) -> String {
+    if input.len() <= QUOTE_BYTES {
+        return format!("{input:?}");
+    }
+    let mut end = QUOTE_BYTES;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &input[..end], input.len())
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -174,6 +192,18 @@ mod tests {
         // difference.
         let s = Status::from(Error::Storage("disk".into()));
         assert_eq!(s.code(), Code::Internal);
+    }
+
+    #[test]
+    fn quotes_hold_at_most_64_bytes_of_the_input() {
+        assert_eq!(quote("abc"), "\"abc\"");
+        assert_eq!(quote("4\n"), "\"4\\n\"");
+        let long = "x".repeat(1 << 20);
+        let q = quote(&long);
+        assert_eq!(q, format!("{:?}... (1048576 bytes)", "x".repeat(64)));
+        // Cut at a character boundary: 21 three-byte characters fit.
+        let q = quote(&"€".repeat(100));
+        assert!(q.starts_with(&format!("\"{}\"", "€".repeat(21))), "{q}");
     }
 
     #[test]

@@ -41,6 +41,7 @@ async fn main() -> ExitCode {
         fsync: p.knobs.fsync,
         data_dir: p.knobs.data_dir,
         trust,
+        limits: p.limits,
     };
     config::run_daemon("server", opts.port, |listener, shutdown| {
         tinysns::server::run(listener, opts, shutdown)

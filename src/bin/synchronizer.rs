@@ -38,6 +38,7 @@ async fn main() -> ExitCode {
         fsync: p.knobs.fsync,
         data_dir: p.knobs.data_dir,
         trust,
+        limits: p.limits,
     };
     config::run_daemon("synchronizer", opts.port, |listener, shutdown| {
         tinysns::synchronizer::run(listener, opts, shutdown)

@@ -42,6 +42,13 @@
 //! The client remembers the `(author, time)` of every post it has printed (that
 //! pair identifies a post, SPEC §3) and skips posts it has already shown.
 //!
+//! **Large replies.** LIST must work at the user cap (SPEC §5): the client
+//! takes replies up to 88 MB (`session::MAX_REPLY_BYTES`: a cluster's
+//! `all_users.txt` holds at most 1,000,000 users, but the caller's followers
+//! may come from every cluster, so four caps' worth of 20-digit ids); tonic's
+//! default of 4 MiB held about 400,000 users, and past it every LIST failed
+//! with "unknown reason".
+//!
 //! **Input during an outage.** In timeline mode the client keeps reading input
 //! while it reconnects, so posts typed during the outage get their own time and
 //! join the queue; they are sent as soon as the new stream is open. On end of

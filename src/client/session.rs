@@ -24,6 +24,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use super::Options;
 use super::command::{Command, SUCCESS, list_lines, reply_line};
 use super::screen::Ui;
+use crate::config;
 use crate::error::Error;
 use crate::proto::csce438::{Request, sns_service_client::SnsServiceClient};
 use crate::proto::tinysns::{UserRequest, coordinator_client::CoordinatorClient};
@@ -35,6 +36,16 @@ const MIN_RPC_DEADLINE: Duration = Duration::from_millis(500);
 /// the server's failure window).
 const FALLBACK_LEASE: Duration = Duration::from_millis(2 * crate::config::DEFAULT_HEARTBEAT_MS);
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+
+/// The largest reply the client takes: LIST at the default user cap. A
+/// cluster's `all_users.txt` holds at most the cap (local and remote users
+/// count), but the caller's followers may be users of every cluster, each
+/// cluster holding at most the cap of its own: `1 + clusters` caps of ids,
+/// each at most 20 digits and 2 bytes of framing (88 MB for 1,000,000 users
+/// and three clusters; tonic's default, 4 MiB, is about 400,000 users).
+pub(super) const MAX_REPLY_BYTES: usize = (1 + config::DEFAULT_CLUSTERS as usize)
+    * config::DEFAULT_MAX_USERS as usize
+    * (config::MAX_USER_DIGITS + 2);
 pub(super) const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// A random nonzero id (0 means "none" in the protocol).
@@ -164,6 +175,11 @@ fn endpoint(
     Ok(ep)
 }
 
+/// The client API at `ep`, taking replies up to [`MAX_REPLY_BYTES`].
+fn sns_client(ep: Endpoint) -> SnsServiceClient<Channel> {
+    SnsServiceClient::new(ep.connect_lazy()).max_decoding_message_size(MAX_REPLY_BYTES)
+}
+
 /// Asks the coordinator for the master of the user's cluster. A bad answer
 /// is as good as none: ask again.
 async fn ask_master(
@@ -195,7 +211,7 @@ async fn login_at(
 ) -> Result<Conn, Error> {
     let ep = endpoint(host, port, lease_hint, limit, id.tls.as_ref())
         .map_err(|e| Error::Unavailable(format!("bad server address {host}:{port}: {e}")))?;
-    let mut sns = SnsServiceClient::new(ep.connect_lazy());
+    let mut sns = sns_client(ep);
     let reply = within(limit, sns.login(id.request(Vec::new(), random_id())))
         .await
         .map_err(|e| match e {
@@ -217,7 +233,7 @@ async fn login_at(
             rpc_deadline(lease),
             id.tls.as_ref(),
         )?;
-        sns = SnsServiceClient::new(ep.connect_lazy());
+        sns = sns_client(ep);
     }
     info!("logged in at {host}:{port}, lease {} ms", lease.as_millis());
     Ok(Conn {
@@ -487,6 +503,25 @@ mod tests {
         let mut b = Backoff::capped(Duration::from_millis(10));
         let got: Vec<u128> = (0..3).map(|_| b.next_delay().as_millis()).collect();
         assert_eq!(got, [50, 50, 50]);
+    }
+
+    #[test]
+    fn a_list_at_the_user_cap_fits_in_a_reply() {
+        use crate::proto::csce438::ListReply;
+        use prost::Message;
+        // Each id of a reply costs the same: measure the longest one.
+        let one = |all: usize, followers: usize| {
+            ListReply {
+                all_users: vec![u64::MAX.to_string(); all],
+                followers: vec![u64::MAX.to_string(); followers],
+            }
+            .encoded_len()
+        };
+        let per_id = one(1, 0);
+        assert_eq!(one(3, 4), 7 * per_id);
+        let n = config::DEFAULT_MAX_USERS as usize;
+        let at_cap = (n + n * config::DEFAULT_CLUSTERS as usize) * per_id;
+        assert!(at_cap <= MAX_REPLY_BYTES, "{at_cap} > {MAX_REPLY_BYTES}");
     }
 
     #[test]

@@ -3,11 +3,18 @@
 //!
 //! Every handler is a check, at most one write through [`Node::write`], and
 //! an answer; errors are [`Error`]s, turned into statuses by `?` at the end.
+//!
+//! Input is taken strictly: a user id is spelt as [`UserId::parse`] says (a
+//! `FOLLOW` argument is not trimmed: `"4\n"` is not a user), a request
+//! names exactly one user to follow, and an error quotes at most 64 bytes
+//! of what it was sent ([`quote`]). A login that would create a user past
+//! `SNS_MAX_USERS` is refused with `RESOURCE_EXHAUSTED` before anything is
+//! written or a session opened.
 
 use super::node::{Node, State};
 use super::session::ClientId;
 use super::timeline;
-use crate::error::Error;
+use crate::error::{Error, quote};
 use crate::model::UserId;
 use crate::proto::csce438::sns_service_server::SnsService;
 use crate::proto::csce438::{ListReply, Message, Reply, Request as SnsRequest};
@@ -18,15 +25,32 @@ use std::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-pub(crate) struct ClientApi(pub Arc<Node>);
-
-fn parse_user(s: &str, what: &str) -> Result<UserId, Error> {
-    UserId::parse(s).ok_or_else(|| Error::Invalid(format!("invalid {what} {s:?}")))
+pub(crate) struct ClientApi {
+    node: Arc<Node>,
+    /// The open timeline streams, against their caps.
+    streams: timeline::Slots,
 }
 
+impl ClientApi {
+    pub fn new(node: Arc<Node>) -> ClientApi {
+        let streams = timeline::Slots::new(&node.opts.limits);
+        ClientApi { node, streams }
+    }
+}
+
+fn parse_user(s: &str, what: &str) -> Result<UserId, Error> {
+    UserId::parse(s).ok_or_else(|| Error::Invalid(format!("invalid {what} {}", quote(s))))
+}
+
+/// The one user a FOLLOW or UNFOLLOW names.
 fn argument(req: &SnsRequest) -> Result<UserId, Error> {
-    let arg = req.arguments.first().map(|s| s.trim()).unwrap_or("");
-    parse_user(arg, "username")
+    match req.arguments.as_slice() {
+        [arg] => parse_user(arg, "username"),
+        args => Err(Error::Invalid(format!(
+            "invalid username: expected one, got {}",
+            args.len()
+        ))),
+    }
 }
 
 fn ok(msg: &str) -> Response<Reply> {
@@ -54,28 +78,26 @@ impl SnsService for ClientApi {
 
     async fn list(&self, req: Request<SnsRequest>) -> Result<Response<ListReply>, Status> {
         let req = req.into_inner();
-        let user = self.0.caller(&req.username, &req.session)?;
-        let mut st = self.0.state();
-        // Through our one mapping of errors (tonic's own would make a
-        // damaged file DATA_LOSS, unlogged).
-        let all_users = st
-            .store
-            .users()
-            .map_err(Error::from)?
-            .iter()
-            .map(u64::to_string)
-            .collect();
-        let followers = st
-            .store
-            .followers(user)
-            .map_err(Error::from)?
-            .current()
-            .iter()
-            .map(u64::to_string)
-            .collect();
+        let user = self.node.caller(&req.username, &req.session)?;
+        // The numbers are taken under the state lock, the million strings
+        // they may make are built outside it. Errors go through our one
+        // mapping (tonic's own would make a damaged file DATA_LOSS, unlogged).
+        let (all_users, followers): (Vec<u64>, Vec<u64>) = {
+            let mut st = self.node.state();
+            let all = st
+                .store
+                .users()
+                .map_err(Error::from)?
+                .iter()
+                .copied()
+                .collect();
+            let followers = st.store.followers(user).map_err(Error::from)?;
+            (all, followers.current().into_iter().collect())
+        };
+        let strings = |v: Vec<u64>| v.into_iter().map(|u| u.to_string()).collect();
         Ok(Response::new(ListReply {
-            all_users,
-            followers,
+            all_users: strings(all_users),
+            followers: strings(followers),
         }))
     }
 
@@ -90,7 +112,10 @@ impl SnsService for ClientApi {
     async fn logout(&self, req: Request<SnsRequest>) -> Result<Response<Reply>, Status> {
         let req = req.into_inner();
         let user = parse_user(&req.username, "user id")?;
-        self.0.state().sessions.logout(user, &req.session);
+        self.node
+            .state()
+            .sessions
+            .logout(user, &req.session, Instant::now())?;
         Ok(ok("Logout successful"))
     }
 
@@ -101,14 +126,14 @@ impl SnsService for ClientApi {
         req: Request<Streaming<Message>>,
     ) -> Result<Response<Self::TimelineStream>, Status> {
         Ok(Response::new(
-            timeline::open(self.0.clone(), req.into_inner()).await?,
+            timeline::open(self.node.clone(), &self.streams, req.into_inner()).await?,
         ))
     }
 }
 
 impl ClientApi {
     async fn do_login(&self, req: SnsRequest) -> Result<Response<Reply>, Error> {
-        let node = &self.0;
+        let node = &self.node;
         if !node.is_master() {
             // The coordinator sent this client here: it has probably just
             // promoted us, and we would only hear so at our next heartbeat.
@@ -124,19 +149,26 @@ impl ClientApi {
                 node.opts.cluster
             )));
         }
+        // Refused logins write nothing and open no session: check first,
+        // log in once the user exists.
         node.state()
             .sessions
-            .login(user, &req.session, Instant::now())?;
+            .may_login(user, &req.session, Instant::now())?;
+        let limits = node.opts.limits;
         node.write(|st, _| {
-            let known = st.store.users()?.contains(&user.get());
-            Ok((!known).then_some(WriteOp {
+            let users = st.store.users()?;
+            if users.contains(&user.get()) {
+                return Ok(None);
+            }
+            limits.admit_users(users.len(), 1)?;
+            Ok(Some(WriteOp {
                 op: Some(write_op::Op::AddUser(AddUser { user: user.get() })),
             }))
         })
         .await?;
         // The write may have waited: the lease starts now.
         let mut st = node.state();
-        st.sessions.touch(user, &req.session, Instant::now());
+        st.sessions.login(user, &req.session, Instant::now())?;
         Ok(Response::new(Reply {
             msg: "Login successful".into(),
             lease_ms: st.sessions.lease().as_millis() as u64,
@@ -148,7 +180,7 @@ impl ClientApi {
         req: SnsRequest,
         follow: bool,
     ) -> Result<Response<Reply>, Error> {
-        let node = &self.0;
+        let node = &self.node;
         let user = node.caller(&req.username, &req.session)?;
         let target = argument(&req)?;
         if target == user {

@@ -47,14 +47,39 @@
 //! # Timelines and sessions
 //! [`timeline`] streams a user's timeline file and stores what they post on
 //! the same stream; [`session`] holds the login rules (a session per user,
-//! refreshed by its client, expiring after two heartbeats).
+//! refreshed by its client, expiring after two heartbeats; only its own
+//! token logs it out).
+//!
+//! # Bounded cost (SPEC §5)
+//! Nothing a client sends makes a server hang, spin or grow without bound:
+//!
+//! | input | bound |
+//! |---|---|
+//! | timeline streams | `SNS_MAX_STREAMS` (1000) in all, `SNS_MAX_STREAMS_PER_USER` (4) per user; past either, `RESOURCE_EXHAUSTED` |
+//! | a stream that is not read | a queue of 64 messages; no room for a failure window and it ends with `RESOURCE_EXHAUSTED` ([`timeline`]) |
+//! | a client that reads nothing, not even pings | HTTP/2 keep-alive: a ping every heartbeat, the connection cut after a failure window without an answer |
+//! | new users | `SNS_MAX_USERS` (1,000,000) per cluster, local and remote: "this cluster holds its maximum of N users" ([`crate::config::Limits`]) |
+//! | damaged files | a record longer than any valid one is reported and skipped at the cost of one pass ([`crate::storage`]); a post is checked before it is shown |
+//! | input in errors | at most 64 bytes quoted ([`crate::error::quote`]); user ids strictly ASCII digits, session tokens at most 128 bytes |
+//!
+//! Measured (a debug build, `tests/e2e/bounded.rs` and a reproduction of
+//! the reported attack, 125 users × 4 streams that never read, 300 to 800
+//! posts of 255 bytes fanned out to them): before, a client that never
+//! reads its socket made the master grow by 30 MB per 100 posts, linearly
+//! (249 MB after 800 posts, heading for hyper's 400 KB send buffer per
+//! stream, 0.5 MB with the queue of 256); streams that read the socket
+//! but not the stream (4 KB windows) took it to 80 MB, held as long as
+//! they stayed open. After: 45 to 55 MB for the first (the keep-alive cuts
+//! the connection within three heartbeats), 42 MB for the second (every
+//! stream ended with `RESOURCE_EXHAUSTED` after a failure window), and
+//! nothing more with more posts.
 //!
 //! # State and tasks
 //! [`node::Node`] is the one owner of a server's state: one lock for what
 //! changes together, and three with one job each (its doc has the table and
 //! the rule for disk work). A server runs the gRPC services, a heartbeat
 //! task, a mirror task, a resync task when it needs one and two tasks per
-//! open timeline; all of them end when the shutdown token is cancelled, and
+//! open timeline (at most `SNS_MAX_STREAMS`); all of them end when the shutdown token is cancelled, and
 //! [`run`] returns once they have. A write in hand is finished or failed
 //! (`UNAVAILABLE`, so its client retries elsewhere), never half done.
 //!
@@ -104,6 +129,8 @@ pub struct Options {
     pub fsync: bool,
     pub data_dir: PathBuf,
     pub trust: crate::trust::Trust,
+    /// Most users, most timeline streams ([`timeline`]).
+    pub limits: crate::config::Limits,
 }
 
 /// A directory opened at start-up.
@@ -211,11 +238,18 @@ pub async fn run(
     node.tasks
         .spawn(node.clone().heartbeat_loop(coordinator, info, asks));
     node.tasks.spawn(node.clone().mirror_loop());
+    // Pings find a client that has gone, or reads nothing (not even a
+    // ping), within three heartbeats, so its timeline streams and what
+    // HTTP/2 buffered for them do not stay forever.
     let server = node
         .opts
         .trust
         .server()?
-        .add_service(SnsServiceServer::new(client_api::ClientApi(node.clone())))
+        .http2_keepalive_interval(Some(node.opts.heartbeat))
+        .http2_keepalive_timeout(Some(node.failure_window))
+        .add_service(SnsServiceServer::new(client_api::ClientApi::new(
+            node.clone(),
+        )))
         .add_service(
             ReplicaServer::new(replication::api::ReplicaApi(node.clone()))
                 .max_decoding_message_size(64 << 20)

@@ -6,7 +6,9 @@
 //! has another token is refused: SPEC's duplicate-login rule. A killed
 //! client's session simply runs out; a client that exits cleanly logs out,
 //! and the ended session is kept, marked, until its lease runs out, so that a
-//! refresh still in flight cannot revive it.
+//! refresh still in flight cannot revive it. Only the session's own token
+//! logs it out. A token is at most [`MAX_TOKEN_BYTES`]: a server holds one
+//! per user.
 //!
 //! **Client ids.** A write carries the client's id for it (`post_id`,
 //! `request_id`), so that a write retried after a lost answer is recognised
@@ -19,6 +21,10 @@ use crate::model::UserId;
 use crate::proto::tinysns::{WriteOp, write_op};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// Longest session token: this project's client sends 16 hex digits; a
+/// course client none.
+pub const MAX_TOKEN_BYTES: usize = 128;
 
 struct Session {
     token: String,
@@ -45,8 +51,14 @@ impl Sessions {
         self.lease
     }
 
-    /// Logs `user` in with `token` (or refreshes that session).
-    pub fn login(&mut self, user: UserId, token: &str, now: Instant) -> Result<(), Error> {
+    /// Whether `user` may log in with `token` now; changes nothing, so that
+    /// a login can be refused before it writes anything.
+    pub fn may_login(&self, user: UserId, token: &str, now: Instant) -> Result<(), Error> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Error::Invalid(format!(
+                "a session token is at most {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
         if let Some(s) = self.by_user.get(&user)
             && s.expires > now
         {
@@ -59,6 +71,12 @@ impl Sessions {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Logs `user` in with `token` (or refreshes that session).
+    pub fn login(&mut self, user: UserId, token: &str, now: Instant) -> Result<(), Error> {
+        self.may_login(user, token, now)?;
         self.by_user.insert(
             user,
             Session {
@@ -68,16 +86,6 @@ impl Sessions {
             },
         );
         Ok(())
-    }
-
-    /// Starts the lease of `user`'s session with `token` afresh (a login
-    /// whose write waited).
-    pub fn touch(&mut self, user: UserId, token: &str, now: Instant) {
-        if let Some(s) = self.by_user.get_mut(&user)
-            && s.token == token
-        {
-            s.expires = now + self.lease;
-        }
     }
 
     /// Checks that a request comes from `user`'s live session, and refreshes
@@ -94,12 +102,17 @@ impl Sessions {
         }
     }
 
-    /// Ends `user`'s session, if `token` is its token.
-    pub fn logout(&mut self, user: UserId, token: &str) {
-        if let Some(s) = self.by_user.get_mut(&user)
-            && s.token == token
-        {
-            s.ended = true;
+    /// Ends `user`'s session, if `token` is its token (again, if it ended
+    /// already); any other token is refused and changes nothing.
+    pub fn logout(&mut self, user: UserId, token: &str, now: Instant) -> Result<(), Error> {
+        match self.by_user.get_mut(&user) {
+            Some(s) if s.expires > now && s.token == token => {
+                s.ended = true;
+                Ok(())
+            }
+            _ => Err(Error::Unauthenticated(format!(
+                "user {user} has no session with this token"
+            ))),
         }
     }
 }
@@ -237,9 +250,14 @@ mod tests {
         let t = Instant::now();
         let mut s = Sessions::new(LEASE);
         s.login(u(1), "a", t).unwrap();
-        s.logout(u(1), "other");
+        assert!(matches!(
+            s.logout(u(1), "other", t),
+            Err(Error::Unauthenticated(_))
+        ));
+        assert!(s.logout(u(2), "a", t).is_err(), "no session at all");
         s.check(u(1), "a", t).unwrap();
-        s.logout(u(1), "a");
+        s.logout(u(1), "a", t).unwrap();
+        s.logout(u(1), "a", t).unwrap();
         assert!(matches!(
             s.login(u(1), "a", t + LEASE / 4),
             Err(Error::Unauthenticated(_))
@@ -247,6 +265,30 @@ mod tests {
         assert!(s.check(u(1), "a", t).is_err());
         // Another client may log in at once.
         s.login(u(1), "b", t + LEASE / 4).unwrap();
+    }
+
+    #[test]
+    fn a_wrong_logout_changes_nothing_and_tokens_are_bounded() {
+        let t = Instant::now();
+        let mut s = Sessions::new(LEASE);
+        s.login(u(1), "a", t).unwrap();
+        assert!(s.logout(u(1), "b", t).is_err());
+        // The session is as it was: alive, its token still refreshes it.
+        s.check(u(1), "a", t).unwrap();
+        s.login(u(1), "a", t).unwrap();
+        assert!(s.login(u(1), "b", t).is_err());
+        // An expired session cannot be logged out any more.
+        assert!(s.logout(u(1), "a", t + 3 * LEASE).is_err());
+
+        let long = "t".repeat(MAX_TOKEN_BYTES + 1);
+        assert!(matches!(
+            s.may_login(u(2), &long, t),
+            Err(Error::Invalid(_))
+        ));
+        assert!(s.login(u(2), &long, t).is_err());
+        assert!(s.check(u(2), &long, t).is_err(), "nothing was stored");
+        s.login(u(2), &"t".repeat(MAX_TOKEN_BYTES), t).unwrap();
+        s.may_login(u(3), "", t).unwrap();
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! back to where the file ended before it ([`append_whole`]), so a failed
 //! append never leaves part of a record, or some of several records, behind.
 
-use super::record::{FileKind, Format, Post, split_records};
+use super::record::{FileKind, Format, MAX_POST_RECORD, Post, Scanner, last_end};
+use super::tail::{READ_CHUNK, report_malformed, scan_file};
 use crate::timefmt::Nanos;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -301,17 +302,14 @@ fn last_boundary(f: &mut File, len: u64, format: Format) -> io::Result<u64> {
     let mut end = len;
     let mut carry: Vec<u8> = Vec::new();
     while end > 0 {
-        let start = end.saturating_sub(4096);
+        let start = end.saturating_sub(READ_CHUNK as u64);
         let mut buf = vec![0u8; (end - start) as usize];
         f.seek(SeekFrom::Start(start))?;
         f.read_exact(&mut buf)?;
         buf.extend_from_slice(&carry);
         // Search from the end of this window (which includes the carried
         // prefix of the previous window) for the last terminator.
-        if let Some(pos) = buf
-            .windows(term.len())
-            .rposition(|w| w == term)
-            .map(|p| start + (p + term.len()) as u64)
+        if let Some(pos) = last_end(&buf, term).map(|p| start + p as u64)
             && pos <= len
         {
             return Ok(pos);
@@ -409,33 +407,56 @@ pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<u8>, u64)> {
 
 /// Like [`read_from`], but reads at most about `limit` bytes (always at least
 /// one whole record if there is one).
+///
+/// The bytes are the file's own, from `offset` on, so that callers can count
+/// offsets in them; so they stop before a record too long to be valid. When
+/// that record is the first, it is skipped instead: the bytes are empty and
+/// the offset is past it, or still `offset` while it has no terminator (it
+/// may be a torn tail that the next appender cuts). Reads a chunk at a time
+/// and keeps at most one valid record's worth of a long one.
 pub fn read_at_most(path: &Path, offset: u64, limit: u64) -> io::Result<(Vec<u8>, u64)> {
     let Some(mut f) = open_shared(path)? else {
         return Ok((Vec::new(), 0));
     };
     let len = f.metadata()?.len();
-    let len = if len.saturating_sub(offset) > limit {
-        // Extend the window until it holds a whole record.
-        let mut end = offset.saturating_add(limit);
-        loop {
-            let (bytes, _) = read_window(&mut f, offset, end)?;
-            if split_records(&bytes, Format::of(path)).1 > 0 || end >= len {
-                break end.min(len);
-            }
-            end = end.saturating_add(limit).min(len);
-        }
-    } else {
-        len
-    };
     if len <= offset {
         return Ok((Vec::new(), len.min(offset)));
     }
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::with_capacity((len - offset) as usize);
-    (&mut f).take(len - offset).read_to_end(&mut buf)?;
-    let (_, used) = split_records(&buf, Format::of(path));
-    buf.truncate(used);
-    Ok((buf, offset + used as u64))
+    let format = Format::of(path);
+    let term = format.terminator();
+    let mut scan = Scanner::new(format, offset);
+    let mut out = Vec::new();
+    // Just past what the bytes hold (or past a long first record).
+    let mut end = offset;
+    let mut done = false;
+    while !done && scan.position() < len {
+        let before = scan.position();
+        scan_file(&mut f, &mut scan, len, READ_CHUNK as u64, path, |at, r| {
+            if done {
+                return;
+            }
+            if at != end {
+                // A record too long to be valid came before this one.
+                if out.is_empty() {
+                    end = at;
+                }
+                done = true;
+                return;
+            }
+            out.extend_from_slice(r);
+            out.extend_from_slice(term);
+            end = at + (r.len() + term.len()) as u64;
+            done = out.len() as u64 >= limit;
+        })?;
+        if scan.position() == before {
+            break;
+        }
+    }
+    if !done && out.is_empty() && !scan.skipping() {
+        // Only records too long to be valid, which ended: past them.
+        end = end.max(scan.boundary());
+    }
+    Ok((out, end))
 }
 
 /// The last records of a file, oldest first, reading backwards from its end so
@@ -453,7 +474,29 @@ pub fn last_posts(
         return Ok(LastPosts::default());
     };
     let len = f.metadata()?.len();
-    let end = last_boundary(&mut f, len, Format::Records)?;
+    // The last record's end is within a valid record's length of the end
+    // of the file (what follows it is a torn tail, shorter than that); if no
+    // record ends there, the tail is a record too long to be valid.
+    let from = len.saturating_sub(MAX_POST_RECORD as u64 + 2);
+    let mut last = Vec::with_capacity((len - from) as usize);
+    f.seek(SeekFrom::Start(from))?;
+    (&mut f).take(len - from).read_to_end(&mut last)?;
+    let end = match last.windows(2).rposition(|w| w == b"\n\n") {
+        Some(p) => from + p as u64 + 2,
+        None if from == 0 => 0,
+        None => {
+            log::warn!(
+                "{}: the record at the end is longer than any valid one ({MAX_POST_RECORD} \
+                 bytes); no earlier posts are read",
+                path.display()
+            );
+            return Ok(LastPosts {
+                posts: Vec::new(),
+                start: len,
+                end: len,
+            });
+        }
+    };
     let mut out = Vec::new();
     let mut hi = end; // records in [.., hi) not yet parsed
     let mut window: Vec<u8> = Vec::new(); // bytes [lo, hi)
@@ -482,10 +525,19 @@ pub fn last_posts(
             let start = match start {
                 Some(s) => s,
                 None if lo == 0 => 0,
+                None if rel_hi > MAX_POST_RECORD => {
+                    // Looking further back would hold it all: stop here.
+                    log::warn!(
+                        "{}: the record ending at byte {hi} is longer than any valid one \
+                         ({MAX_POST_RECORD} bytes); no earlier posts are read",
+                        path.display()
+                    );
+                    break 'scan;
+                }
                 None => break, // need more bytes
             };
-            match Post::decode(&window[start..body_end]) {
-                Some(p) => {
+            match Post::parse(&window[start..body_end]) {
+                Ok(p) => {
                     if stop(&p) {
                         break 'scan;
                     }
@@ -493,7 +545,13 @@ pub fn last_posts(
                         out.push(p);
                     }
                 }
-                None => log::warn!("{}: skipping a malformed record", path.display()),
+                Err(_) if hi - (lo + start as u64) > MAX_POST_RECORD as u64 => log::warn!(
+                    "{}: the record at byte {} is longer than any valid one ({MAX_POST_RECORD} \
+                     bytes); skipped",
+                    path.display(),
+                    lo + start as u64
+                ),
+                Err(why) => report_malformed(path, lo + start as u64, &why),
             }
             hi = lo + start as u64;
             window.truncate(start);
@@ -526,13 +584,6 @@ pub struct LastPosts {
 /// scanning back from the end (cheap when `after` is recent).
 pub fn offset_after(path: &Path, after: Nanos) -> io::Result<u64> {
     Ok(last_posts(path, usize::MAX, |_| false, |p| p.time <= after)?.start)
-}
-
-fn read_window(f: &mut File, from: u64, to: u64) -> io::Result<(Vec<u8>, u64)> {
-    f.seek(SeekFrom::Start(from))?;
-    let mut buf = Vec::with_capacity((to - from) as usize);
-    (&mut *f).take(to - from).read_to_end(&mut buf)?;
-    Ok((buf, to))
 }
 
 // ---------------------------------------------------------------------------
@@ -607,7 +658,7 @@ pub fn content_hash(path: &Path, len: u64) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::record::post;
+    use crate::storage::record::{post, split_records};
     use crate::storage::{AuthorClock, Tail, UserSet};
     use std::io::Write;
 

@@ -36,6 +36,22 @@
 //!   and folded into its state (so the next check sees them) but not yet
 //!   written. The master writes them ([`Tail::flush_front`]) only once its
 //!   slave has them, so nothing a reader can see vanishes in a failover.
+//! * **Bounded reads of damaged files.** A valid record has a longest length
+//!   ([`Format::max_record`]: 315 bytes for a post, a 20-digit user, a
+//!   30-byte time and a 255-byte text; 54 for a line). Forward reads (the
+//!   views, [`Follower`], [`read_from`]) go through a [`Scanner`] 64 KiB at a
+//!   time and hold at most one valid record's worth between chunks; a longer
+//!   record is logged once with its file and offset and skipped to its
+//!   terminator, and the reader remembers where it is, so 50 MiB without a
+//!   terminator cost one pass, not one per look (nor a quadratic re-read).
+//!   [`last_posts`] looks back at most one valid record's length for the
+//!   end of the last record, and stops at a record too long to be valid:
+//!   the posts before it are not among the last ones shown. Records that fit
+//!   are checked field by field ([`Post::parse`]: a sane time, a user id,
+//!   a text valid per `model::validate_post`); a bad one is reported with
+//!   its offset and skipped. [`read_from`] returns the file's own bytes (its
+//!   callers count offsets in them), so it stops before a long record, and
+//!   skips it only when it comes first and has ended.
 //! * **One gate per directory.** Writers other than the server (the
 //!   synchronizer) hold `writers.lock` shared while they write
 //!   ([`try_enter_dir`]); a server rebuilding its directory holds it
@@ -71,9 +87,9 @@
 //!
 //! | file | what it is |
 //! |---|---|
-//! | `record` | record formats ([`Post`], [`FollowEvent`], [`Format`], [`split_records`]) and file names ([`FileKind`]); pure |
+//! | `record` | record formats ([`Post`], [`FollowEvent`], [`Format`], [`split_records`]), their bounds and the [`Scanner`], and file names ([`FileKind`]); pure |
 //! | `file` | files under `flock`: opening only regular files ([`open_read`], [`open_append`], [`Damaged`]), whole-or-absent appends, reads of whole records, torn-tail repair, [`last_posts`] read backwards, the directory gate ([`try_enter_dir`], [`close_dir`]), [`content_hash`], flushing |
-//! | `tail` | incremental views: [`Tail`] and the states it folds ([`UserSet`], [`FollowLog`], [`AuthorClock`]) |
+//! | `tail` | incremental views: [`Tail`] and the states it folds ([`UserSet`], [`FollowLog`], [`AuthorClock`]); [`Follower`], a reader that follows a file |
 //! | [`store`] | one directory as an idempotent state machine of write operations |
 //! | [`journal`] | the write-ahead journal of a mirrored batch |
 //! | [`watch`] | `notify` watches for appends (not opens and closes) |
@@ -96,7 +112,8 @@ pub use file::{
     read_from, records_end, repair, repair_dir, set_aside, sync_dir, sync_files, try_enter_dir,
 };
 pub use record::{
-    FileKind, FollowEvent, Format, Post, USERS_FILE, followers_file, following_file, posts_file,
-    split_records, timeline_file, users_file,
+    FileKind, FollowEvent, Format, Found, MAX_LINE_RECORD, MAX_POST_RECORD, Post, SANE_TIMES,
+    Scanner, USERS_FILE, followers_file, following_file, posts_file, split_records, timeline_file,
+    users_file,
 };
-pub use tail::{AuthorClock, Fold, FollowLog, Tail, UserSet};
+pub use tail::{Appended, AuthorClock, Fold, FollowLog, Follower, READ_CHUNK, Tail, UserSet};

@@ -2,20 +2,77 @@
 //! reads only what was appended since it last looked, so its cost grows with
 //! what changed, not with the history. The states: [`UserSet`]
 //! (`all_users.txt`), [`FollowLog`] (`_following`, `_followers`) and
-//! [`AuthorClock`] (`_posts`, `_timeline`).
+//! [`AuthorClock`] (`_posts`, `_timeline`). A [`Follower`] reads a file
+//! forward the same way for someone who only reads it (a timeline stream).
+//!
+//! Every forward read goes through a [`Scanner`]: a chunk of
+//! [`READ_CHUNK`] bytes at a time, never more than one record's worth kept
+//! between chunks, a record too long to be valid reported (file and offset)
+//! and skipped, and the scanner's place remembered, so that an unterminated
+//! tail of any size is read once, not once per look.
 
 use super::file::{append_whole, data_metadata, open_append, open_shared, repair_locked};
-use super::record::{FollowEvent, Format, Post, split_records};
+use super::record::{FollowEvent, Format, Found, Post, Scanner, split_records};
 use crate::timefmt::Nanos;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// How much a forward read takes from a file at a time.
+pub const READ_CHUNK: usize = 64 << 10;
 
 /// A state folded from a file's records.
 pub trait Fold: Default {
-    fn apply(&mut self, record: &[u8]);
+    /// Folds one record (without its terminator) in; the error says why a
+    /// malformed one is skipped.
+    fn apply(&mut self, record: &[u8]) -> Result<(), String>;
+}
+
+/// Feeds `scan` the bytes of `f` from the scanner's position up to `len`, a
+/// chunk at a time, until about `budget` bytes were read; calls `record`
+/// with the offset and bytes of each record of a valid length, and logs
+/// each record too long to be valid.
+pub(super) fn scan_file(
+    f: &mut File,
+    scan: &mut Scanner,
+    len: u64,
+    budget: u64,
+    path: &Path,
+    mut record: impl FnMut(u64, &[u8]),
+) -> io::Result<()> {
+    if scan.position() >= len {
+        return Ok(());
+    }
+    f.seek(SeekFrom::Start(scan.position()))?;
+    let mut buf = vec![0u8; (len - scan.position()).min(READ_CHUNK as u64) as usize];
+    let mut read = 0u64;
+    while scan.position() < len && read < budget {
+        let want = (len - scan.position()).min(buf.len() as u64) as usize;
+        let got = f.read(&mut buf[..want])?;
+        if got == 0 {
+            break;
+        }
+        read += got as u64;
+        scan.feed(&buf[..got], |found| match found {
+            Found::Record { at, bytes } => record(at, bytes),
+            Found::Oversized { at } => log::warn!(
+                "{}: the record at byte {at} is longer than any valid one ({} bytes); skipped",
+                path.display(),
+                Format::of(path).max_record()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Logs a record that [`Fold::apply`] or a reader skipped.
+pub(super) fn report_malformed(path: &Path, at: u64, why: &str) {
+    log::warn!(
+        "{}: skipping the record at byte {at}: {why}",
+        path.display()
+    );
 }
 
 /// An incrementally maintained view of one file: the offset read so far and
@@ -30,7 +87,9 @@ pub trait Fold: Default {
 pub struct Tail<S> {
     path: PathBuf,
     format: Format,
-    offset: u64,
+    /// How far the file has been read, and whether it is inside a record too
+    /// long to be valid.
+    scan: Scanner,
     /// The file's inode when last read: a file replaced by a resync is a new
     /// file, to be read from the start.
     ino: Option<u64>,
@@ -44,7 +103,7 @@ impl<S: Fold> Tail<S> {
         Tail {
             path,
             format,
-            offset: 0,
+            scan: Scanner::new(format, 0),
             ino: None,
             pending: VecDeque::new(),
             state: S::default(),
@@ -53,7 +112,7 @@ impl<S: Fold> Tail<S> {
 
     /// Whether the file changed identity or shrank since we read it.
     fn replaced(&self, len: u64, ino: u64) -> bool {
-        len < self.offset || self.ino.is_some_and(|i| i != ino)
+        len < self.scan.boundary() || self.ino.is_some_and(|i| i != ino)
     }
 
     /// Reads what was appended since the last call.
@@ -66,7 +125,7 @@ impl<S: Fold> Tail<S> {
         if self.replaced(len, ino) {
             self.reset();
         }
-        if len == self.offset {
+        if len == self.scan.position() {
             return Ok(());
         }
         let Some(mut f) = open_shared(&self.path)? else {
@@ -81,29 +140,29 @@ impl<S: Fold> Tail<S> {
         Ok(())
     }
 
-    /// Reads `[offset, len)` from `f` and folds its complete records; with
-    /// `all`, the caller holds the exclusive lock and the range is whole.
+    /// Reads what follows the scanner's position up to `len` from `f` and
+    /// folds its complete records; with `all`, the caller holds the
+    /// exclusive lock and the range is whole.
     fn read_rest(&mut self, f: &mut File, len: u64, all: bool) -> io::Result<()> {
-        if len <= self.offset {
-            return Ok(());
+        if !self.scan.truncate(len) {
+            self.reset();
         }
-        f.seek(SeekFrom::Start(self.offset))?;
-        let mut buf = Vec::with_capacity((len - self.offset) as usize);
-        (&mut *f).take(len - self.offset).read_to_end(&mut buf)?;
-        let used = if all {
-            buf.len()
-        } else {
-            split_records(&buf, self.format).1
-        };
-        self.fold_bytes(&buf[..used]);
-        self.offset += used as u64;
+        let (state, path) = (&mut self.state, &self.path);
+        scan_file(f, &mut self.scan, len, u64::MAX, path, |at, r| {
+            if let Err(why) = state.apply(r) {
+                report_malformed(path, at, &why);
+            }
+        })?;
+        if all {
+            self.scan.consume_rest();
+        }
         Ok(())
     }
 
     /// Forgets what was read (the file was replaced); staged records stay
     /// staged and folded.
     fn reset(&mut self) {
-        self.offset = 0;
+        self.scan = Scanner::new(self.format, 0);
         self.ino = None;
         self.state = S::default();
         let pending: Vec<String> = self.pending.iter().cloned().collect();
@@ -112,10 +171,16 @@ impl<S: Fold> Tail<S> {
         }
     }
 
+    /// Folds records of our own making (staged or just written).
     fn fold_bytes(&mut self, bytes: &[u8]) {
         let (records, _) = split_records(bytes, self.format);
         for r in records {
-            self.state.apply(r);
+            if let Err(why) = self.state.apply(r) {
+                log::warn!(
+                    "{}: a record of our own is malformed: {why}",
+                    self.path.display()
+                );
+            }
         }
     }
 
@@ -182,7 +247,9 @@ impl<S: Fold> Tail<S> {
             // last read or wrote, at a record boundary. Otherwise someone
             // else appended (or a writer crashed), and since nobody else can
             // be writing now, an incomplete tail is torn: cut it.
-            let known = self.ino == Some(meta.ino()) && meta.len() == self.offset;
+            let known = self.ino == Some(meta.ino())
+                && meta.len() == self.scan.position()
+                && self.scan.at_boundary();
             let len = if known || repair_locked(&mut f, self.format)? == 0 {
                 meta.len()
             } else {
@@ -203,11 +270,73 @@ impl<S: Fold> Tail<S> {
 
     fn write_locked(&mut self, f: &mut File, bytes: &[u8]) -> io::Result<()> {
         debug_assert!(bytes.ends_with(self.format.terminator()));
-        // Whole or absent: a failed append is cut back to `offset`, where
-        // the file ended (the caller holds the lock and has read it all).
-        append_whole(f, self.offset, bytes, &self.path)?;
-        self.offset += bytes.len() as u64;
+        // Whole or absent: a failed append is cut back to where the file
+        // ended (the caller holds the lock and has read it all).
+        append_whole(f, self.scan.position(), bytes, &self.path)?;
+        self.scan.advance(bytes.len() as u64);
         Ok(())
+    }
+}
+
+/// One file followed as it grows by a reader that does not write it (a
+/// timeline stream): the whole records appended since the last look, a
+/// bounded amount at a time.
+#[derive(Debug)]
+pub struct Follower {
+    path: PathBuf,
+    scan: Scanner,
+    ino: Option<u64>,
+}
+
+/// What [`Follower::read`] found.
+#[derive(Debug, Default)]
+pub struct Appended {
+    /// Records of a valid length, with their offsets.
+    pub records: Vec<(u64, Vec<u8>)>,
+    /// Whether there is more to read already.
+    pub more: bool,
+}
+
+impl Follower {
+    /// Follows `path` from `at`, a record boundary.
+    pub fn new(path: PathBuf, at: u64) -> Follower {
+        let scan = Scanner::new(Format::of(&path), at);
+        Follower {
+            path,
+            scan,
+            ino: None,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The records appended since the last call, from about `budget` bytes
+    /// at most; `None` when the file was replaced or cut shorter than what
+    /// was read (the reader starts over).
+    pub fn read(&mut self, budget: u64) -> io::Result<Option<Appended>> {
+        let Some(mut f) = open_shared(&self.path)? else {
+            return Ok((self.scan.boundary() == 0).then(Appended::default));
+        };
+        let meta = f.metadata()?;
+        if self.ino.is_some_and(|i| i != meta.ino()) || !self.scan.truncate(meta.len()) {
+            return Ok(None);
+        }
+        self.ino = Some(meta.ino());
+        let mut records = Vec::new();
+        scan_file(
+            &mut f,
+            &mut self.scan,
+            meta.len(),
+            budget,
+            &self.path,
+            |at, r| records.push((at, r.to_vec())),
+        )?;
+        Ok(Some(Appended {
+            records,
+            more: self.scan.position() < meta.len(),
+        }))
     }
 }
 
@@ -216,16 +345,13 @@ impl<S: Fold> Tail<S> {
 pub struct UserSet(pub BTreeSet<u64>);
 
 impl Fold for UserSet {
-    fn apply(&mut self, record: &[u8]) {
-        match std::str::from_utf8(record)
+    fn apply(&mut self, record: &[u8]) -> Result<(), String> {
+        let user = std::str::from_utf8(record)
             .ok()
             .and_then(crate::config::parse_user)
-        {
-            Some(u) => {
-                self.0.insert(u);
-            }
-            None => log::warn!("skipping a malformed user line"),
-        }
+            .ok_or_else(|| "not a user id".to_string())?;
+        self.0.insert(user);
+        Ok(())
     }
 }
 
@@ -237,19 +363,16 @@ pub struct FollowLog {
 }
 
 impl Fold for FollowLog {
-    fn apply(&mut self, record: &[u8]) {
-        match FollowEvent::decode(record) {
-            Some(e) => {
-                let v = self.events.entry(e.user).or_default();
-                // Events arrive in time order per user; keep it sorted anyway
-                // so that a late one (from another cluster) folds correctly.
-                let pos = v.partition_point(|(t, _)| *t <= e.time);
-                if pos == 0 || v[pos - 1] != (e.time, e.follow) {
-                    v.insert(pos, (e.time, e.follow));
-                }
-            }
-            None => log::warn!("skipping a malformed follow line"),
+    fn apply(&mut self, record: &[u8]) -> Result<(), String> {
+        let e = FollowEvent::parse(record)?;
+        let v = self.events.entry(e.user).or_default();
+        // Events arrive in time order per user; keep it sorted anyway so
+        // that a late one (from another cluster) folds correctly.
+        let pos = v.partition_point(|(t, _)| *t <= e.time);
+        if pos == 0 || v[pos - 1] != (e.time, e.follow) {
+            v.insert(pos, (e.time, e.follow));
         }
+        Ok(())
     }
 }
 
@@ -320,14 +443,11 @@ impl FollowLog {
 pub struct AuthorClock(pub HashMap<u64, Nanos>);
 
 impl Fold for AuthorClock {
-    fn apply(&mut self, record: &[u8]) {
-        match Post::decode(record) {
-            Some(p) => {
-                let t = self.0.entry(p.author).or_insert(p.time);
-                *t = (*t).max(p.time);
-            }
-            None => log::warn!("skipping a malformed post record"),
-        }
+    fn apply(&mut self, record: &[u8]) -> Result<(), String> {
+        let p = Post::parse(record)?;
+        let t = self.0.entry(p.author).or_insert(p.time);
+        *t = (*t).max(p.time);
+        Ok(())
     }
 }
 
@@ -362,6 +482,175 @@ mod tests {
         assert_eq!(all, vec![p]);
     }
 
+    use crate::storage::{read_at_most, read_from};
+    use std::io::Write;
+
+    fn append_raw(path: &Path, bytes: &[u8]) {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    fn texts(posts: &[Post]) -> Vec<&str> {
+        posts.iter().map(|p| p.text.as_str()).collect()
+    }
+
+    fn followed(f: &mut Follower) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let got = f.read(1 << 20).unwrap().expect("not replaced");
+            out.extend(
+                got.records
+                    .iter()
+                    .filter_map(|(_, r)| Post::decode(r))
+                    .map(|p| p.text),
+            );
+            if !got.more {
+                return out;
+            }
+        }
+    }
+
+    /// A record with a 5 MiB text: too long to be valid, so every reader
+    /// reports and skips it and goes on with the next record.
+    #[test]
+    fn a_five_mib_text_is_skipped_by_every_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u1_timeline.txt");
+        let huge = post(2, 2000, &"x".repeat(5 << 20)).encode();
+        let body = format!(
+            "{}{huge}{}",
+            post(2, 1000, "before").encode(),
+            post(3, 3000, "after").encode()
+        );
+        std::fs::write(&path, &body).unwrap();
+
+        let mut t: Tail<AuthorClock> = Tail::new(path.clone());
+        t.refresh().unwrap();
+        assert_eq!(t.state.latest(2), 1000, "the long post is not counted");
+        assert_eq!(t.state.latest(3), 3000);
+
+        let mut f = Follower::new(path.clone(), 0);
+        assert_eq!(followed(&mut f), ["before", "after"]);
+
+        // Backwards, the scan stops at it: the posts after it are shown.
+        let last = last_posts(&path, 20, |_| true, |_| false).unwrap();
+        assert_eq!(texts(&last.posts), ["after"]);
+        assert_eq!(last.end, body.len() as u64);
+
+        // The synchronizer's reads: whole records up to it, past it, after it.
+        let (bytes, end) = read_from(&path, 0).unwrap();
+        assert_eq!(bytes, post(2, 1000, "before").encode().as_bytes());
+        let (bytes, end) = read_at_most(&path, end, 1 << 20).unwrap();
+        assert!(bytes.is_empty());
+        let (bytes, end) = read_from(&path, end).unwrap();
+        assert_eq!(bytes, post(3, 3000, "after").encode().as_bytes());
+        assert_eq!(end, body.len() as u64);
+    }
+
+    /// 50 MiB without a terminator at the end of a timeline: read once, in
+    /// chunks, never held; cut by the next appender; what follows it, if it
+    /// ends after all, is read.
+    #[test]
+    fn a_fifty_mib_unterminated_tail_is_read_once_and_cut_by_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u1_timeline.txt");
+        let first = post(2, 1000, "before").encode();
+        std::fs::write(&path, &first).unwrap();
+        let junk = vec![b'j'; 50 << 20];
+        append_raw(&path, &junk);
+        let len = std::fs::metadata(&path).unwrap().len();
+
+        let mut t: Tail<AuthorClock> = Tail::new(path.clone());
+        t.refresh().unwrap();
+        assert_eq!(t.state.latest(2), 1000);
+        assert_eq!(t.scan.position(), len, "read to the end");
+        assert!(t.scan.skipping());
+        assert_eq!(t.scan.boundary(), first.len() as u64);
+        // Nothing new: not read again.
+        t.refresh().unwrap();
+
+        let mut f = Follower::new(path.clone(), 0);
+        assert_eq!(followed(&mut f), ["before"]);
+        assert!(
+            followed(&mut f).is_empty(),
+            "nothing new, nothing read again"
+        );
+
+        // The backward scan does not look into it; the stream starts after it.
+        let last = last_posts(&path, 20, |_| true, |_| false).unwrap();
+        assert!(last.posts.is_empty());
+        assert_eq!(last.end, len);
+        // Nor do the synchronizer's reads take it (it may be a torn tail).
+        let at = first.len() as u64;
+        assert_eq!(read_at_most(&path, at, 1 << 20).unwrap(), (Vec::new(), at));
+
+        // It ends after all, and a post follows: every reader goes on.
+        let mut g = Follower::new(path.clone(), len);
+        append_raw(
+            &path,
+            format!("\n\n{}", post(3, 3000, "after").encode()).as_bytes(),
+        );
+        assert_eq!(followed(&mut f), ["after"]);
+        t.refresh().unwrap();
+        assert_eq!(t.state.latest(3), 3000);
+        // (A follower that started at the end sees the end of the long record
+        // first, and skips it as malformed.)
+        assert_eq!(followed(&mut g), ["after"]);
+        assert_eq!(
+            read_at_most(&path, at, 1 << 20).unwrap().0,
+            Vec::<u8>::new()
+        );
+        let (_, past) = read_at_most(&path, at, 1 << 20).unwrap();
+        assert_eq!(
+            read_from(&path, past).unwrap().0,
+            post(3, 3000, "after").encode().as_bytes()
+        );
+    }
+
+    #[test]
+    fn an_appender_cuts_an_unterminated_tail_and_readers_start_over_where_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u1_timeline.txt");
+        let first = post(2, 1000, "before").encode();
+        std::fs::write(&path, &first).unwrap();
+        append_raw(&path, &vec![b'j'; 4 << 20]);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let mut f = Follower::new(path.clone(), 0);
+        assert_eq!(followed(&mut f), ["before"]);
+        // A stream that opened now starts at the end (last_posts).
+        let mut late = Follower::new(path.clone(), len);
+
+        let mut t: Tail<AuthorClock> = Tail::new(path.clone());
+        let p = post(3, 3000, "after");
+        t.append_with(|_| Some(p.encode())).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            format!("{first}{}", p.encode()).as_bytes(),
+            "the long tail was cut"
+        );
+        assert_eq!(t.state.latest(2), 1000);
+        // The follower that was before it reads on; the one past it is told
+        // to start over.
+        assert_eq!(followed(&mut f), ["after"]);
+        assert!(late.read(1 << 20).unwrap().is_none());
+    }
+
+    #[test]
+    fn malformed_lines_are_skipped_and_the_rest_folded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("all_users.txt");
+        let long = "9".repeat(100);
+        std::fs::write(&path, format!("1\n+2\n 3\n4 \n0\n05\n{long}\n6\n")).unwrap();
+        let mut t: Tail<UserSet> = Tail::new(path.clone());
+        t.refresh().unwrap();
+        assert_eq!(t.state.0.iter().copied().collect::<Vec<_>>(), vec![1, 6]);
+    }
+
     #[test]
     fn follow_log_history() {
         let mut log = FollowLog::default();
@@ -375,7 +664,8 @@ mod tests {
                 .encode()
                 .trim_end()
                 .as_bytes(),
-            );
+            )
+            .unwrap();
         }
         assert!(log.at(2, 15));
         assert!(!log.at(2, 25));

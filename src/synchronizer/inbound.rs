@@ -325,7 +325,9 @@ mod tests {
                 time: e.1,
             }
             .encode();
-            followers.apply(record.trim_end().as_bytes());
+            followers
+                .apply(record.trim_end().as_bytes())
+                .expect("a valid record");
         }
         let history: Vec<Post> = (0..5)
             .map(|i| Post {

@@ -39,7 +39,11 @@
 //! again and marks every file dirty, which costs a `stat` per file when
 //! nothing changed; a push that failed is retried every heartbeat, and a peer
 //! that failed once is skipped for the rest of the round, so a hung peer costs
-//! one timeout per round.
+//! one timeout per round. A peer that refuses a push with `RESOURCE_EXHAUSTED`
+//! (a cluster at `SNS_MAX_USERS` refusing new users) is not down: its other
+//! pushes (follows, posts) go on. A record too long to be valid in a file we
+//! send from is reported and the cursor moves past it
+//! ([`crate::storage::read_at_most`]); nothing stops at it.
 //!
 //! An author whom nobody in a peer's cluster has ever followed costs nothing
 //! for that peer: the cursor waits, and the first follow from there moves it
@@ -81,6 +85,8 @@
 //! What passes is applied to every server directory of the cluster through
 //! [`crate::storage::store::Store`], under `flock` and idempotently, and
 //! acknowledged only once it is on disk (flushed, with `SNS_FSYNC=1`). A
+//! push of users that would take a directory past `SNS_MAX_USERS` is refused
+//! whole, before anything is written. A
 //! directory being resynced is closed to us: the push is refused as
 //! unavailable and the peer retries it. The servers see what was written
 //! through their own directory watches.
@@ -136,6 +142,8 @@ pub struct Options {
     pub fsync: bool,
     pub data_dir: PathBuf,
     pub trust: crate::trust::Trust,
+    /// `max_users`: a push of users past it is refused.
+    pub limits: crate::config::Limits,
 }
 
 /// Runs a synchronizer on `listener` until `shutdown` is cancelled, and
@@ -195,7 +203,13 @@ pub async fn run(
             return Err(e);
         }
     };
-    let receiver = receiver::Receiver::new(partition, opts.data_dir.clone(), opts.fsync, tx);
+    let receiver = receiver::Receiver::new(
+        partition,
+        opts.data_dir.clone(),
+        opts.fsync,
+        opts.limits,
+        tx,
+    );
     log::info!(
         "synchronizer {} serving at {}:{} ({} clusters)",
         opts.id,

@@ -256,7 +256,7 @@ mod tests {
     /// Adds events to a followers log as the file would hold them.
     fn record(log: &mut FollowLog, events: &[FollowEvent]) {
         for e in events {
-            log.apply(e.encode().trim_end().as_bytes());
+            log.apply(e.encode().trim_end().as_bytes()).unwrap();
         }
     }
 

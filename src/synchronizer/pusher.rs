@@ -255,7 +255,9 @@ fn next_records(c: &mut TimeCursor, path: &Path, find: Finder) -> Result<Option<
     let format = storage::Format::of(path);
     let (records, _) = storage::split_records(&bytes, format);
     if records.is_empty() {
-        return Ok(None);
+        // Past a record too long to be valid, if that is what was there:
+        // an empty batch moves the cursor on.
+        return Ok((end > offset).then(|| (Vec::new(), end)));
     }
     let term = format.terminator().len() as u64;
     let taken: Vec<Vec<u8>> = records.iter().take(BATCH).map(|r| r.to_vec()).collect();

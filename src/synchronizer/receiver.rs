@@ -24,6 +24,8 @@ pub(super) struct Receiver {
     data_dir: PathBuf,
     /// Flush what a push wrote before acknowledging it.
     fsync: bool,
+    /// `max_users` caps what `all_users.txt` may hold.
+    limits: crate::config::Limits,
     /// One store per server directory of this cluster.
     stores: Mutex<HashMap<PathBuf, Store>>,
     /// To the pusher: a remote follow may need posts sent again.
@@ -39,12 +41,14 @@ impl Receiver {
         partition: Partition,
         data_dir: PathBuf,
         fsync: bool,
+        limits: crate::config::Limits,
         events: mpsc::UnboundedSender<Event>,
     ) -> Receiver {
         Receiver {
             partition,
             data_dir,
             fsync,
+            limits,
             stores: Mutex::new(HashMap::new()),
             events,
         }
@@ -129,6 +133,18 @@ impl Receiver {
 
     fn store_users(&self, batch: UserBatch) -> Result<()> {
         let users = inbound::users(self.partition, &batch)?;
+        // The cap counts what each directory holds; a batch that would take
+        // any of them past it is refused whole, before anything is written.
+        let mut room = Ok(());
+        self.each_store(|s| {
+            let known = s.users()?;
+            let new = users.iter().filter(|u| !known.contains(&u.get())).count();
+            if room.is_ok() {
+                room = self.limits.admit_users(known.len(), new);
+            }
+            Ok(())
+        })?;
+        room?;
         self.each_store(|s| {
             for u in &users {
                 s.add_user(*u)?;

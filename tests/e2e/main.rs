@@ -12,6 +12,7 @@
 mod harness;
 
 mod bad_input;
+mod bounded;
 mod client_cli;
 mod concurrent_appenders;
 mod disk_faults;

@@ -520,6 +520,7 @@ mod tests {
             fsync: true,
             data_dir: data.to_path_buf(),
             trust: crate::trust::Trust::new(crate::trust::ClusterKey::generate(), None),
+            limits: crate::config::Limits::default(),
         };
         let dir = crate::config::server_dir(data, 1, 1);
         let opened = open_dir(&dir, &opts, 3).unwrap();

@@ -269,12 +269,27 @@ impl System {
     }
 
     pub fn start_synchronizer(&mut self, id: u32) {
+        self.start_synchronizer_with(id, &[]);
+    }
+
+    /// [`System::start_synchronizer`] with extra environment variables
+    /// (knobs such as `SNS_MAX_USERS`).
+    pub fn start_synchronizer_with(&mut self, id: u32, env: &[(&str, &str)]) {
         let name = Self::synchronizer_name(id);
         let port = *self.ports.entry(name.clone()).or_insert_with(free_port);
         let mut cmd = self.command(env!("CARGO_BIN_EXE_synchronizer"));
         cmd.args(["-h", "127.0.0.1", "-k", &self.coord_port.to_string()])
-            .args(["-p", &port.to_string(), "-i", &id.to_string()]);
+            .args(["-p", &port.to_string(), "-i", &id.to_string()])
+            .envs(env.iter().copied());
         self.spawn(&name, cmd);
+    }
+
+    /// The gRPC address of synchronizer `id`.
+    pub fn synchronizer_url(&self, id: u32) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.ports[&Self::synchronizer_name(id)]
+        )
     }
 
     /// SIGKILLs a process by name.
