@@ -143,9 +143,25 @@ impl From<Error> for Status {
 /// The one place a status from another process becomes an [`Error`]. A
 /// status that tonic made from a local transport failure carries its source
 /// error, whatever its code: the other side did not answer.
+/// Most of another process's error message that is kept: ours are a
+/// sentence, and what a peer or stranger sends is logged and shown.
+const REMOTE_MESSAGE_BYTES: usize = 1024;
+
+/// `m`, cut to [`REMOTE_MESSAGE_BYTES`] at a character boundary.
+fn bounded(m: &str) -> String {
+    if m.len() <= REMOTE_MESSAGE_BYTES {
+        return m.to_string();
+    }
+    let mut end = REMOTE_MESSAGE_BYTES;
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &m[..end], m.len())
+}
+
 impl From<Status> for Error {
     fn from(s: Status) -> Self {
-        let m = s.message().to_string();
+        let m = bounded(s.message());
         if std::error::Error::source(&s).is_some() {
             return Error::Unavailable(m);
         }
@@ -170,6 +186,20 @@ impl From<Status> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_remote_message_is_cut() {
+        let long = "é".repeat(4000);
+        let e = Error::from(Status::internal(long));
+        assert!(
+            e.message().len() < REMOTE_MESSAGE_BYTES + 32,
+            "{}",
+            e.message().len()
+        );
+        assert!(e.message().ends_with("(8000 bytes)"));
+        let short = Error::from(Status::internal("short"));
+        assert_eq!(short.message(), "short");
+    }
 
     #[test]
     fn every_variant_survives_the_wire() {
