@@ -57,14 +57,23 @@ pub const QUOTE_BYTES: usize = 64;
 /// when cut. Every message that repeats input goes through here, so that a
 /// megabyte of input is never echoed back or logged.
 pub fn quote(input: &str) -> String {
-    if input.len() <= QUOTE_BYTES {
-        return format!("{input:?}");
+    match cut(input, QUOTE_BYTES) {
+        None => format!("{input:?}"),
+        Some(head) => format!("{head:?}... ({} bytes)", input.len()),
     }
-    let mut end = QUOTE_BYTES;
-    while !input.is_char_boundary(end) {
+}
+
+/// The first `max` bytes of `s` at most, cut at a character boundary, when
+/// `s` is longer.
+fn cut(s: &str, max: usize) -> Option<&str> {
+    if s.len() <= max {
+        return None;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{:?}... ({} bytes)", &input[..end], input.len())
+    Some(&s[..end])
 }
 
 /// The crate's result type.
@@ -149,14 +158,10 @@ const REMOTE_MESSAGE_BYTES: usize = 1024;
 
 /// `m`, cut to [`REMOTE_MESSAGE_BYTES`] at a character boundary.
 fn bounded(m: &str) -> String {
-    if m.len() <= REMOTE_MESSAGE_BYTES {
-        return m.to_string();
+    match cut(m, REMOTE_MESSAGE_BYTES) {
+        None => m.to_string(),
+        Some(head) => format!("{head}... ({} bytes)", m.len()),
     }
-    let mut end = REMOTE_MESSAGE_BYTES;
-    while !m.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &m[..end], m.len())
 }
 
 impl From<Status> for Error {

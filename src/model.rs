@@ -126,22 +126,6 @@ pub fn validate_op(op: &crate::proto::tinysns::WriteOp) -> Result<(), String> {
 // `synchronizer::inbound`; these are the pieces they share with the
 // replication service.
 
-/// Most bytes of outside input an error message quotes.
-pub const QUOTE_BYTES: usize = 64;
-
-/// At most [`QUOTE_BYTES`] of `s` (cut on a character boundary), quoted,
-/// for an error message.
-pub fn excerpt(s: &str) -> String {
-    if s.len() <= QUOTE_BYTES {
-        return format!("{s:?}");
-    }
-    let mut end = QUOTE_BYTES;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{:?}...", &s[..end])
-}
-
 /// A user id from another process: positive, and of `home` when given.
 pub fn check_user(id: u64, clusters: u32, home: Option<ClusterId>) -> Result<UserId, String> {
     let user = UserId::new(id).ok_or("user 0 does not exist")?;
@@ -244,16 +228,6 @@ mod peer_input_tests {
             assert!(check(op.clone()).is_err(), "{op:?}");
         }
         assert!(check_mirrored_op(&WriteOp { op: None }, ClusterId(1), 3, NOW).is_err());
-    }
-
-    #[test]
-    fn excerpts_are_at_most_64_bytes() {
-        assert_eq!(excerpt("abc"), "\"abc\"");
-        let long = "é".repeat(100);
-        let e = excerpt(&long);
-        assert!(e.len() <= QUOTE_BYTES + 5, "{e}");
-        assert!(e.ends_with("..."));
-        assert_eq!(excerpt(&"a".repeat(64)), format!("{:?}", "a".repeat(64)));
     }
 }
 

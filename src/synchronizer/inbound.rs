@@ -31,8 +31,9 @@
 //! push, over another cluster's users, and over times outside the bounds.
 
 use super::plan::Partition;
+use crate::error::quote;
 use crate::error::{Error, Result};
-use crate::model::{ClusterId, UserId, check_user, excerpt, validate_post};
+use crate::model::{ClusterId, UserId, check_user, validate_post};
 use crate::proto::tinysns::{FollowBatch, FollowOp, PostBatch, UserBatch};
 use crate::storage::Post;
 use crate::timefmt::{Nanos, check_peer_time};
@@ -103,7 +104,7 @@ pub fn posts(p: Partition, now: Nanos, batch: PostBatch) -> Result<Vec<(Post, Ve
         let checked = check_user(op.author, p.clusters, Some(from))
             .map(drop)
             .and_then(|_| {
-                validate_post(&op.text).map_err(|why| format!("{why}: {}", excerpt(&op.text)))
+                validate_post(&op.text).map_err(|why| format!("{why}: {}", quote(&op.text)))
             })
             .and_then(|_| check_peer_time(op.time_ns, now))
             .and_then(|_| {

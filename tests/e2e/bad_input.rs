@@ -3,7 +3,7 @@
 //! the cluster (master's nor slave's); every process given bad flags exits
 //! with status 2 and a one-line reason.
 
-use crate::harness::grpc::{connect, login, login_ok, request};
+use crate::harness::grpc::{connect, expect_code, login, login_ok, request};
 use crate::harness::*;
 
 use std::path::{Path, PathBuf};
@@ -30,19 +30,6 @@ fn cluster_files(dir: &Path) -> Snapshot {
 /// what `before` recorded.
 fn assert_unchanged(dir: &Path, before: &Snapshot, what: &str) {
     assert_same_files(before, &cluster_files(dir), what);
-}
-
-fn expect_code<T: std::fmt::Debug>(r: Result<T, Status>, want: Code, what: &str) {
-    match r {
-        Ok(v) => panic!("{what}: expected {want:?}, got OK: {v:?}"),
-        Err(s) => assert_eq!(
-            s.code(),
-            want,
-            "{what}: expected {want:?}, got {:?} ({:?})",
-            s.code(),
-            s.message()
-        ),
-    }
 }
 
 /// Cluster 1 of 3 (master and in-service slave, no synchronizer), for

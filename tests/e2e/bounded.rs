@@ -4,7 +4,7 @@
 //! checked with its code, with the files and the coordinator's table
 //! unchanged, and with the legitimate user still served.
 
-use crate::harness::grpc::{connect, login, login_ok, request};
+use crate::harness::grpc::{connect, expect_code, login, login_ok, request};
 use crate::harness::*;
 
 use std::fmt::Display;
@@ -163,22 +163,6 @@ impl Unchanged {
             self.table,
             "{what} changed the coordinator's table"
         );
-    }
-}
-
-fn expect_code<T: std::fmt::Debug>(r: Result<T, Status>, want: Code, what: &str) -> Status {
-    match r {
-        Ok(v) => panic!("{what}: expected {want:?}, got OK: {v:?}"),
-        Err(s) => {
-            assert_eq!(
-                s.code(),
-                want,
-                "{what}: got {:?} ({:?})",
-                s.code(),
-                s.message()
-            );
-            s
-        }
     }
 }
 

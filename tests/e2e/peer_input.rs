@@ -8,6 +8,7 @@
 //! Two systems: three clusters with synchronizers for the pushes, and one
 //! cluster for the replica service and the coordinator's heartbeats.
 
+use crate::harness::grpc::expect_code;
 use crate::harness::peer::peer;
 use crate::harness::*;
 
@@ -20,25 +21,12 @@ use tinysns::proto::tinysns::{
     PostOp, RemotePost, Role, ServerInfo, SnapshotRequest, UserBatch, WriteOp, write_op,
 };
 use tinysns::timefmt;
-use tonic::{Code, Status};
+use tonic::Code;
 
 /// A long heartbeat: nothing here depends on failure detection until the
 /// failover at the end, and a busy machine must not turn a slow heartbeat
 /// into a change of the table between two snapshots.
 const HEARTBEAT_MS: u64 = 1000;
-
-fn expect_code<T: std::fmt::Debug>(r: Result<T, Status>, want: Code, what: &str) {
-    match r {
-        Ok(v) => panic!("{what}: expected {want:?}, got OK: {v:?}"),
-        Err(s) => assert_eq!(
-            s.code(),
-            want,
-            "{what}: expected {want:?}, got {:?} ({:?})",
-            s.code(),
-            s.message()
-        ),
-    }
-}
 
 /// An entry of the coordinator's table without its heartbeat age:
 /// `(kind, cluster, id, address, role, alive, in service, run)`.

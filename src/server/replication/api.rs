@@ -136,15 +136,12 @@ impl ReplicaApi {
         if req.address.len() > MAX_ADDRESS || req.address == node.addr {
             return Err(Error::Invalid(format!(
                 "cannot take in a slave at {}",
-                crate::model::excerpt(&req.address)
+                crate::error::quote(&req.address)
             )));
         }
         // The address must be one we can dial before the slave is in service.
         replica_client(&req.address, node.failure_window, &node.opts.trust).map_err(|_| {
-            Error::Invalid(format!(
-                "bad address {}",
-                crate::model::excerpt(&req.address)
-            ))
+            Error::Invalid(format!("bad address {}", crate::error::quote(&req.address)))
         })?;
         let link = SlaveLink {
             server,

@@ -56,3 +56,20 @@ pub async fn login_ok(c: &mut SnsServiceClient<Channel>, user: &str, session: &s
         }
     }
 }
+
+/// Panics unless `r` is the error `want`; returns it.
+pub fn expect_code<T: std::fmt::Debug>(r: Result<T, Status>, want: Code, what: &str) -> Status {
+    match r {
+        Ok(v) => panic!("{what}: expected {want:?}, got OK: {v:?}"),
+        Err(s) => {
+            assert_eq!(
+                s.code(),
+                want,
+                "{what}: got {:?} ({:?})",
+                s.code(),
+                s.message()
+            );
+            s
+        }
+    }
+}
