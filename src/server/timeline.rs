@@ -172,7 +172,8 @@ impl Drop for TotalSlot {
 }
 
 // ---------------------------------------------------------------------------
-// The way out: a bounded queue, and an end that overtakes it
+// The way out: a bounded queue, and an end that overtakes it when the
+// client does not read
 
 /// What the stream's two tasks send through.
 #[derive(Clone)]
@@ -218,16 +219,29 @@ impl Outbound {
         }
     }
 
-    /// Ends the stream with `e`, which the client gets before anything still
-    /// queued.
+    /// Ends the stream with `e`. A client that does not read gets it before
+    /// anything still queued (there is no room behind it); any other end
+    /// (a step-down, a bad post, shutdown) comes after what is queued, so
+    /// that no post already taken for the screen is thrown away.
     fn end(&self, e: Error) {
+        let not_reading = matches!(e, Error::Exhausted(_));
         match &e {
             Error::Exhausted(m) => log::info!("{m}"),
             other => log::debug!("a timeline stream ends: {other}"),
         }
         let end = self.end.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(end) = end {
-            let _ = end.send(e.into());
+        let status: Status = e.into();
+        let behind = if not_reading {
+            Err(status)
+        } else {
+            self.tx.try_send(Err(status)).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s
+                    .err()
+                    .unwrap_or_else(|| Status::unknown("the stream ended")),
+            })
+        };
+        if let (Some(end), Err(status)) = (end, behind) {
+            let _ = end.send(status);
         }
         self.ended.cancel();
     }
@@ -674,20 +688,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_end_overtakes_the_queue_and_the_outbox_gives_its_slot_back() {
+    async fn a_not_reading_end_overtakes_the_queue_and_the_outbox_gives_its_slot_back() {
         use tokio_stream::StreamExt;
-        let (out, mut outbox, slots) = outbound(Duration::from_secs(60));
-        assert!(
-            out.send(Message {
-                msg: "queued".into(),
-                ..Default::default()
-            })
-            .await
-            .is_ok()
-        );
+        let queued = || Message {
+            msg: "queued".into(),
+            ..Default::default()
+        };
+        // A step-down comes after what is queued: no post is thrown away.
+        let (out, mut outbox, _slots) = outbound(Duration::from_secs(60));
+        assert!(out.send(queued()).await.is_ok());
         out.end(Error::Unavailable("stepping down".into()));
+        assert_eq!(outbox.next().await.unwrap().unwrap().msg, "queued");
         let s = outbox.next().await.unwrap().unwrap_err();
         assert_eq!(s.code(), tonic::Code::Unavailable);
+        // A client that does not read gets the end first.
+        let (out, mut outbox, slots) = outbound(Duration::from_secs(60));
+        assert!(out.send(queued()).await.is_ok());
+        out.end(Error::Exhausted("not read".into()));
+        let s = outbox.next().await.unwrap().unwrap_err();
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert!(outbox.next().await.is_none());
         assert_eq!(slots.count().total, 1);
         drop(outbox);

@@ -485,16 +485,16 @@ pub fn last_posts(
         Some(p) => from + p as u64 + 2,
         None if from == 0 => 0,
         None => {
+            // Skipped, not a stop: the posts before it are still read (a
+            // synchronizer's cursor placed after them would never send
+            // them). One backward pass over the bad bytes finds their start.
+            let end = last_boundary(&mut f, from, Format::of(path))?;
             log::warn!(
-                "{}: the record at the end is longer than any valid one ({MAX_POST_RECORD} \
-                 bytes); no earlier posts are read",
+                "{}: the record at byte {end} at the end is longer than any valid one \
+                 ({MAX_POST_RECORD} bytes); skipped",
                 path.display()
             );
-            return Ok(LastPosts {
-                posts: Vec::new(),
-                start: len,
-                end: len,
-            });
+            end
         }
     };
     let mut out = Vec::new();
@@ -525,14 +525,26 @@ pub fn last_posts(
             let start = match start {
                 Some(s) => s,
                 None if lo == 0 => 0,
-                None if rel_hi > MAX_POST_RECORD => {
-                    // Looking further back would hold it all: stop here.
+                // The window holds a valid record's length and its leading
+                // terminator, and no record starts in it: the record ending
+                // at `hi` is too long. Skipped like one inside the window
+                // (whose place must not decide what is read): one backward
+                // pass finds the terminator before it, and the scan goes on
+                // from there with an empty window.
+                None if rel_hi >= MAX_POST_RECORD + 2 => {
+                    let start = last_boundary(&mut f, hi - 2, Format::of(path))?;
                     log::warn!(
-                        "{}: the record ending at byte {hi} is longer than any valid one \
-                         ({MAX_POST_RECORD} bytes); no earlier posts are read",
+                        "{}: the record at byte {start} is longer than any valid one \
+                         ({MAX_POST_RECORD} bytes); skipped",
                         path.display()
                     );
-                    break 'scan;
+                    hi = start;
+                    window.clear();
+                    lo = hi;
+                    if hi == 0 {
+                        break 'scan;
+                    }
+                    continue 'scan;
                 }
                 None => break, // need more bytes
             };
@@ -661,6 +673,91 @@ mod tests {
     use crate::storage::record::{post, split_records};
     use crate::storage::{AuthorClock, Tail, UserSet};
     use std::io::Write;
+
+    const T0: i64 = 1_795_457_407_123_456_789;
+
+    fn post_of(author: u64, time: i64, text: &str) -> Post {
+        Post {
+            author,
+            time,
+            text: text.into(),
+        }
+    }
+
+    /// Posts by `author` from `t0` on whose records take exactly `bytes`.
+    fn filler(author: u64, t0: i64, mut bytes: usize) -> String {
+        let mut out = String::new();
+        let mut i = 0;
+        while bytes > 0 {
+            let over = 40 + author.to_string().len();
+            let t = if bytes - over <= 255 {
+                bytes - over
+            } else {
+                (bytes - over - over - 1).min(200)
+            };
+            let rec = post_of(author, t0 + i, &"f".repeat(t)).encode();
+            bytes -= rec.len();
+            out += &rec;
+            i += 1;
+        }
+        out
+    }
+
+    /// A valid post of the longest kind (a 20-digit author, 255 bytes of
+    /// text) ending exactly where a backward window begins is read, not
+    /// taken for a record too long.
+    #[test]
+    fn a_longest_post_at_a_window_edge_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u1_timeline.txt");
+        let old = post_of(3, T0, "old");
+        let big = post_of(u64::MAX, T0 + 1000, &"w".repeat(255));
+        assert_eq!(big.encode().len(), MAX_POST_RECORD);
+        let body = old.encode() + &big.encode() + &filler(2, T0 + 2000, 8192 - 316);
+        std::fs::write(&path, body).unwrap();
+        let last = last_posts(&path, 20, |p| p.author != 2, |_| false).unwrap();
+        let lens: Vec<usize> = last.posts.iter().map(|p| p.text.len()).collect();
+        assert_eq!(lens, [3, 255]);
+        assert_eq!(
+            offset_after(&path, T0 + 500).unwrap(),
+            old.encode().len() as u64
+        );
+    }
+
+    /// A record too long is skipped wherever it lies, inside a backward
+    /// window or across its edge: the posts before it are still read, and
+    /// a synchronizer's cursor never jumps over them.
+    #[test]
+    fn a_record_too_long_is_skipped_wherever_it_lies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u2_posts.txt");
+        let p = |i: i64, t: &str| post_of(2, T0 + i, t);
+        let head = format!(
+            "{}{}{}",
+            p(0, "sent").encode(),
+            p(1, "one").encode(),
+            p(2, "two").encode()
+        );
+        for (junk, tail) in [
+            (400, p(3, "three").encode()),
+            (990, filler(2, T0 + 100, 8192 - 500)),
+        ] {
+            let junk = format!("T x\nU 2\nW {}\n\n", "j".repeat(junk));
+            std::fs::write(&path, format!("{head}{junk}{tail}")).unwrap();
+            assert_eq!(
+                offset_after(&path, T0).unwrap(),
+                p(0, "sent").encode().len() as u64
+            );
+            let last = last_posts(&path, 20, |p| p.time < T0 + 3, |_| false).unwrap();
+            assert_eq!(last.posts.len(), 3, "sent, one and two are among the last");
+        }
+        // A long unterminated tail is skipped too.
+        std::fs::write(&path, format!("{head}{}", "z".repeat(5000))).unwrap();
+        assert_eq!(
+            offset_after(&path, T0).unwrap(),
+            p(0, "sent").encode().len() as u64
+        );
+    }
 
     /// Truncates a file of three posts at every byte: a repair keeps exactly
     /// the whole records before the cut, and appending afterwards yields a
