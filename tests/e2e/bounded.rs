@@ -252,9 +252,15 @@ async fn poster_and_readers(c: &mut SnsServiceClient<Channel>, n: u64) -> Vec<u6
     let readers = readers(n);
     for r in &readers {
         login_ok(c, &r.to_string(), &token(*r)).await;
-        c.follow(request(&r.to_string(), &token(*r), &["1"]))
+        let reply = c
+            .follow(request(&r.to_string(), &token(*r), &["1"]))
             .await
             .unwrap_or_else(|s| panic!("user {r} follows 1: {s:?}"));
+        assert_eq!(
+            reply.into_inner().msg,
+            "Follow Successful",
+            "user {r} follows 1"
+        );
     }
     readers
 }
@@ -752,9 +758,15 @@ fn the_user_cap_refuses_the_next_user_and_changes_nothing() {
             .expect("LIST at the cap")
             .into_inner();
         assert_eq!(list.all_users, ["1", "4", "7", "10", "13"]);
-        c.follow(request("1", &token(1), &["13"]))
+        let reply = c
+            .follow(request("1", &token(1), &["13"]))
             .await
             .expect("FOLLOW at the cap");
+        assert_eq!(
+            reply.into_inner().msg,
+            "Follow Successful",
+            "FOLLOW at the cap"
+        );
     });
 }
 
@@ -954,8 +966,10 @@ fn client_api_input_is_strict() {
         );
         before.check("a megabyte of input").await;
         // The user is still served.
-        c.follow(request("4", &token(4), &["1"]))
+        let reply = c
+            .follow(request("4", &token(4), &["1"]))
             .await
             .expect("a FOLLOW as it should be");
+        assert_eq!(reply.into_inner().msg, "Follow Successful");
     });
 }
