@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/csce438.proto",
+        "proto/course_coordinator.proto",
         "proto/coordinator.proto",
         "proto/replica.proto",
         "proto/synchronizer.proto",

@@ -15,6 +15,10 @@
 //! | too much | [`Exhausted`](Error::Exhausted) | backs off | `RESOURCE_EXHAUSTED` |
 //! | our fault | [`Storage`](Error::Storage), [`Internal`](Error::Internal) | logs it; the operator looks | `INTERNAL` |
 //!
+//! The user's own outcomes in Login, Follow and UnFollow (already followed,
+//! no such user, ...) are not errors: they are OK replies in the course's
+//! convention ([`crate::course`], SPEC §6).
+//!
 //! A master fenced by a newer epoch hears [`Precondition`](Error::Precondition)
 //! from its slave and steps down: for the master the request was wrong, not
 //! the network.

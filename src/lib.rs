@@ -14,10 +14,11 @@
 //! | [`client`] | the terminal client: commands, screen, session, timeline | `client::run` |
 //! | [`trust`] | the trust boundary: the cluster key, the one layer that checks it, TLS; its chapter is the threat model | `trust` |
 //! | [`model`] | ids as types, the rules about posts | |
+//! | [`course`] | the course's reply convention: the one table of `Reply.msg` outcomes, for the server and the client | `course::Outcome` |
 //! | [`error`] | the one error type, mapped to `tonic::Status` in one place | |
 //! | [`config`], [`timefmt`] | flags and knobs shared by the binaries; time formats | |
 //!
-//! Dependencies point one way (no cycles): `error` uses nothing; `trust`
+//! Dependencies point one way (no cycles): `error` and `course` use nothing; `trust`
 //! uses `error`; `config` uses `error` and `trust`; `model` uses `config`; `client` and `coordinator` use those
 //! (and `timefmt`) and the protos; `storage` uses `model`, `config` and
 //! `timefmt`; `server` and `synchronizer` use `storage` and
@@ -28,6 +29,7 @@
 pub mod client;
 pub mod config;
 pub mod coordinator;
+pub mod course;
 pub mod error;
 pub mod model;
 pub mod server;

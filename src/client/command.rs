@@ -1,6 +1,7 @@
 //! Command mode on paper: what a typed line means, and which line SPEC §2
 //! prints for each outcome. Pure: no I/O, no server.
 
+use crate::course::Outcome;
 use crate::error::Error;
 use crate::proto::csce438::ListReply;
 
@@ -57,16 +58,18 @@ pub fn parse_command(line: &str) -> Command {
     }
 }
 
-/// The line printed for a FOLLOW/UNFOLLOW outcome, or for a failed LIST: the
-/// one table from outcome to SPEC §2's reply lines. (An unavailable server
-/// reaches this only when the command failed again after a failover.)
-pub fn reply_line(outcome: Result<(), &Error>) -> &'static str {
+/// The line printed for a FOLLOW/UNFOLLOW outcome (the server's `Reply.msg`
+/// read back as an [`Outcome`]), or for a failed command: the one table from
+/// outcome to SPEC §2's reply lines. A non-OK status is never the user's
+/// outcome (SPEC §6), so it is always the unknown reason. (An unavailable
+/// server reaches this only when the command failed again after a failover.)
+pub fn reply_line(outcome: Result<Outcome, &Error>) -> &'static str {
     match outcome {
-        Ok(()) => SUCCESS,
-        Err(Error::AlreadyExists(_)) => ALREADY_EXISTS,
-        Err(Error::NotFound(_) | Error::Invalid(_)) => INVALID_USERNAME,
-        Err(Error::Precondition(_)) => NOT_A_FOLLOWER,
-        Err(_) => UNKNOWN_REASON,
+        Ok(Outcome::Followed | Outcome::UnFollowed | Outcome::LoggedIn) => SUCCESS,
+        Ok(Outcome::AlreadyFollowing) => ALREADY_EXISTS,
+        Ok(Outcome::UnknownFollowee | Outcome::UnknownUnfollowee) => INVALID_USERNAME,
+        Ok(Outcome::NotAFollower) => NOT_A_FOLLOWER,
+        Ok(Outcome::AlreadyJoined) | Err(_) => UNKNOWN_REASON,
     }
 }
 
@@ -114,25 +117,41 @@ mod tests {
         assert_eq!(parse_command(" "), Invalid(INVALID_TWO_WORD_COMMAND));
     }
 
-    /// The line a status from the server ends up as, through the client's one
-    /// mapping of statuses.
+    /// The line a status from the server ends up as.
     fn line_for(code: Code) -> &'static str {
         reply_line(Err(&Error::from(Status::new(code, "mock"))))
     }
 
     #[test]
     fn reply_mapping() {
-        assert_eq!(reply_line(Ok(())), SUCCESS);
-        assert_eq!(line_for(Code::AlreadyExists), ALREADY_EXISTS);
-        assert_eq!(line_for(Code::NotFound), INVALID_USERNAME);
-        assert_eq!(line_for(Code::InvalidArgument), INVALID_USERNAME);
-        assert_eq!(line_for(Code::FailedPrecondition), NOT_A_FOLLOWER);
-        assert_eq!(line_for(Code::Internal), UNKNOWN_REASON);
-        assert_eq!(line_for(Code::Unavailable), UNKNOWN_REASON);
-        // Codes our server never sends keep the line they always had.
-        assert_eq!(line_for(Code::OutOfRange), UNKNOWN_REASON);
-        assert_eq!(line_for(Code::Cancelled), UNKNOWN_REASON);
-        assert_eq!(line_for(Code::Unauthenticated), UNKNOWN_REASON);
+        use Outcome::*;
+        let lines = [
+            (LoggedIn, SUCCESS),
+            (AlreadyJoined, UNKNOWN_REASON),
+            (Followed, SUCCESS),
+            (AlreadyFollowing, ALREADY_EXISTS),
+            (UnknownFollowee, INVALID_USERNAME),
+            (UnFollowed, SUCCESS),
+            (UnknownUnfollowee, INVALID_USERNAME),
+            (NotAFollower, NOT_A_FOLLOWER),
+        ];
+        assert_eq!(lines.len(), Outcome::ALL.len());
+        for (outcome, line) in lines {
+            assert_eq!(reply_line(Ok(outcome)), line, "{outcome:?}");
+        }
+        // A non-OK status is something else that went wrong, whatever its
+        // code (the outcomes travel as OK replies).
+        for code in [
+            Code::AlreadyExists,
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::FailedPrecondition,
+            Code::Internal,
+            Code::Unavailable,
+            Code::Unauthenticated,
+        ] {
+            assert_eq!(line_for(code), UNKNOWN_REASON, "{code:?}");
+        }
     }
 
     #[test]

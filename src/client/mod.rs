@@ -7,8 +7,11 @@
 //! **Identity.** A client process picks one random *session* token when it
 //! starts and sends it with every call. The server uses it to tell "this user's
 //! live client logging in again" (allowed: a refresh, or a reconnection after
-//! failover) from "a second client for the same user" (refused with
-//! `ALREADY_EXISTS`). A background task keeps the session alive by repeating
+//! failover) from "a second client for the same user" (refused: an OK reply
+//! whose `msg` is `you have already joined`, the course's convention). The
+//! outcomes of Login, FOLLOW and UNFOLLOW are read from `Reply.msg` through
+//! the one table in [`crate::course`]; a non-OK status is never an outcome
+//! (`Command failed with unknown reason`). A background task keeps the session alive by repeating
 //! `Login` every quarter of the lease the server announced, so a client that is
 //! killed (even with SIGKILL) stops refreshing and its session lapses by itself;
 //! a client that ends stops the task, then logs out.

@@ -22,10 +22,11 @@ use tonic::Status;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::Options;
-use super::command::{Command, SUCCESS, list_lines, reply_line};
+use super::command::{Command, list_lines, reply_line};
 use super::screen::Ui;
 use crate::config;
-use crate::error::Error;
+use crate::course::{Outcome, Rpc};
+use crate::error::{Error, quote};
 use crate::proto::csce438::{Request, sns_service_client::SnsServiceClient};
 use crate::proto::tinysns::{UserRequest, coordinator_client::CoordinatorClient};
 
@@ -199,6 +200,13 @@ async fn ask_master(
     Ok((info.hostname, port))
 }
 
+/// The outcome an OK reply names (SPEC §6); a message not in the table is
+/// the server's fault, not an outcome.
+fn outcome(rpc: Rpc, msg: &str) -> Result<Outcome, Error> {
+    Outcome::from_msg(rpc, msg)
+        .ok_or_else(|| Error::Internal(format!("unexpected reply to {rpc:?}: {}", quote(msg))))
+}
+
 /// Connects to `host:port` and logs in. `lease_hint` is the lease we already
 /// know (for the keep-alive settings), if any. An unavailable error is worth
 /// another try; any other is the server's refusal.
@@ -218,6 +226,15 @@ async fn login_at(
             Error::Unavailable(m) => Error::Unavailable(format!("login at {host}:{port}: {m}")),
             refused => refused,
         })?;
+    match outcome(Rpc::Login, &reply.msg)? {
+        Outcome::LoggedIn => {}
+        refused => {
+            return Err(Error::AlreadyExists(format!(
+                "login at {host}:{port}: {}",
+                refused.msg()
+            )));
+        }
+    }
     let lease = if reply.lease_ms == 0 {
         FALLBACK_LEASE
     } else {
@@ -295,7 +312,10 @@ impl Refresher {
                 let mut sns = conn.sns.clone();
                 let call = sns.login(id.request(Vec::new(), random_id()));
                 match within(rpc_deadline(conn.lease), call).await {
-                    Ok(_) => debug!("session refreshed at {}", conn.addr()),
+                    Ok(r) if r.msg == Outcome::LoggedIn.msg() => {
+                        debug!("session refreshed at {}", conn.addr());
+                    }
+                    Ok(r) => debug!("session refresh at {} refused: {}", conn.addr(), r.msg),
                     Err(e) => debug!("session refresh at {} failed: {e:?}", conn.addr()),
                 }
             }
@@ -413,13 +433,17 @@ impl Session {
         match cmd {
             Command::Follow(who) => {
                 let req = self.id.request(vec![who.clone()], request_id);
-                within(limit, sns.follow(req)).await?;
-                Ok(vec![SUCCESS.to_owned()])
+                let reply = within(limit, sns.follow(req)).await?;
+                Ok(vec![
+                    reply_line(Ok(outcome(Rpc::Follow, &reply.msg)?)).to_owned(),
+                ])
             }
             Command::UnFollow(who) => {
                 let req = self.id.request(vec![who.clone()], request_id);
-                within(limit, sns.un_follow(req)).await?;
-                Ok(vec![SUCCESS.to_owned()])
+                let reply = within(limit, sns.un_follow(req)).await?;
+                Ok(vec![
+                    reply_line(Ok(outcome(Rpc::UnFollow, &reply.msg)?)).to_owned(),
+                ])
             }
             Command::List => {
                 let req = self.id.request(Vec::new(), request_id);

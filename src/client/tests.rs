@@ -3,6 +3,7 @@
 //! failover, refused and impossible logins).
 
 use super::*;
+use crate::course::Outcome;
 use crate::proto::csce438::sns_service_server::{SnsService, SnsServiceServer};
 use crate::proto::csce438::{ListReply, Message, Reply, Request};
 use crate::proto::tinysns::coordinator_server::{Coordinator, CoordinatorServer};
@@ -74,8 +75,11 @@ impl Coordinator for MockCoord {
 #[derive(Clone)]
 struct MockSns {
     log: Log,
-    login: Code,
-    unfollow: Code,
+    /// What Login, Follow and UnFollow answer: an outcome (an OK reply with
+    /// its `msg`, SPEC §6) or a non-OK status.
+    login: Result<Outcome, Code>,
+    follow: Result<Outcome, Code>,
+    unfollow: Result<Outcome, Code>,
     posts: Vec<Message>,
     hand_over_to: Option<(Master, u16)>,
 }
@@ -84,8 +88,9 @@ impl MockSns {
     fn new() -> Self {
         MockSns {
             log: Log::default(),
-            login: Code::Ok,
-            unfollow: Code::Ok,
+            login: Ok(Outcome::LoggedIn),
+            follow: Ok(Outcome::Followed),
+            unfollow: Ok(Outcome::UnFollowed),
             posts: Vec::new(),
             hand_over_to: None,
         }
@@ -102,11 +107,13 @@ impl MockSns {
     }
 }
 
-fn reply(code: Code) -> Result<Response<Reply>, Status> {
-    if code == Code::Ok {
-        Ok(Response::new(Reply::default()))
-    } else {
-        Err(Status::new(code, "mock"))
+fn reply(answer: Result<Outcome, Code>) -> Result<Response<Reply>, Status> {
+    match answer {
+        Ok(outcome) => Ok(Response::new(Reply {
+            msg: outcome.msg().into(),
+            lease_ms: 2000,
+        })),
+        Err(code) => Err(Status::new(code, "mock")),
     }
 }
 
@@ -115,13 +122,7 @@ impl SnsService for MockSns {
     async fn login(&self, r: tonic::Request<Request>) -> Result<Response<Reply>, Status> {
         let r = r.into_inner();
         push(&self.log, format!("login {} {}", r.username, r.session));
-        if self.login != Code::Ok {
-            return Err(Status::new(self.login, "mock"));
-        }
-        Ok(Response::new(Reply {
-            msg: String::new(),
-            lease_ms: 2000,
-        }))
+        reply(self.login)
     }
     async fn logout(&self, _: tonic::Request<Request>) -> Result<Response<Reply>, Status> {
         Ok(Response::new(Reply::default()))
@@ -141,7 +142,7 @@ impl SnsService for MockSns {
         if self.hand_over() {
             return Err(Status::unavailable("going down"));
         }
-        reply(Code::Ok)
+        reply(self.follow)
     }
     async fn un_follow(&self, r: tonic::Request<Request>) -> Result<Response<Reply>, Status> {
         let r = r.into_inner();
@@ -248,7 +249,7 @@ async fn commands_and_timeline() {
     let master = Master::default();
     let (l, port) = listener().await;
     let mut mock = MockSns::new();
-    mock.unfollow = Code::FailedPrecondition;
+    mock.unfollow = Ok(Outcome::NotAFollower);
     mock.posts = vec![post("2", 1_000_000_000_000_000_000, "old")];
     let log = mock.log.clone();
     serve_sns_on(l, mock);
@@ -378,12 +379,61 @@ async fn refused_login_fails_at_once() {
     let master = Master::default();
     let (l, port) = listener().await;
     let mut mock = MockSns::new();
-    mock.login = Code::AlreadyExists;
+    mock.login = Ok(Outcome::AlreadyJoined);
+    let log = mock.log.clone();
     serve_sns_on(l, mock);
     *master.lock().expect("master") = Some(port);
     let coord = serve_coord(master).await;
     let (code, out) = drive(coord, &["LIST"]).await;
     assert_eq!((code, out.as_str()), (1, "connection failed: -1\n"));
+    // Refused, not retried.
+    assert_eq!(entries(&log).len(), 1, "{:?}", entries(&log));
+}
+
+#[tokio::test]
+async fn a_login_refused_with_a_status_fails_at_once() {
+    let master = Master::default();
+    let (l, port) = listener().await;
+    let mut mock = MockSns::new();
+    mock.login = Err(Code::FailedPrecondition);
+    serve_sns_on(l, mock);
+    *master.lock().expect("master") = Some(port);
+    let coord = serve_coord(master).await;
+    let (code, out) = drive(coord, &["LIST"]).await;
+    assert_eq!((code, out.as_str()), (1, "connection failed: -1\n"));
+}
+
+/// Each outcome of FOLLOW and UNFOLLOW, read from `Reply.msg`, prints its
+/// SPEC §2 line; a non-OK status prints the unknown reason.
+#[tokio::test]
+async fn outcomes_are_read_from_the_reply_message() {
+    let cases = [
+        (
+            Ok(Outcome::AlreadyFollowing),
+            Ok(Outcome::UnknownUnfollowee),
+        ),
+        (Ok(Outcome::UnknownFollowee), Ok(Outcome::UnFollowed)),
+        (Err(Code::Internal), Err(Code::FailedPrecondition)),
+    ];
+    let lines = [
+        (ALREADY_EXISTS, INVALID_USERNAME),
+        (INVALID_USERNAME, SUCCESS),
+        (UNKNOWN_REASON, UNKNOWN_REASON),
+    ];
+    for ((follow, unfollow), (follow_line, unfollow_line)) in cases.into_iter().zip(lines) {
+        let master = Master::default();
+        let (l, port) = listener().await;
+        let mut mock = MockSns::new();
+        mock.follow = follow;
+        mock.unfollow = unfollow;
+        serve_sns_on(l, mock);
+        *master.lock().expect("master") = Some(port);
+        let coord = serve_coord(master).await;
+        let (code, out) = drive(coord, &["FOLLOW 2", "UNFOLLOW 2"]).await;
+        assert_eq!(code, 0, "{out}");
+        let expected = format!("{}Cmd> {follow_line}\nCmd> {unfollow_line}\nCmd> ", title());
+        assert_eq!(out, expected, "{follow:?} {unfollow:?}");
+    }
 }
 
 #[tokio::test]

@@ -189,9 +189,11 @@
 //! | `table.rs` | [`Table`]: the rules above as a pure state machine; its methods take `now`, so its unit tests need no network and no clock |
 //! | `state_file.rs` | `epochs.txt`: [`ClusterState`], loading, and [`StateSnapshot`], written atomically |
 //! | `service.rs` | the gRPC adapter (a lock around the table; the state persisted before replying) and the failure checker |
+//! | `course.rs` | `csce438.CoordService`: the course's `GetServer` (same table, same rule, the course's wire form), for course clients |
 //! | `membership.rs` | the other side: how servers and synchronizers reach the coordinator and register |
 //! | `mod.rs` | [`Options`] and [`run`], which wires them together |
 
+mod course;
 pub mod membership;
 mod service;
 mod state_file;
@@ -204,6 +206,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::proto::csce438::coord_service_server::CoordServiceServer;
 use crate::proto::tinysns::coordinator_server::CoordinatorServer;
 
 pub use state_file::{ClusterState, EPOCH_FILE, StateSnapshot};
@@ -275,6 +278,9 @@ pub async fn run(
         .trust
         .server()?
         .add_service(CoordinatorServer::new(service))
+        .add_service(CoordServiceServer::new(course::CourseService::new(
+            table.clone(),
+        )))
         .serve_with_incoming_shutdown(
             crate::config::incoming(listener),
             shutdown.clone().cancelled_owned(),

@@ -3,6 +3,12 @@
 //!
 //! Every handler is a check, at most one write through [`Node::write`], and
 //! an answer; errors are [`Error`]s, turned into statuses by `?` at the end.
+//! The outcomes of Login, Follow and UnFollow that the user caused (logged
+//! in elsewhere, already followed, no such user, not a follower) are not
+//! errors: they are OK replies with the course's `Reply.msg`
+//! ([`Outcome`], SPEC §6), what course clients read. A FOLLOW argument that
+//! is not a user id is such an outcome (no such user); a request with no
+//! argument or several stays `INVALID_ARGUMENT`.
 //!
 //! Input is taken strictly: a user id is spelt as [`UserId::parse`] says (a
 //! `FOLLOW` argument is not trimmed: `"4\n"` is not a user), a request
@@ -14,6 +20,7 @@
 use super::node::{Node, State};
 use super::session::ClientId;
 use super::timeline;
+use crate::course::Outcome;
 use crate::error::{Error, quote};
 use crate::model::UserId;
 use crate::proto::csce438::sns_service_server::SnsService;
@@ -42,10 +49,11 @@ fn parse_user(s: &str, what: &str) -> Result<UserId, Error> {
     UserId::parse(s).ok_or_else(|| Error::Invalid(format!("invalid {what} {}", quote(s))))
 }
 
-/// The one user a FOLLOW or UNFOLLOW names.
-fn argument(req: &SnsRequest) -> Result<UserId, Error> {
+/// The one argument a FOLLOW or UNFOLLOW has (a request with none or several
+/// is malformed, not an outcome).
+fn argument(req: &SnsRequest) -> Result<&str, Error> {
     match req.arguments.as_slice() {
-        [arg] => parse_user(arg, "username"),
+        [arg] => Ok(arg),
         args => Err(Error::Invalid(format!(
             "invalid username: expected one, got {}",
             args.len()
@@ -58,6 +66,11 @@ fn ok(msg: &str) -> Response<Reply> {
         msg: msg.to_string(),
         lease_ms: 0,
     })
+}
+
+/// An outcome in the course's convention: status OK, the outcome in `msg`.
+fn answer(outcome: Outcome) -> Response<Reply> {
+    ok(outcome.msg())
 }
 
 impl Node {
@@ -151,9 +164,15 @@ impl ClientApi {
         }
         // Refused logins write nothing and open no session: check first,
         // log in once the user exists.
-        node.state()
+        let may = node
+            .state()
             .sessions
-            .may_login(user, &req.session, Instant::now())?;
+            .may_login(user, &req.session, Instant::now());
+        if let Err(Error::AlreadyExists(why)) = &may {
+            log::debug!("login refused: {why}");
+            return Ok(answer(Outcome::AlreadyJoined));
+        }
+        may?;
         let limits = node.opts.limits;
         node.write(|st, _| {
             let users = st.store.users()?;
@@ -168,9 +187,13 @@ impl ClientApi {
         .await?;
         // The write may have waited: the lease starts now.
         let mut st = node.state();
-        st.sessions.login(user, &req.session, Instant::now())?;
+        // Another client may have logged in while the write waited.
+        match st.sessions.login(user, &req.session, Instant::now()) {
+            Err(Error::AlreadyExists(_)) => return Ok(answer(Outcome::AlreadyJoined)),
+            other => other?,
+        }
         Ok(Response::new(Reply {
-            msg: "Login successful".into(),
+            msg: Outcome::LoggedIn.msg().into(),
             lease_ms: st.sessions.lease().as_millis() as u64,
         }))
     }
@@ -182,33 +205,46 @@ impl ClientApi {
     ) -> Result<Response<Reply>, Error> {
         let node = &self.node;
         let user = node.caller(&req.username, &req.session)?;
-        let target = argument(&req)?;
+        let (done, unknown) = if follow {
+            (Outcome::Followed, Outcome::UnknownFollowee)
+        } else {
+            (Outcome::UnFollowed, Outcome::UnknownUnfollowee)
+        };
+        let Some(target) = UserId::parse(argument(&req)?) else {
+            return Ok(answer(unknown));
+        };
         if target == user {
-            return Err(if follow {
-                Error::AlreadyExists("you cannot follow yourself".into())
+            return Ok(answer(if follow {
+                Outcome::AlreadyFollowing
             } else {
-                Error::Invalid("you cannot unfollow yourself".into())
-            });
+                unknown
+            }));
         }
         let retry = (req.request_id != 0).then_some(ClientId::Request {
             user,
             id: req.request_id,
         });
+        // Set when the user's request is refused: nothing is written, and
+        // the refusal is an OK reply.
+        let mut refused = None;
         node.write(|st: &mut State, clock| {
             if retry.is_some_and(|id| st.ids.contains(id)) {
                 // A retry of a request already done (its answer was lost).
                 return Ok(None);
             }
             if !st.store.users()?.contains(&target.get()) {
-                return Err(Error::NotFound(format!("no user {target}")));
+                refused = Some(unknown);
+                return Ok(None);
             }
             let following = st.store.following(user)?;
             match (follow, following.contains(target.get())) {
                 (true, true) => {
-                    return Err(Error::AlreadyExists(format!("already following {target}")));
+                    refused = Some(Outcome::AlreadyFollowing);
+                    return Ok(None);
                 }
                 (false, false) => {
-                    return Err(Error::Precondition(format!("not following {target}")));
+                    refused = Some(Outcome::NotAFollower);
+                    return Ok(None);
                 }
                 _ => {}
             }
@@ -226,6 +262,6 @@ impl ClientApi {
             }))
         })
         .await?;
-        Ok(ok("Command completed successfully"))
+        Ok(answer(refused.unwrap_or(done)))
     }
 }

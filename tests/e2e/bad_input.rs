@@ -1,6 +1,7 @@
 //! Bad input from the network and the command line: every bad request gets
-//! the gRPC code of the conventions in `src/error.rs` and changes no file of
-//! the cluster (master's nor slave's); every process given bad flags exits
+//! the gRPC code of the conventions in `src/error.rs` (or, for the user's
+//! own mistakes in Login, Follow and UnFollow, an OK reply with the course's
+//! `msg`, SPEC §6) and changes no file of the cluster (master's nor slave's); every process given bad flags exits
 //! with status 2 and a one-line reason.
 
 use crate::harness::grpc::{connect, expect_code, login, login_ok, request};
@@ -89,20 +90,40 @@ async fn call(
     user: &str,
     session: &str,
     args: &[&str],
-) -> Result<(), Status> {
+) -> Result<String, Status> {
     let req = request(user, session, args);
     match op {
-        Op::List => c.list(req).await.map(|_| ()),
-        Op::Follow => c.follow(req).await.map(|_| ()),
-        Op::UnFollow => c.un_follow(req).await.map(|_| ()),
+        Op::List => c.list(req).await.map(|_| String::new()),
+        Op::Follow => c.follow(req).await.map(|r| r.into_inner().msg),
+        Op::UnFollow => c.un_follow(req).await.map(|r| r.into_inner().msg),
     }
+}
+
+/// Sends `request`; it must be answered OK with the course's `msg` for a
+/// refused outcome (SPEC §6) and leave every file of `dir` as it was.
+async fn answered(
+    dir: &Path,
+    want: &str,
+    what: &str,
+    request: impl Future<Output = Result<String, Status>>,
+) {
+    let before = cluster_files(dir);
+    match request.await {
+        Ok(msg) => assert_eq!(msg, want, "{what}"),
+        Err(s) => panic!("{what}: expected OK {want:?}, got {s:?}"),
+    }
+    assert_unchanged(dir, &before, what);
 }
 
 /// Calls as user 1 (session `token-1`), refreshing the session first (a
 /// login with the same token, which writes nothing for a known user);
 /// retries if the session expired in between anyway, so that a slow machine
 /// cannot turn the expected code into UNAUTHENTICATED.
-async fn as_user_1(c: &mut SnsServiceClient<Channel>, op: Op, args: &[&str]) -> Result<(), Status> {
+async fn as_user_1(
+    c: &mut SnsServiceClient<Channel>,
+    op: Op,
+    args: &[&str],
+) -> Result<String, Status> {
     let mut tries = 0;
     loop {
         login_ok(c, "1", "token-1").await;
@@ -231,54 +252,74 @@ fn bad_requests_get_their_codes_and_change_nothing() {
         // Follow / UnFollow arguments. User 10 lives in cluster 1 and user 2
         // in cluster 2; neither ever logged in and there is no synchronizer,
         // so neither exists here.
-        let cases: &[(Op, &[&str], Code)] = &[
-            (Op::Follow, &[], Code::InvalidArgument),
-            (Op::Follow, &[""], Code::InvalidArgument),
-            (Op::Follow, &["abc"], Code::InvalidArgument),
-            (Op::Follow, &["0"], Code::InvalidArgument),
-            (Op::Follow, &["-3"], Code::InvalidArgument),
-            (Op::Follow, &["4x"], Code::InvalidArgument),
-            (Op::UnFollow, &[], Code::InvalidArgument),
-            (Op::UnFollow, &["abc"], Code::InvalidArgument),
-            (Op::UnFollow, &["0"], Code::InvalidArgument),
-            (Op::Follow, &["10"], Code::NotFound),
-            (Op::Follow, &["2"], Code::NotFound),
-            (Op::UnFollow, &["10"], Code::NotFound),
-            (Op::Follow, &["1"], Code::AlreadyExists),
-            (Op::UnFollow, &["1"], Code::InvalidArgument),
-            (Op::UnFollow, &["4"], Code::FailedPrecondition),
+        // A request naming no user is malformed; the user's own mistakes are
+        // outcomes, answered OK in the course's convention (SPEC §6).
+        for op in [Op::Follow, Op::UnFollow] {
+            let what = format!("{op:?} [] by user 1");
+            refused(
+                dir,
+                Code::InvalidArgument,
+                &what,
+                as_user_1(&mut c, op, &[]),
+            )
+            .await;
+        }
+        let unknown_followee = "unknown follower username";
+        let unknown_unfollowee = "Unknown follower";
+        let cases: &[(Op, &[&str], &str)] = &[
+            (Op::Follow, &[""], unknown_followee),
+            (Op::Follow, &["abc"], unknown_followee),
+            (Op::Follow, &["0"], unknown_followee),
+            (Op::Follow, &["-3"], unknown_followee),
+            (Op::Follow, &["4x"], unknown_followee),
+            (Op::UnFollow, &["abc"], unknown_unfollowee),
+            (Op::UnFollow, &["0"], unknown_unfollowee),
+            (Op::Follow, &["10"], unknown_followee),
+            (Op::Follow, &["2"], unknown_followee),
+            (Op::UnFollow, &["10"], unknown_unfollowee),
+            (Op::Follow, &["1"], "you have already joined"),
+            (Op::UnFollow, &["1"], unknown_unfollowee),
+            (Op::UnFollow, &["4"], "You are not a follower"),
         ];
-        for (op, args, code) in cases {
+        for (op, args, msg) in cases {
             let what = format!("{op:?} {args:?} by user 1");
-            refused(dir, *code, &what, as_user_1(&mut c, *op, args)).await;
+            answered(dir, msg, &what, as_user_1(&mut c, *op, args)).await;
         }
 
         // Following twice, unfollowing twice: the second of each is refused
         // and writes nothing.
-        for (op, code) in [
-            (Op::Follow, Code::AlreadyExists),
-            (Op::UnFollow, Code::FailedPrecondition),
+        for (op, done, again) in [
+            (Op::Follow, "Follow Successful", "you have already joined"),
+            (
+                Op::UnFollow,
+                "UnFollow Successful",
+                "You are not a follower",
+            ),
         ] {
-            as_user_1(&mut c, op, &["4"])
+            let first = as_user_1(&mut c, op, &["4"])
                 .await
                 .unwrap_or_else(|s| panic!("user 1's first {op:?} 4: {s:?}"));
+            assert_eq!(first, done, "user 1's first {op:?} 4");
             let what = format!("{op:?} 4 again");
-            refused(dir, code, &what, as_user_1(&mut c, op, &["4"])).await;
+            answered(dir, again, &what, as_user_1(&mut c, op, &["4"])).await;
         }
 
         // A second login: another token is refused while the session lives,
         // the same token refreshes it.
         login_ok(&mut c, "1", "token-1").await;
         let before = cluster_files(dir);
-        expect_code(
-            login(&mut c, "1", "token-other").await,
-            Code::AlreadyExists,
+        answered(
+            dir,
+            "you have already joined",
             "a second Login with another token",
-        );
+            login(&mut c, "1", "token-other"),
+        )
+        .await;
         assert_unchanged(dir, &before, "a second Login with another token");
-        login(&mut c, "1", "token-1")
+        let again = login(&mut c, "1", "token-1")
             .await
             .expect("a second Login with the same token");
+        assert_eq!(again, "Login Successful!");
         assert_unchanged(dir, &before, "a second Login with the same token");
     });
 }

@@ -252,9 +252,15 @@ async fn poster_and_readers(c: &mut SnsServiceClient<Channel>, n: u64) -> Vec<u6
     let readers = readers(n);
     for r in &readers {
         login_ok(c, &r.to_string(), &token(*r)).await;
-        c.follow(request(&r.to_string(), &token(*r), &["1"]))
+        let reply = c
+            .follow(request(&r.to_string(), &token(*r), &["1"]))
             .await
             .unwrap_or_else(|s| panic!("user {r} follows 1: {s:?}"));
+        assert_eq!(
+            reply.into_inner().msg,
+            "Follow Successful",
+            "user {r} follows 1"
+        );
     }
     readers
 }
@@ -775,9 +781,15 @@ fn the_user_cap_refuses_the_next_user_and_changes_nothing() {
             .expect("LIST at the cap")
             .into_inner();
         assert_eq!(list.all_users, ["1", "4", "7", "10", "13"]);
-        c.follow(request("1", &token(1), &["13"]))
+        let reply = c
+            .follow(request("1", &token(1), &["13"]))
             .await
             .expect("FOLLOW at the cap");
+        assert_eq!(
+            reply.into_inner().msg,
+            "Follow Successful",
+            "FOLLOW at the cap"
+        );
     });
 }
 
@@ -889,19 +901,29 @@ fn client_api_input_is_strict() {
             &["\t4"],
             &["04"],
             &["+4"],
-            &["4", "7"],
             &["٤"],
         ];
+        // Not a user id: the course's outcome "no such user" (SPEC §6).
         for args in bad {
             login_ok(&mut c, "1", &token(1)).await;
             let what = format!("FOLLOW {args:?}");
-            expect_code(
-                c.follow(request("1", &token(1), args)).await,
-                Code::InvalidArgument,
-                &what,
+            let reply = c.follow(request("1", &token(1), args)).await;
+            let msg = reply.map(|r| r.into_inner().msg);
+            assert_eq!(
+                msg.as_deref().ok(),
+                Some("unknown follower username"),
+                "{what}: {msg:?}"
             );
             before.check(&what).await;
         }
+        // Two users: a malformed request.
+        login_ok(&mut c, "1", &token(1)).await;
+        expect_code(
+            c.follow(request("1", &token(1), &["4", "7"])).await,
+            Code::InvalidArgument,
+            "FOLLOW [4, 7]",
+        );
+        before.check("FOLLOW [4, 7]").await;
 
         // Logout with a token that is not the session's.
         let what = "Logout of user 1 with another token";
@@ -920,9 +942,9 @@ fn client_api_input_is_strict() {
         c.list(request("1", &token(1), &[]))
             .await
             .expect("LIST after a wrong Logout");
-        expect_code(
-            login(&mut c, "1", "another-client").await,
-            Code::AlreadyExists,
+        assert_eq!(
+            login(&mut c, "1", "another-client").await.ok().as_deref(),
+            Some("you have already joined"),
             "another client while the session lives",
         );
         c.logout(request("1", &token(1), &[]))
@@ -947,10 +969,6 @@ fn client_api_input_is_strict() {
                     .map(|_| tonic::Response::new(Default::default())),
             ),
             (
-                "FOLLOW 1 MiB",
-                c.follow(request("4", &token(4), &[&mib])).await,
-            ),
-            (
                 "Login with a 1 MiB token",
                 c.login(request("7", &mib, &[])).await,
             ),
@@ -961,10 +979,20 @@ fn client_api_input_is_strict() {
             assert!(quoted <= 64, "{what}: {quoted} bytes of input quoted");
             assert!(s.message().len() < 200, "{what}: {:?}", s.message());
         }
+        // Not a user id either: answered as such, without echoing it.
+        let reply = c.follow(request("4", &token(4), &[&mib])).await;
+        let msg = reply.map(|r| r.into_inner().msg);
+        assert_eq!(
+            msg.as_deref().ok(),
+            Some("unknown follower username"),
+            "FOLLOW 1 MiB"
+        );
         before.check("a megabyte of input").await;
         // The user is still served.
-        c.follow(request("4", &token(4), &["1"]))
+        let reply = c
+            .follow(request("4", &token(4), &["1"]))
             .await
             .expect("a FOLLOW as it should be");
+        assert_eq!(reply.into_inner().msg, "Follow Successful");
     });
 }

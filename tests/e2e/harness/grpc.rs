@@ -48,7 +48,8 @@ pub async fn login_ok(c: &mut SnsServiceClient<Channel>, user: &str, session: &s
     let start = Instant::now();
     loop {
         match login(c, user, session).await {
-            Ok(_) => return,
+            Ok(msg) if msg == "Login Successful!" => return,
+            Ok(msg) => panic!("login of {user:?} refused: {msg:?}"),
             Err(s) if s.code() == Code::Unavailable && start.elapsed() < DEADLINE => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
