@@ -203,10 +203,10 @@ fn token_less_session_lives_with_its_connection() {
     let (mut last, mut beats) = (age(), 0);
     wait_for("ten heartbeats while the client idles", || {
         let now = age();
-        if let (Some(a), Some(b)) = (last, now) {
-            if b < a {
-                beats += 1;
-            }
+        if let (Some(a), Some(b)) = (last, now)
+            && b < a
+        {
+            beats += 1;
         }
         last = now;
         if beats >= 10 {
