@@ -19,15 +19,15 @@ use tonic::Code;
 const HEARTBEAT_MS: u64 = 500;
 
 /// Waits until user `user`'s timeline file on server `s` of cluster `c`
-/// holds `n` posts.
-fn wait_timeline(sys: &System, c: u32, s: u32, user: u64, n: usize) {
+/// holds `n` posts; `poster` (who just posted) is shown if it never does.
+fn wait_timeline(sys: &System, c: u32, s: u32, user: u64, n: usize, poster: &CourseClient) {
     let path = sys.server_dir(c, s).join(format!("u{user}_timeline.txt"));
     wait_for(&format!("{n} posts in user {user}'s timeline"), || {
         let got = post_texts(&path);
         if got.len() >= n {
             Ok(())
         } else {
-            Err(format!("{got:?}"))
+            Err(format!("{got:?}; the poster: {}", poster.transcript()))
         }
     });
 }
@@ -87,7 +87,7 @@ fn sheet_1_one_cluster() {
 
     u1.enter_timeline();
     u1.post_all(&["p11", "p12"]);
-    wait_timeline(&sys, 1, 1, 4, 2);
+    wait_timeline(&sys, 1, 1, 4, 2, &u1);
     u4.enter_timeline();
     u4.expect_posts(&[(1, "p11"), (1, "p12")]);
     u4.post_all(&["p41", "p42"]);
@@ -218,7 +218,7 @@ fn token_less_session_lives_with_its_connection() {
     u1.expect_list("1, 4", "4");
     u1.enter_timeline();
     u1.post("still here");
-    wait_timeline(&sys, 1, 1, 4, 1);
+    wait_timeline(&sys, 1, 1, 4, 1, &u1);
 
     drop(u1);
     let mut back = CourseClient::relaunched(sys.coord_port, 1);
@@ -248,12 +248,12 @@ fn sheet_2(sys: &System) -> [CourseClient; 3] {
 
     u1.enter_timeline();
     u1.post_all(&["p11", "p12"]);
-    wait_timeline(sys, 2, 1, 2, 2);
+    wait_timeline(sys, 2, 1, 2, 2, &u1);
     u2.enter_timeline();
     u2.expect_posts(&[(1, "p11"), (1, "p12")]);
     u2.post_all(&["p21", "p22"]);
     u1.expect_posts(&[(2, "p21"), (2, "p22")]);
-    wait_timeline(sys, 3, 1, 3, 4);
+    wait_timeline(sys, 3, 1, 3, 4, &u2);
     u3.enter_timeline();
     u3.expect_posts(&[(1, "p11"), (1, "p12"), (2, "p21"), (2, "p22")]);
     u3.post_all(&["p31", "p32"]);
@@ -308,7 +308,7 @@ fn sheet_3_master_failure() {
 
     u5.enter_timeline();
     u5.post_all(&["p51", "p52"]);
-    wait_timeline(&sys, 3, 1, 3, 6);
+    wait_timeline(&sys, 3, 1, 3, 6, &u5);
     u3.enter_timeline();
     u3.expect_posts(&[
         (1, "p11"),
@@ -320,7 +320,7 @@ fn sheet_3_master_failure() {
     ]);
     u3.post_all(&["p33", "p34"]);
     u5.expect_posts(&[(3, "p33"), (3, "p34")]);
-    wait_timeline(&sys, 2, 2, 2, 8);
+    wait_timeline(&sys, 2, 2, 2, 8, &u3);
     u2.enter_timeline();
     u2.expect_posts(&[
         (1, "p11"),
@@ -335,7 +335,7 @@ fn sheet_3_master_failure() {
     u2.post_all(&["p23", "p24"]);
     u5.expect_posts(&[(2, "p23"), (2, "p24")]);
     u3.expect_posts(&[(2, "p23"), (2, "p24")]);
-    wait_timeline(&sys, 1, 1, 1, 10);
+    wait_timeline(&sys, 1, 1, 1, 10, &u2);
     u1.enter_timeline();
     u1.expect_posts(&[
         (2, "p21"),
