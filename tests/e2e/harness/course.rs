@@ -551,3 +551,41 @@ async fn read_timeline(
 pub fn grpc_failed(s: &Status) -> String {
     format!("grpc failed: {}", s.message())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn screens_are_what_the_course_client_prints() {
+        let m = Message {
+            username: "2".into(),
+            msg: "hello".into(),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: 1_795_000_000,
+                nanos: 0,
+            }),
+        };
+        let line = display_post(&m);
+        assert!(line.contains("\0) >> hello"), "{line:?}");
+        assert_eq!(split_post(&line), Some(("2".into(), "hello".into())));
+        // A text that kept fgets's newline would show as a second, empty line.
+        let kept = display_post(&Message {
+            msg: "hello\n".into(),
+            ..m
+        });
+        assert_eq!(kept.split('\n').nth(1), Some(""));
+        assert_eq!(
+            follow_line(false, "Follow Successful"),
+            "Command completed successfully"
+        );
+        assert_eq!(
+            follow_line(true, "Unknown follower"),
+            "Command failed with invalid username"
+        );
+        assert_eq!(
+            follow_line(true, "Follow Successful"),
+            "Command failed with unknown reason"
+        );
+    }
+}
