@@ -9,11 +9,13 @@
 //! | [`process`] | the deadline and polling, free ports, child processes killed on drop |
 //! | [`system`] | a whole system and the coordinator's table |
 //! | [`client`] | the terminal client, line by line or byte for byte |
+//! | [`course`] | a client written for the course, emulated from the course's messages only |
 //! | [`grpc`] | a server's client API called directly |
 //! | [`peer`] | peer services called directly, with or without the cluster key |
 //! | [`files`] | reading data files; snapshots that prove nothing was written |
 
 pub mod client;
+pub mod course;
 pub mod files;
 pub mod grpc;
 pub mod peer;
