@@ -89,6 +89,7 @@
 //! mirror, snapshot, resync, the replica API).
 
 pub mod client_api;
+pub mod conn;
 pub mod heartbeat;
 pub mod node;
 pub mod replication;
@@ -239,14 +240,16 @@ pub async fn run(
         .spawn(node.clone().heartbeat_loop(coordinator, info, asks));
     node.tasks.spawn(node.clone().mirror_loop());
     // Pings find a client that has gone, or reads nothing (not even a
-    // ping), within three heartbeats, so its timeline streams and what
-    // HTTP/2 buffered for them do not stay forever.
+    // ping), within a failure window, so its timeline streams and what
+    // HTTP/2 buffered for them do not stay forever, and the session of a
+    // course client bound to its connection ends ([`conn::keepalive`]).
+    let (ping_every, ping_timeout) = conn::keepalive(node.opts.heartbeat);
     let server = node
         .opts
         .trust
         .server()?
-        .http2_keepalive_interval(Some(node.opts.heartbeat))
-        .http2_keepalive_timeout(Some(node.failure_window))
+        .http2_keepalive_interval(Some(ping_every))
+        .http2_keepalive_timeout(Some(ping_timeout))
         .add_service(SnsServiceServer::new(client_api::ClientApi::new(
             node.clone(),
         )))
@@ -255,10 +258,7 @@ pub async fn run(
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(
-            crate::config::incoming(listener),
-            stop.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(conn::incoming(listener), stop.clone().cancelled_owned());
     let served = crate::config::serve_until(server, &stop).await;
     // However tonic ended, every task ends now.
     stop.cancel();
