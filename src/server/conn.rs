@@ -73,7 +73,7 @@ pub fn incoming(
 /// a vanished peer is noticed at most interval + timeout after it last sent
 /// anything: one failure window (two heartbeats), as SPEC §6 promises.
 pub fn keepalive(heartbeat: Duration) -> (Duration, Duration) {
-    (heartbeat / 2, heartbeat * 3 / 2)
+    (heartbeat / 4, heartbeat * 7 / 4)
 }
 
 /// The connection a request came on; `None` when served some other way.

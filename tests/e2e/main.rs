@@ -15,6 +15,7 @@ mod bad_input;
 mod bounded;
 mod client_cli;
 mod concurrent_appenders;
+mod course_sessions;
 mod disk_faults;
 mod durability;
 mod failover;
