@@ -4,9 +4,9 @@
 //! `Set Stream` stamped with the current time, posts ending with `\n` and
 //! no `post_id`.
 //!
-//! The tests run their gRPC clients on a multi-threaded runtime: the test
-//! thread blocks while it polls, and the connections must still answer the
-//! server's keep-alive pings meanwhile, as a live course client does.
+//! The harness's runtime is multi-threaded: the test thread blocks while it
+//! polls, and the connections still answer the server's keep-alive pings
+//! meanwhile, as a live course client does.
 
 use crate::harness::grpc::{connect, expect_code, login, login_ok, request};
 use crate::harness::*;
@@ -28,14 +28,6 @@ const HB: u64 = 300;
 
 /// What a course client's `fgets` line looks like on the wire.
 const LINE_END: &str = "\n";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 type Sns = SnsServiceClient<Channel>;
 
@@ -119,7 +111,7 @@ fn wait_login(rt: &tokio::runtime::Runtime, c: &mut Sns, user: &str, what: &str)
 #[test]
 fn a_course_session_outlives_idleness_and_shuts_out_a_second_login() {
     let k = Cluster::start();
-    let rt = rt();
+    let rt = runtime();
     let mut first = rt.block_on(connect(&k.url));
     rt.block_on(login_ok(&mut first, "1", ""));
     // A clock for idleness that the test can poll: user 4's token session,
@@ -170,7 +162,7 @@ fn a_course_session_outlives_idleness_and_shuts_out_a_second_login() {
 #[test]
 fn a_dropped_connection_frees_its_user() {
     let k = Cluster::start();
-    let rt = rt();
+    let rt = runtime();
     let mut first = rt.block_on(connect(&k.url));
     rt.block_on(login_ok(&mut first, "1", ""));
     let mut second = rt.block_on(connect(&k.url));
@@ -253,7 +245,7 @@ fn course_client_process() {
     ) else {
         return;
     };
-    let rt = rt();
+    let rt = runtime();
     let _channel = rt.block_on(async {
         let mut c = connect(&url).await;
         login_ok(&mut c, &user, "").await;
@@ -269,7 +261,7 @@ fn course_client_process() {
 #[test]
 fn a_killed_or_paused_course_client_frees_its_user() {
     let k = Cluster::start();
-    let rt = rt();
+    let rt = runtime();
     let mut c = rt.block_on(connect(&k.url));
 
     // SIGKILL: the kernel closes the connection.
@@ -345,7 +337,7 @@ fn wait_posts(path: &Path, n: usize) -> Vec<String> {
 #[test]
 fn a_course_timeline_gets_the_last_20_posts_and_its_line_ends_are_removed() {
     let k = Cluster::start();
-    let rt = rt();
+    let rt = runtime();
     let mut author = rt.block_on(connect(&k.url));
     let mut reader = rt.block_on(connect(&k.url));
     rt.block_on(login_ok(&mut author, "1", ""));
