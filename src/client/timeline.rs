@@ -92,6 +92,7 @@ impl Timeline {
             post_id: random_id(),
             ack_id: 0,
             session: String::new(),
+            resume_after: None,
         };
         self.unacked.push(post.clone());
         Step::Send(post)
@@ -186,7 +187,7 @@ impl Session {
         let hello = Message {
             username: self.id.username.clone(),
             session: self.id.session.clone(),
-            timestamp: tl.resume_after().map(timefmt::to_timestamp),
+            resume_after: tl.resume_after().map(timefmt::to_timestamp),
             ..Message::default()
         };
         // The receiver is alive until the end of this function.

@@ -17,8 +17,9 @@
 //! `SNS_MAX_USERS` is refused with `RESOURCE_EXHAUSTED` before anything is
 //! written or a session opened.
 
+use super::conn::{self, ConnId, ConnInfo};
 use super::node::{Node, State};
-use super::session::ClientId;
+use super::session::{ClientId, Holder};
 use super::timeline;
 use crate::course::Outcome;
 use crate::error::{Error, quote};
@@ -74,24 +75,47 @@ fn answer(outcome: Outcome) -> Response<Reply> {
 }
 
 impl Node {
-    /// The user a request comes from, who must hold a live session.
-    pub(crate) fn caller(&self, username: &str, session: &str) -> Result<UserId, Error> {
+    /// The user a request comes from, who must hold a live session: its
+    /// token's, or (without a token) the one its connection `conn` holds.
+    pub(crate) fn caller(
+        &self,
+        username: &str,
+        session: &str,
+        conn: Option<ConnId>,
+    ) -> Result<UserId, Error> {
         self.require_master()?;
         let user = parse_user(username, "user id")?;
-        self.state().sessions.check(user, session, Instant::now())?;
+        let holder = Holder::of(session, conn)?;
+        self.state().sessions.check(user, &holder, Instant::now())?;
         Ok(user)
+    }
+
+    /// Ends the sessions connection `conn` holds once it is gone.
+    fn watch_connection(self: &Arc<Self>, conn: ConnInfo) {
+        let node = self.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = conn.closed.cancelled() => {}
+                // The sessions die with the server.
+                _ = node.shutdown.cancelled() => return,
+            }
+            node.state().sessions.closed(conn.id);
+            log::debug!("connection {} closed: its sessions end", conn.id.0);
+        });
     }
 }
 
 #[tonic::async_trait]
 impl SnsService for ClientApi {
     async fn login(&self, req: Request<SnsRequest>) -> Result<Response<Reply>, Status> {
-        Ok(self.do_login(req.into_inner()).await?)
+        let conn = conn::of(&req);
+        Ok(self.do_login(req.into_inner(), conn).await?)
     }
 
     async fn list(&self, req: Request<SnsRequest>) -> Result<Response<ListReply>, Status> {
+        let conn = conn::of(&req).map(|c| c.id);
         let req = req.into_inner();
-        let user = self.node.caller(&req.username, &req.session)?;
+        let user = self.node.caller(&req.username, &req.session, conn)?;
         // The numbers are taken under the state lock, the million strings
         // they may make are built outside it. Errors go through our one
         // mapping (tonic's own would make a damaged file DATA_LOSS, unlogged).
@@ -115,20 +139,28 @@ impl SnsService for ClientApi {
     }
 
     async fn follow(&self, req: Request<SnsRequest>) -> Result<Response<Reply>, Status> {
-        Ok(self.follow_or_unfollow(req.into_inner(), true).await?)
+        let conn = conn::of(&req).map(|c| c.id);
+        Ok(self
+            .follow_or_unfollow(req.into_inner(), conn, true)
+            .await?)
     }
 
     async fn un_follow(&self, req: Request<SnsRequest>) -> Result<Response<Reply>, Status> {
-        Ok(self.follow_or_unfollow(req.into_inner(), false).await?)
+        let conn = conn::of(&req).map(|c| c.id);
+        Ok(self
+            .follow_or_unfollow(req.into_inner(), conn, false)
+            .await?)
     }
 
     async fn logout(&self, req: Request<SnsRequest>) -> Result<Response<Reply>, Status> {
+        let conn = conn::of(&req).map(|c| c.id);
         let req = req.into_inner();
         let user = parse_user(&req.username, "user id")?;
+        let holder = Holder::of(&req.session, conn)?;
         self.node
             .state()
             .sessions
-            .logout(user, &req.session, Instant::now())?;
+            .logout(user, &holder, Instant::now())?;
         Ok(ok("Logout successful"))
     }
 
@@ -138,14 +170,19 @@ impl SnsService for ClientApi {
         &self,
         req: Request<Streaming<Message>>,
     ) -> Result<Response<Self::TimelineStream>, Status> {
+        let conn = conn::of(&req).map(|c| c.id);
         Ok(Response::new(
-            timeline::open(self.node.clone(), &self.streams, req.into_inner()).await?,
+            timeline::open(self.node.clone(), &self.streams, req.into_inner(), conn).await?,
         ))
     }
 }
 
 impl ClientApi {
-    async fn do_login(&self, req: SnsRequest) -> Result<Response<Reply>, Error> {
+    async fn do_login(
+        &self,
+        req: SnsRequest,
+        conn: Option<ConnInfo>,
+    ) -> Result<Response<Reply>, Error> {
         let node = &self.node;
         if !node.is_master() {
             // The coordinator sent this client here: it has probably just
@@ -162,12 +199,14 @@ impl ClientApi {
                 node.opts.cluster
             )));
         }
+        // A course client sends no token: its session is its connection's.
+        let holder = Holder::of(&req.session, conn.as_ref().map(|c| c.id))?;
         // Refused logins write nothing and open no session: check first,
         // log in once the user exists.
         let may = node
             .state()
             .sessions
-            .may_login(user, &req.session, Instant::now());
+            .may_login(user, &holder, Instant::now());
         if let Err(Error::AlreadyExists(why)) = &may {
             log::debug!("login refused: {why}");
             return Ok(answer(Outcome::AlreadyJoined));
@@ -188,9 +227,12 @@ impl ClientApi {
         // The write may have waited: the lease starts now.
         let mut st = node.state();
         // Another client may have logged in while the write waited.
-        match st.sessions.login(user, &req.session, Instant::now()) {
+        let watch = match st.sessions.login(user, holder, Instant::now()) {
             Err(Error::AlreadyExists(_)) => return Ok(answer(Outcome::AlreadyJoined)),
             other => other?,
+        };
+        if watch && let Some(conn) = conn {
+            node.watch_connection(conn);
         }
         Ok(Response::new(Reply {
             msg: Outcome::LoggedIn.msg().into(),
@@ -201,10 +243,11 @@ impl ClientApi {
     async fn follow_or_unfollow(
         &self,
         req: SnsRequest,
+        conn: Option<ConnId>,
         follow: bool,
     ) -> Result<Response<Reply>, Error> {
         let node = &self.node;
-        let user = node.caller(&req.username, &req.session)?;
+        let user = node.caller(&req.username, &req.session, conn)?;
         let (done, unknown) = if follow {
             (Outcome::Followed, Outcome::UnknownFollowee)
         } else {

@@ -48,7 +48,8 @@
 //! [`timeline`] streams a user's timeline file and stores what they post on
 //! the same stream; [`session`] holds the login rules (a session per user,
 //! refreshed by its client, expiring after two heartbeats; only its own
-//! token logs it out).
+//! token logs it out; a login without a token, a course client's, is bound
+//! to its connection instead and ends with it, see [`conn`]).
 //!
 //! # Bounded cost (SPEC §5)
 //! Nothing a client sends makes a server hang, spin or grow without bound:
@@ -57,7 +58,7 @@
 //! |---|---|
 //! | timeline streams | `SNS_MAX_STREAMS` (1000) in all, `SNS_MAX_STREAMS_PER_USER` (4) per user; past either, `RESOURCE_EXHAUSTED` |
 //! | a stream that is not read | a queue of 64 messages; no room for a failure window and it ends with `RESOURCE_EXHAUSTED` ([`timeline`]) |
-//! | a client that reads nothing, not even pings | HTTP/2 keep-alive: a ping every heartbeat, the connection cut after a failure window without an answer |
+//! | a client that reads nothing, not even pings | HTTP/2 keep-alive: a ping after a quarter heartbeat of silence, the connection cut when it has no answer within the rest of a failure window ([`conn::keepalive`]) |
 //! | new users | `SNS_MAX_USERS` (1,000,000) per cluster, local and remote: "this cluster holds its maximum of N users" ([`crate::config::Limits`]) |
 //! | damaged files | a record longer than any valid one is reported and skipped at the cost of one pass ([`crate::storage`]); a post is checked before it is shown |
 //! | input in errors | at most 64 bytes quoted ([`crate::error::quote`]); user ids strictly ASCII digits, session tokens at most 128 bytes |
@@ -69,8 +70,8 @@
 //! (249 MB after 800 posts, heading for hyper's 400 KB send buffer per
 //! stream, 0.5 MB with the queue of 256); streams that read the socket
 //! but not the stream (4 KB windows) took it to 80 MB, held as long as
-//! they stayed open. After: 45 to 55 MB for the first (the keep-alive cuts
-//! the connection within three heartbeats), 42 MB for the second (every
+//! they stayed open. After: 45 to 55 MB for the first (the keep-alive, as
+//! it was then, cut the connection within three heartbeats; now two), 42 MB for the second (every
 //! stream ended with `RESOURCE_EXHAUSTED` after a failure window), and
 //! nothing more with more posts.
 //!
@@ -84,11 +85,13 @@
 //! (`UNAVAILABLE`, so its client retries elsewhere), never half done.
 //!
 //! # Files
-//! [`client_api`] (the client API), [`timeline`], [`heartbeat`], [`node`],
+//! [`client_api`] (the client API), [`conn`] (accepted connections, for
+//! sessions bound to one), [`timeline`], [`heartbeat`], [`node`],
 //! [`role`] and [`session`] (the pure cores), [`replication`] (op log,
 //! mirror, snapshot, resync, the replica API).
 
 pub mod client_api;
+pub mod conn;
 pub mod heartbeat;
 pub mod node;
 pub mod replication;
@@ -239,14 +242,16 @@ pub async fn run(
         .spawn(node.clone().heartbeat_loop(coordinator, info, asks));
     node.tasks.spawn(node.clone().mirror_loop());
     // Pings find a client that has gone, or reads nothing (not even a
-    // ping), within three heartbeats, so its timeline streams and what
-    // HTTP/2 buffered for them do not stay forever.
+    // ping), within a failure window, so its timeline streams and what
+    // HTTP/2 buffered for them do not stay forever, and the session of a
+    // course client bound to its connection ends ([`conn::keepalive`]).
+    let (ping_every, ping_timeout) = conn::keepalive(node.opts.heartbeat);
     let server = node
         .opts
         .trust
         .server()?
-        .http2_keepalive_interval(Some(node.opts.heartbeat))
-        .http2_keepalive_timeout(Some(node.failure_window))
+        .http2_keepalive_interval(Some(ping_every))
+        .http2_keepalive_timeout(Some(ping_timeout))
         .add_service(SnsServiceServer::new(client_api::ClientApi::new(
             node.clone(),
         )))
@@ -255,10 +260,7 @@ pub async fn run(
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(
-            crate::config::incoming(listener),
-            stop.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(conn::incoming(listener), stop.clone().cancelled_owned());
     let served = crate::config::serve_until(server, &stop).await;
     // However tonic ended, every task ends now.
     stop.cancel();

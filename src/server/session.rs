@@ -1,14 +1,28 @@
 //! Sessions and client ids: pure rules, time as a value.
 //!
-//! **Sessions.** A client logs in with a random token and refreshes it by
-//! logging in again (or by any request); a session not refreshed for a lease
-//! (two heartbeat periods) has expired. A login for a user whose live session
-//! has another token is refused: SPEC's duplicate-login rule. A killed
+//! **Sessions.** A session is held either by a token or by a connection
+//! ([`Holder`]).
+//!
+//! *Token sessions* (this project's client). A client logs in with a random
+//! token and refreshes it by logging in again (or by any request); a session
+//! not refreshed for a lease (two heartbeat periods) has expired. A killed
 //! client's session simply runs out; a client that exits cleanly logs out,
 //! and the ended session is kept, marked, until its lease runs out, so that a
 //! refresh still in flight cannot revive it. Only the session's own token
 //! logs it out. A token is at most [`MAX_TOKEN_BYTES`]: a server holds one
 //! per user.
+//!
+//! *Connection sessions* (course clients, SPEC §6). A login without a token
+//! that arrived on a known connection is bound to that connection: it needs
+//! no refresh, its requests are accepted only on that connection, and it
+//! ends when the connection is gone ([`Sessions::closed`]; the edge calls it
+//! when the connection's `closed` token fires, see [`super::conn`]). A login
+//! without a token on no known connection (not served through
+//! [`super::conn::incoming`]) is a token session with the empty token.
+//!
+//! Either way, a login for a user whose live session has another holder is
+//! refused (`ALREADY_EXISTS`): SPEC's duplicate-login rule, the same for
+//! both kinds and for a mix of them.
 //!
 //! **Client ids.** A write carries the client's id for it (`post_id`,
 //! `request_id`), so that a write retried after a lost answer is recognised
@@ -16,26 +30,60 @@
 //! ids per user (a bounded number), recorded when the write is staged and
 //! forgotten if it is abandoned.
 
+use super::conn::ConnId;
 use crate::error::Error;
 use crate::model::UserId;
 use crate::proto::tinysns::{WriteOp, write_op};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Longest session token: this project's client sends 16 hex digits; a
 /// course client none.
 pub const MAX_TOKEN_BYTES: usize = 128;
 
+/// What holds a session: a client's token, or the connection a token-less
+/// client logged in on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    Token(String),
+    Conn(ConnId),
+}
+
+impl Holder {
+    /// The holder a request with `token`, on connection `conn`, speaks for.
+    pub fn of(token: &str, conn: Option<ConnId>) -> Result<Holder, Error> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Error::Invalid(format!(
+                "a session token is at most {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
+        Ok(match conn {
+            Some(c) if token.is_empty() => Holder::Conn(c),
+            _ => Holder::Token(token.to_string()),
+        })
+    }
+}
+
 struct Session {
-    token: String,
-    expires: Instant,
+    holder: Holder,
+    /// When a token session runs out; a connection session lives as long as
+    /// its connection.
+    expires: Option<Instant>,
     /// Logged out: a late refresh with this token must not revive it.
     ended: bool,
+}
+
+impl Session {
+    fn alive(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|t| t > now)
+    }
 }
 
 /// Every user's session on this server.
 pub struct Sessions {
     by_user: HashMap<UserId, Session>,
+    /// The users whose sessions each connection holds.
+    by_conn: HashMap<ConnId, HashSet<UserId>>,
     lease: Duration,
 }
 
@@ -43,6 +91,7 @@ impl Sessions {
     pub fn new(lease: Duration) -> Sessions {
         Sessions {
             by_user: HashMap::new(),
+            by_conn: HashMap::new(),
             lease,
         }
     }
@@ -51,21 +100,16 @@ impl Sessions {
         self.lease
     }
 
-    /// Whether `user` may log in with `token` now; changes nothing, so that
+    /// Whether `user` may log in as `holder` now; changes nothing, so that
     /// a login can be refused before it writes anything.
-    pub fn may_login(&self, user: UserId, token: &str, now: Instant) -> Result<(), Error> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(Error::Invalid(format!(
-                "a session token is at most {MAX_TOKEN_BYTES} bytes"
-            )));
-        }
+    pub fn may_login(&self, user: UserId, holder: &Holder, now: Instant) -> Result<(), Error> {
         if let Some(s) = self.by_user.get(&user)
-            && s.expires > now
+            && s.alive(now)
         {
-            if s.ended && s.token == token {
+            if s.ended && s.holder == *holder {
                 return Err(Error::Unauthenticated("this session was logged out".into()));
             }
-            if !s.ended && s.token != token {
+            if !s.ended && s.holder != *holder {
                 return Err(Error::AlreadyExists(format!(
                     "user {user} is already logged in"
                 )));
@@ -74,26 +118,60 @@ impl Sessions {
         Ok(())
     }
 
-    /// Logs `user` in with `token` (or refreshes that session).
-    pub fn login(&mut self, user: UserId, token: &str, now: Instant) -> Result<(), Error> {
-        self.may_login(user, token, now)?;
-        self.by_user.insert(
+    /// Logs `user` in as `holder` (or refreshes that session). Returns
+    /// whether the holder is a connection that held no session before: the
+    /// edge must then watch it and call [`Sessions::closed`] when it goes.
+    pub fn login(&mut self, user: UserId, holder: Holder, now: Instant) -> Result<bool, Error> {
+        self.may_login(user, &holder, now)?;
+        let expires = match holder {
+            Holder::Token(_) => Some(now + self.lease),
+            Holder::Conn(_) => None,
+        };
+        let mut watch = false;
+        if let Holder::Conn(c) = holder {
+            let users = self.by_conn.entry(c).or_insert_with(|| {
+                watch = true;
+                HashSet::new()
+            });
+            users.insert(user);
+        }
+        let old = self.by_user.insert(
             user,
             Session {
-                token: token.to_string(),
-                expires: now + self.lease,
+                holder: holder.clone(),
+                expires,
                 ended: false,
             },
         );
-        Ok(())
+        if let Some(Session {
+            holder: Holder::Conn(c),
+            ..
+        }) = old
+            && Holder::Conn(c) != holder
+        {
+            self.unindex(c, user);
+        }
+        Ok(watch)
+    }
+
+    fn unindex(&mut self, c: ConnId, user: UserId) {
+        if let Some(users) = self.by_conn.get_mut(&c) {
+            users.remove(&user);
+            if users.is_empty() {
+                self.by_conn.remove(&c);
+            }
+        }
     }
 
     /// Checks that a request comes from `user`'s live session, and refreshes
     /// it.
-    pub fn check(&mut self, user: UserId, token: &str, now: Instant) -> Result<(), Error> {
+    pub fn check(&mut self, user: UserId, holder: &Holder, now: Instant) -> Result<(), Error> {
+        let lease = self.lease;
         match self.by_user.get_mut(&user) {
-            Some(s) if s.expires > now && !s.ended && s.token == token => {
-                s.expires = now + self.lease;
+            Some(s) if s.alive(now) && !s.ended && s.holder == *holder => {
+                if let Some(t) = &mut s.expires {
+                    *t = now + lease;
+                }
                 Ok(())
             }
             _ => Err(Error::Unauthenticated(format!(
@@ -102,17 +180,38 @@ impl Sessions {
         }
     }
 
-    /// Ends `user`'s session, if `token` is its token (again, if it ended
-    /// already); any other token is refused and changes nothing.
-    pub fn logout(&mut self, user: UserId, token: &str, now: Instant) -> Result<(), Error> {
+    /// Ends `user`'s session, if `holder` holds it (again, if it ended
+    /// already); any other holder is refused and changes nothing. A
+    /// connection session is simply gone: only its own connection could
+    /// revive it.
+    pub fn logout(&mut self, user: UserId, holder: &Holder, now: Instant) -> Result<(), Error> {
         match self.by_user.get_mut(&user) {
-            Some(s) if s.expires > now && s.token == token => {
-                s.ended = true;
+            Some(s) if s.alive(now) && s.holder == *holder => {
+                if let Holder::Conn(c) = s.holder {
+                    self.by_user.remove(&user);
+                    self.unindex(c, user);
+                } else {
+                    s.ended = true;
+                }
                 Ok(())
             }
             _ => Err(Error::Unauthenticated(format!(
                 "user {user} has no session with this token"
             ))),
+        }
+    }
+
+    /// Connection `c` is gone: the sessions it held end, and their users may
+    /// log in again at once.
+    pub fn closed(&mut self, c: ConnId) {
+        for user in self.by_conn.remove(&c).unwrap_or_default() {
+            if self
+                .by_user
+                .get(&user)
+                .is_some_and(|s| s.holder == Holder::Conn(c))
+            {
+                self.by_user.remove(&user);
+            }
         }
     }
 }
@@ -213,82 +312,165 @@ mod tests {
         UserId::new(id).unwrap()
     }
 
+    fn tok(t: &str) -> Holder {
+        Holder::Token(t.to_string())
+    }
+
     #[test]
     fn a_live_session_is_refreshed_by_requests() {
         let t = Instant::now();
         let mut s = Sessions::new(LEASE);
-        s.login(u(1), "a", t).unwrap();
-        s.check(u(1), "a", t + LEASE / 2).unwrap();
+        s.login(u(1), tok("a"), t).unwrap();
+        s.check(u(1), &tok("a"), t + LEASE / 2).unwrap();
         // Refreshed at LEASE/2: still alive at LEASE.
-        s.check(u(1), "a", t + LEASE).unwrap();
-        assert!(s.check(u(1), "a", t + 3 * LEASE).is_err(), "expired");
+        s.check(u(1), &tok("a"), t + LEASE).unwrap();
+        assert!(s.check(u(1), &tok("a"), t + 3 * LEASE).is_err(), "expired");
         assert!(matches!(
-            s.check(u(1), "b", t),
+            s.check(u(1), &tok("b"), t),
             Err(Error::Unauthenticated(_))
         ));
-        assert!(s.check(u(2), "a", t).is_err());
+        assert!(s.check(u(2), &tok("a"), t).is_err());
     }
 
     #[test]
     fn a_second_client_is_refused_until_the_first_session_runs_out() {
         let t = Instant::now();
         let mut s = Sessions::new(LEASE);
-        s.login(u(1), "a", t).unwrap();
+        s.login(u(1), tok("a"), t).unwrap();
         assert!(matches!(
-            s.login(u(1), "b", t + LEASE / 2),
+            s.login(u(1), tok("b"), t + LEASE / 2),
             Err(Error::AlreadyExists(_))
         ));
         // The same client logging in again is a refresh.
-        s.login(u(1), "a", t + LEASE / 2).unwrap();
+        s.login(u(1), tok("a"), t + LEASE / 2).unwrap();
         // The first client was killed: its session runs out.
-        s.login(u(1), "b", t + 2 * LEASE).unwrap();
-        assert!(s.check(u(1), "a", t + 2 * LEASE).is_err());
+        s.login(u(1), tok("b"), t + 2 * LEASE).unwrap();
+        assert!(s.check(u(1), &tok("a"), t + 2 * LEASE).is_err());
     }
 
     #[test]
     fn a_logged_out_session_is_not_revived_by_a_late_refresh() {
         let t = Instant::now();
         let mut s = Sessions::new(LEASE);
-        s.login(u(1), "a", t).unwrap();
+        s.login(u(1), tok("a"), t).unwrap();
         assert!(matches!(
-            s.logout(u(1), "other", t),
+            s.logout(u(1), &tok("other"), t),
             Err(Error::Unauthenticated(_))
         ));
-        assert!(s.logout(u(2), "a", t).is_err(), "no session at all");
-        s.check(u(1), "a", t).unwrap();
-        s.logout(u(1), "a", t).unwrap();
-        s.logout(u(1), "a", t).unwrap();
+        assert!(s.logout(u(2), &tok("a"), t).is_err(), "no session at all");
+        s.check(u(1), &tok("a"), t).unwrap();
+        s.logout(u(1), &tok("a"), t).unwrap();
+        s.logout(u(1), &tok("a"), t).unwrap();
         assert!(matches!(
-            s.login(u(1), "a", t + LEASE / 4),
+            s.login(u(1), tok("a"), t + LEASE / 4),
             Err(Error::Unauthenticated(_))
         ));
-        assert!(s.check(u(1), "a", t).is_err());
+        assert!(s.check(u(1), &tok("a"), t).is_err());
         // Another client may log in at once.
-        s.login(u(1), "b", t + LEASE / 4).unwrap();
+        s.login(u(1), tok("b"), t + LEASE / 4).unwrap();
     }
 
     #[test]
     fn a_wrong_logout_changes_nothing_and_tokens_are_bounded() {
         let t = Instant::now();
         let mut s = Sessions::new(LEASE);
-        s.login(u(1), "a", t).unwrap();
-        assert!(s.logout(u(1), "b", t).is_err());
+        s.login(u(1), tok("a"), t).unwrap();
+        assert!(s.logout(u(1), &tok("b"), t).is_err());
         // The session is as it was: alive, its token still refreshes it.
-        s.check(u(1), "a", t).unwrap();
-        s.login(u(1), "a", t).unwrap();
-        assert!(s.login(u(1), "b", t).is_err());
+        s.check(u(1), &tok("a"), t).unwrap();
+        s.login(u(1), tok("a"), t).unwrap();
+        assert!(s.login(u(1), tok("b"), t).is_err());
         // An expired session cannot be logged out any more.
-        assert!(s.logout(u(1), "a", t + 3 * LEASE).is_err());
+        assert!(s.logout(u(1), &tok("a"), t + 3 * LEASE).is_err());
 
         let long = "t".repeat(MAX_TOKEN_BYTES + 1);
+        assert!(matches!(Holder::of(&long, None), Err(Error::Invalid(_))));
+        assert!(
+            matches!(Holder::of(&long, Some(ConnId(1))), Err(Error::Invalid(_))),
+            "a connection does not excuse a long token"
+        );
+        let longest = Holder::of(&"t".repeat(MAX_TOKEN_BYTES), None).unwrap();
+        s.login(u(2), longest, t).unwrap();
+        s.may_login(u(3), &Holder::of("", None).unwrap(), t)
+            .unwrap();
+    }
+
+    #[test]
+    fn an_empty_token_on_a_known_connection_is_held_by_the_connection() {
+        assert_eq!(
+            Holder::of("", Some(ConnId(7))).unwrap(),
+            Holder::Conn(ConnId(7))
+        );
+        assert_eq!(Holder::of("", None).unwrap(), tok(""));
+        assert_eq!(Holder::of("a", Some(ConnId(7))).unwrap(), tok("a"));
+    }
+
+    #[test]
+    fn a_connection_session_needs_no_refresh_and_ends_with_its_connection() {
+        let t = Instant::now();
+        let (c1, c2) = (Holder::Conn(ConnId(1)), Holder::Conn(ConnId(2)));
+        let mut s = Sessions::new(LEASE);
+        assert!(
+            s.login(u(1), c1.clone(), t).unwrap(),
+            "a new connection to watch"
+        );
+        // Long idle: still logged in, no refresh asked for.
+        s.check(u(1), &c1, t + 100 * LEASE).unwrap();
+        // Only on its own connection.
         assert!(matches!(
-            s.may_login(u(2), &long, t),
-            Err(Error::Invalid(_))
+            s.check(u(1), &c2, t),
+            Err(Error::Unauthenticated(_))
         ));
-        assert!(s.login(u(2), &long, t).is_err());
-        assert!(s.check(u(2), &long, t).is_err(), "nothing was stored");
-        s.login(u(2), &"t".repeat(MAX_TOKEN_BYTES), t).unwrap();
-        s.may_login(u(3), "", t).unwrap();
+        assert!(s.check(u(1), &tok(""), t).is_err());
+        // A second client is refused while the connection lives, with or
+        // without a token, however long after.
+        for other in [c2.clone(), tok(""), tok("x")] {
+            assert!(matches!(
+                s.login(u(1), other.clone(), t + 100 * LEASE),
+                Err(Error::AlreadyExists(_))
+            ));
+        }
+        // Logging in again on the same connection is harmless, and the
+        // connection is watched once.
+        assert!(!s.login(u(1), c1.clone(), t + LEASE).unwrap());
+        assert!(!s.login(u(2), c1.clone(), t).unwrap(), "watched already");
+        // The connection goes: both its sessions end, the user gets in again.
+        s.closed(ConnId(1));
+        assert!(s.check(u(1), &c1, t).is_err());
+        assert!(s.check(u(2), &c1, t).is_err());
+        assert!(s.login(u(1), c2.clone(), t + LEASE).unwrap());
+        s.check(u(1), &c2, t + LEASE).unwrap();
+        // A closed connection that held nothing, or closed twice, is nothing.
+        s.closed(ConnId(1));
+        s.closed(ConnId(9));
+        s.check(u(1), &c2, t + LEASE).unwrap();
+    }
+
+    #[test]
+    fn a_connection_session_and_a_token_session_exclude_each_other() {
+        let t = Instant::now();
+        let c1 = Holder::Conn(ConnId(1));
+        let mut s = Sessions::new(LEASE);
+        s.login(u(1), tok("a"), t).unwrap();
+        assert!(matches!(
+            s.login(u(1), c1.clone(), t),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert!(
+            !s.by_conn.contains_key(&ConnId(1)),
+            "a refusal indexes nothing"
+        );
+        // The token session ran out: the connection gets it.
+        assert!(s.login(u(1), c1.clone(), t + 2 * LEASE).unwrap());
+        assert!(s.check(u(1), &tok("a"), t + 2 * LEASE).is_err());
+        // Its connection logs it out: gone at once, another may log in.
+        assert!(s.logout(u(1), &tok("a"), t).is_err());
+        s.logout(u(1), &c1, t + 2 * LEASE).unwrap();
+        assert!(s.by_conn.is_empty());
+        s.login(u(1), tok("b"), t + 2 * LEASE).unwrap();
+        // The closing of the old connection does not touch the new session.
+        s.closed(ConnId(1));
+        s.check(u(1), &tok("b"), t + 2 * LEASE).unwrap();
     }
 
     #[test]

@@ -12,7 +12,17 @@
 //!
 //! Posts the client sends on the same stream are stored through
 //! [`Node::write`] and acknowledged one by one once mirrored and written; a
-//! post resent with the same `post_id` is stored once.
+//! post resent with the same `post_id` is stored once. A post without a
+//! `post_id` (a course client's) gets no acknowledgement: such a client
+//! would print it as a post.
+//!
+//! # Course clients (SPEC §6)
+//! A course client's first message is `Set Stream` stamped with the current
+//! time: its `timestamp` is ignored, and a resuming client (this project's)
+//! names the newest post it has shown in `resume_after`, a field of its own.
+//! Its posts end with the `\n` that `fgets` keeps: one trailing `\n` or
+//! `\r\n` is removed before the post is checked ([`line_of`]); any other
+//! control character is refused as before.
 //!
 //! # Bounds
 //! Nothing a client does with a stream makes the server hold more than a
@@ -300,6 +310,7 @@ pub(crate) async fn open(
     node: Arc<Node>,
     slots: &Slots,
     mut inbound: Streaming<Message>,
+    conn: Option<super::conn::ConnId>,
 ) -> Result<TimelineStream, Error> {
     let first = tokio::time::timeout(node.failure_window, inbound.message())
         .await
@@ -311,7 +322,7 @@ pub(crate) async fn open(
         })?
         .map_err(Error::from)?
         .ok_or_else(|| Error::Invalid("the stream ended before naming its user".into()))?;
-    let user = node.caller(&first.username, &first.session)?;
+    let user = node.caller(&first.username, &first.session, conn)?;
     let (user_slot, total_slot) = slots.take(user)?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let (end_tx, end_rx) = oneshot::channel();
@@ -325,7 +336,9 @@ pub(crate) async fn open(
     };
     // Subscribe before reading the file, so no append is missed.
     let changes = node.subscribe(user);
-    let since = first.timestamp.as_ref().map(timefmt::from_timestamp);
+    // Not `timestamp`: course clients stamp their first message with the
+    // current time, which would hide every older post.
+    let since = first.resume_after.as_ref().map(timefmt::from_timestamp);
     node.tasks.spawn(deliver(
         node.clone(),
         user,
@@ -341,6 +354,15 @@ pub(crate) async fn open(
         done: false,
         _slot: total_slot,
     }))
+}
+
+/// A post's text without the one line end a course client's `fgets` keeps
+/// (`\n`, or `\r\n` from a terminal or file that sends it); anything else,
+/// a second line end included, is left for [`validate_post`] to refuse.
+pub(crate) fn line_of(text: &str) -> &str {
+    text.strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(text)
 }
 
 fn post_message(p: &Post) -> Message {
@@ -528,14 +550,15 @@ async fn receive(node: Arc<Node>, user: UserId, mut inbound: Streaming<Message>,
 /// Stores one post from the stream; returns its acknowledgement, if the
 /// client asked for one (a `post_id`).
 async fn store_post(node: &Node, user: UserId, msg: Message) -> Result<Option<Message>, Error> {
-    validate_post(&msg.msg).map_err(Error::Invalid)?;
+    let text = line_of(&msg.msg);
+    validate_post(text).map_err(Error::Invalid)?;
     node.require_master()?;
     let post_id = msg.post_id;
     let retry = (post_id != 0).then_some(ClientId::Post {
         author: user,
         id: post_id,
     });
-    let text = msg.msg;
+    let text = text.to_string();
     node.write(|st, clock| {
         // Checked under the state lock, where ids are recorded: a resent
         // post is stored once.
@@ -568,6 +591,26 @@ mod tests {
 
     fn u(id: u64) -> UserId {
         UserId::new(id).unwrap()
+    }
+
+    #[test]
+    fn one_line_end_is_removed_before_a_post_is_checked() {
+        assert_eq!(line_of("hello\n"), "hello");
+        assert_eq!(line_of("hello\r\n"), "hello");
+        assert_eq!(line_of("hello"), "hello");
+        assert_eq!(line_of("a\n\n"), "a\n", "only one");
+        assert_eq!(line_of("\n"), "");
+        let checked = |t: &str| validate_post(line_of(t));
+        assert!(checked("hello\n").is_ok());
+        assert!(checked("hello\r\n").is_ok());
+        assert!(checked("a\tb\n").is_err(), "other control characters");
+        assert!(checked("a\n\n").is_err());
+        assert!(checked("a\rb").is_err());
+        assert!(checked("\n").is_err(), "empty once trimmed");
+        // The length is that of the text without its line end.
+        let longest = "x".repeat(crate::model::MAX_POST_BYTES);
+        assert!(checked(&format!("{longest}\n")).is_ok());
+        assert!(checked(&format!("{longest}x\n")).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod client_cli;
 mod concurrent_appenders;
 mod course_clients;
 mod course_coordinator;
+mod course_sessions;
 mod disk_faults;
 mod durability;
 mod failover;

@@ -57,8 +57,13 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The runtime a test runs its gRPC clients on. Multi-threaded: a test
+/// blocks its own thread (polling, reading files) and its connections must
+/// still answer the server's HTTP/2 keep-alive pings meanwhile, or the
+/// server takes them for dead peers after a failure window (SPEC §6).
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime")
