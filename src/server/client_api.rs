@@ -17,7 +17,7 @@
 //! `SNS_MAX_USERS` is refused with `RESOURCE_EXHAUSTED` before anything is
 //! written or a session opened.
 
-use super::conn::{self, ConnId, ConnInfo};
+use super::conn::{self, ConnInfo};
 use super::node::{Node, State};
 use super::session::{ClientId, Holder};
 use super::timeline;
@@ -77,16 +77,42 @@ fn answer(outcome: Outcome) -> Response<Reply> {
 impl Node {
     /// The user a request comes from, who must hold a live session: its
     /// token's, or (without a token) the one its connection `conn` holds.
+    ///
+    /// A course client never logs in again, but its channel replaces a
+    /// connection that was cut (an older C-core client idle at its prompt
+    /// answers no keep-alive ping for up to 5 s) or closed when idle (30
+    /// minutes). So a request without a token, on a connection that holds
+    /// no session, takes an existing user's session as Login would, when no
+    /// one else holds it; otherwise it is refused as before.
     pub(crate) fn caller(
-        &self,
+        self: &Arc<Self>,
         username: &str,
         session: &str,
-        conn: Option<ConnId>,
+        conn: Option<&ConnInfo>,
     ) -> Result<UserId, Error> {
         self.require_master()?;
         let user = parse_user(username, "user id")?;
-        let holder = Holder::of(session, conn)?;
-        self.state().sessions.check(user, &holder, Instant::now())?;
+        let holder = Holder::of(session, conn.map(|c| c.id))?;
+        let now = Instant::now();
+        let mut st = self.state();
+        let refused = match st.sessions.check(user, &holder, now) {
+            Ok(()) => return Ok(user),
+            Err(e) => e,
+        };
+        let Some(info) = conn.filter(|_| matches!(holder, Holder::Conn(_))) else {
+            return Err(refused);
+        };
+        if st.sessions.may_login(user, &holder, now).is_err()
+            || !st.store.users().map_err(Error::from)?.contains(&user.get())
+        {
+            return Err(refused);
+        }
+        let watch = st.sessions.login(user, holder, now)?;
+        drop(st);
+        log::debug!("user {user}'s session moves to connection {}", info.id.0);
+        if watch {
+            self.watch_connection(info.clone());
+        }
         Ok(user)
     }
 
@@ -113,9 +139,11 @@ impl SnsService for ClientApi {
     }
 
     async fn list(&self, req: Request<SnsRequest>) -> Result<Response<ListReply>, Status> {
-        let conn = conn::of(&req).map(|c| c.id);
+        let conn = conn::of(&req);
         let req = req.into_inner();
-        let user = self.node.caller(&req.username, &req.session, conn)?;
+        let user = self
+            .node
+            .caller(&req.username, &req.session, conn.as_ref())?;
         // The numbers are taken under the state lock, the million strings
         // they may make are built outside it. Errors go through our one
         // mapping (tonic's own would make a damaged file DATA_LOSS, unlogged).
@@ -139,14 +167,14 @@ impl SnsService for ClientApi {
     }
 
     async fn follow(&self, req: Request<SnsRequest>) -> Result<Response<Reply>, Status> {
-        let conn = conn::of(&req).map(|c| c.id);
+        let conn = conn::of(&req);
         Ok(self
             .follow_or_unfollow(req.into_inner(), conn, true)
             .await?)
     }
 
     async fn un_follow(&self, req: Request<SnsRequest>) -> Result<Response<Reply>, Status> {
-        let conn = conn::of(&req).map(|c| c.id);
+        let conn = conn::of(&req);
         Ok(self
             .follow_or_unfollow(req.into_inner(), conn, false)
             .await?)
@@ -170,7 +198,7 @@ impl SnsService for ClientApi {
         &self,
         req: Request<Streaming<Message>>,
     ) -> Result<Response<Self::TimelineStream>, Status> {
-        let conn = conn::of(&req).map(|c| c.id);
+        let conn = conn::of(&req);
         Ok(Response::new(
             timeline::open(self.node.clone(), &self.streams, req.into_inner(), conn).await?,
         ))
@@ -243,11 +271,11 @@ impl ClientApi {
     async fn follow_or_unfollow(
         &self,
         req: SnsRequest,
-        conn: Option<ConnId>,
+        conn: Option<ConnInfo>,
         follow: bool,
     ) -> Result<Response<Reply>, Error> {
         let node = &self.node;
-        let user = node.caller(&req.username, &req.session, conn)?;
+        let user = node.caller(&req.username, &req.session, conn.as_ref())?;
         let (done, unknown) = if follow {
             (Outcome::Followed, Outcome::UnknownFollowee)
         } else {

@@ -84,6 +84,10 @@ pub struct Sessions {
     by_user: HashMap<UserId, Session>,
     /// The users whose sessions each connection holds.
     by_conn: HashMap<ConnId, HashSet<UserId>>,
+    /// The connections someone watches for their end ([`Sessions::login`]'s
+    /// answer), until [`Sessions::closed`]: one watcher per connection,
+    /// however often it logs in and out.
+    watched: HashSet<ConnId>,
     lease: Duration,
 }
 
@@ -92,6 +96,7 @@ impl Sessions {
         Sessions {
             by_user: HashMap::new(),
             by_conn: HashMap::new(),
+            watched: HashSet::new(),
             lease,
         }
     }
@@ -129,11 +134,8 @@ impl Sessions {
         };
         let mut watch = false;
         if let Holder::Conn(c) = holder {
-            let users = self.by_conn.entry(c).or_insert_with(|| {
-                watch = true;
-                HashSet::new()
-            });
-            users.insert(user);
+            self.by_conn.entry(c).or_default().insert(user);
+            watch = self.watched.insert(c);
         }
         let old = self.by_user.insert(
             user,
@@ -204,6 +206,7 @@ impl Sessions {
     /// Connection `c` is gone: the sessions it held end, and their users may
     /// log in again at once.
     pub fn closed(&mut self, c: ConnId) {
+        self.watched.remove(&c);
         for user in self.by_conn.remove(&c).unwrap_or_default() {
             if self
                 .by_user
@@ -444,6 +447,12 @@ mod tests {
         s.closed(ConnId(1));
         s.closed(ConnId(9));
         s.check(u(1), &c2, t + LEASE).unwrap();
+        // Logging out and in again on one connection: still one watcher.
+        s.logout(u(1), &c2, t + LEASE).unwrap();
+        assert!(
+            !s.login(u(1), c2.clone(), t + LEASE).unwrap(),
+            "watched already"
+        );
     }
 
     #[test]

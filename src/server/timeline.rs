@@ -310,7 +310,7 @@ pub(crate) async fn open(
     node: Arc<Node>,
     slots: &Slots,
     mut inbound: Streaming<Message>,
-    conn: Option<super::conn::ConnId>,
+    conn: Option<super::conn::ConnInfo>,
 ) -> Result<TimelineStream, Error> {
     let first = tokio::time::timeout(node.failure_window, inbound.message())
         .await
@@ -322,7 +322,7 @@ pub(crate) async fn open(
         })?
         .map_err(Error::from)?
         .ok_or_else(|| Error::Invalid("the stream ended before naming its user".into()))?;
-    let user = node.caller(&first.username, &first.session, conn)?;
+    let user = node.caller(&first.username, &first.session, conn.as_ref())?;
     let (user_slot, total_slot) = slots.take(user)?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let (end_tx, end_rx) = oneshot::channel();

@@ -421,3 +421,34 @@ fn a_course_timeline_gets_the_last_20_posts_and_its_line_ends_are_removed() {
     expect_code(end, Code::InvalidArgument, "a post with a tab");
     assert_same_files(&before, &k.files(), "a refused post");
 }
+
+/// A course client's channel may replace its connection (cut, or closed
+/// when idle) and the client never logs in again: its next request on the
+/// new connection takes the user's session back, as long as no other
+/// client holds it; a second client is then refused as before.
+#[test]
+fn a_course_client_on_a_new_connection_carries_on_without_logging_in() {
+    let k = Cluster::start();
+    let rt = runtime();
+    let mut first = rt.block_on(connect(&k.url));
+    rt.block_on(login_ok(&mut first, "1", ""));
+    drop(first);
+    // The same client, its channel on a new connection: no Login.
+    let mut again = rt.block_on(connect(&k.url));
+    // The old connection's end may not be seen yet: until then the session
+    // is still the old connection's.
+    wait_for("LIST on the new connection", || {
+        list(&rt, &mut again, "1")
+            .map(drop)
+            .map_err(|s| format!("{s:?}"))
+    });
+    let mut other = rt.block_on(connect(&k.url));
+    refused_duplicate(&rt, &k, &mut other, "1", "");
+    // A user who never logged in is not taken in this way.
+    let mut stranger = rt.block_on(connect(&k.url));
+    let r = list(&rt, &mut stranger, "4");
+    assert!(
+        matches!(&r, Err(s) if s.code() == Code::Unauthenticated),
+        "{r:?}"
+    );
+}
