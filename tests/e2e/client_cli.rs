@@ -8,16 +8,6 @@
 use crate::harness::*;
 use tinysns::proto::tinysns::Role;
 
-const TITLE: [&str; 8] = [
-    "",
-    "========= TINY SNS CLIENT =========",
-    " Command Lists and Format:",
-    " FOLLOW <username>",
-    " UNFOLLOW <username>",
-    " LIST",
-    " TIMELINE",
-    TITLE_END,
-];
 const ALREADY_EXISTS: &str = "Input username already exists, command failed";
 const INVALID_USERNAME: &str = "Command failed with invalid username";
 const NOT_A_FOLLOWER: &str = "Command failed with not a follower";

@@ -13,6 +13,19 @@ pub const SUCCESS: &str = "Command completed successfully";
 pub const PROMPT: &str = "Cmd> ";
 /// The title block's last line.
 pub const TITLE_END: &str = "=====================================";
+/// SPEC §2's title block, line by line (the first is the empty line before
+/// it), written out here rather than taken from the client, so that the
+/// tests check the text itself. Course clients print the same block.
+pub const TITLE: [&str; 8] = [
+    "",
+    "========= TINY SNS CLIENT =========",
+    " Command Lists and Format:",
+    " FOLLOW <username>",
+    " UNFOLLOW <username>",
+    " LIST",
+    " TIMELINE",
+    TITLE_END,
+];
 
 /// The client of `user`, its output to be read through a pipe.
 fn command(coord_port: u16, user: u64, env: &[(&str, &str)]) -> Command {

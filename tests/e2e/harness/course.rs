@@ -12,6 +12,7 @@
 //! prompts left out, so a test checks the screens of the course's sheets.
 //! Ending the client ([`Drop`]) is Ctrl-C: the connection simply goes away.
 
+use super::client::TITLE;
 use super::process::DEADLINE;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
@@ -88,19 +89,6 @@ pub const TIMELINE: &str = "/csce438.SNSService/Timeline";
 
 /// The line `run()` prints when `connectTo()` fails.
 pub const CONNECTION_FAILED: &str = "connection failed: -1";
-
-/// The skeleton's `displayTitle()`, line by line (it starts with an empty
-/// line).
-pub const TITLE: [&str; 8] = [
-    "",
-    "========= TINY SNS CLIENT =========",
-    " Command Lists and Format:",
-    " FOLLOW <username>",
-    " UNFOLLOW <username>",
-    " LIST",
-    " TIMELINE",
-    "=====================================",
-];
 
 /// One unary call on `channel` (a clone shares its connection), as a
 /// generated stub would make it.
