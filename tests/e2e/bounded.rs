@@ -17,7 +17,6 @@ use tinysns::proto::tinysns::coordinator_client::CoordinatorClient;
 use tinysns::proto::tinysns::synchronizer_client::SynchronizerClient;
 use tinysns::proto::tinysns::{Empty, Role, UserBatch};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
@@ -188,16 +187,7 @@ async fn open_stream(
     c: &mut SnsServiceClient<Channel>,
     user: u64,
 ) -> Result<(mpsc::Sender<Message>, Streaming<Message>), Status> {
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(Message {
-        username: user.to_string(),
-        session: token(user),
-        ..Default::default()
-    })
-    .await
-    .expect("queue the first message");
-    let stream = c.timeline(ReceiverStream::new(rx)).await?.into_inner();
-    Ok((tx, stream))
+    grpc::open_timeline(c, &user.to_string(), &token(user)).await
 }
 
 /// A refused stream's status (refusals come with the response); `Ok` when

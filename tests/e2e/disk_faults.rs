@@ -20,7 +20,6 @@ use tinysns::proto::csce438::sns_service_client::SnsServiceClient;
 use tinysns::proto::tinysns::synchronizer_client::SynchronizerClient;
 use tinysns::proto::tinysns::{PostBatch, PostOp, RemotePost, Role};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
@@ -128,20 +127,9 @@ async fn open_timeline(
     user: &str,
 ) -> (mpsc::Sender<Message>, Streaming<Message>) {
     login_ok(c, user, &token(user)).await;
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(Message {
-        username: user.to_string(),
-        session: token(user),
-        ..Default::default()
-    })
-    .await
-    .expect("queue the first message");
-    let stream = c
-        .timeline(ReceiverStream::new(rx))
+    grpc::open_timeline(c, user, &token(user))
         .await
         .expect("timeline")
-        .into_inner();
-    (tx, stream)
 }
 
 /// Posts `text` as `user` on a timeline stream of its own with `post_id`;

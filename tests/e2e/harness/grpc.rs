@@ -3,10 +3,12 @@
 
 use super::process::DEADLINE;
 use std::time::{Duration, Instant};
-use tinysns::proto::csce438::Request;
 use tinysns::proto::csce438::sns_service_client::SnsServiceClient;
+use tinysns::proto::csce438::{Message, Request};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 
 /// Connects to the server at `url`, retrying until the deadline (it may
 /// still be starting).
@@ -73,4 +75,24 @@ pub fn expect_code<T: std::fmt::Debug>(r: Result<T, Status>, want: Code, what: &
             s
         }
     }
+}
+
+/// Opens a timeline stream whose first message names `user` with
+/// `session`; returns the sender for later messages and the stream. A
+/// refusal is the error (refusals come with the response).
+pub async fn open_timeline(
+    c: &mut SnsServiceClient<Channel>,
+    user: &str,
+    session: &str,
+) -> Result<(mpsc::Sender<Message>, Streaming<Message>), Status> {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(Message {
+        username: user.to_string(),
+        session: session.to_string(),
+        ..Default::default()
+    })
+    .await
+    .expect("queue the first message");
+    let stream = c.timeline(ReceiverStream::new(rx)).await?.into_inner();
+    Ok((tx, stream))
 }
