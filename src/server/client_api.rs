@@ -17,9 +17,10 @@
 //! `SNS_MAX_USERS` is refused with `RESOURCE_EXHAUSTED` before anything is
 //! written or a session opened.
 
+use super::client_ids::ClientId;
 use super::conn::{self, ConnInfo};
 use super::node::{Node, State};
-use super::session::{ClientId, Holder};
+use super::session::Holder;
 use super::timeline;
 use crate::course::Outcome;
 use crate::error::{Error, quote};

@@ -21,7 +21,7 @@
 //! applies the same operations with the same code, so both directories hold
 //! the same records; applying is idempotent, so a re-sent batch stores
 //! nothing twice. A retried write is recognised by its client id
-//! ([`session::ClientIds`]), remembered by master and slave alike, and
+//! ([`client_ids::ClientIds`]), remembered by master and slave alike, and
 //! answered as the first one was.
 //!
 //! # When the disk fails
@@ -87,10 +87,11 @@
 //! # Files
 //! [`client_api`] (the client API), [`conn`] (accepted connections, for
 //! sessions bound to one), [`timeline`], [`heartbeat`], [`node`],
-//! [`role`] and [`session`] (the pure cores), [`replication`] (op log,
+//! [`role`], [`session`] and [`client_ids`] (the pure cores), [`replication`] (op log,
 //! mirror, snapshot, resync, the replica API).
 
 pub mod client_api;
+pub mod client_ids;
 pub mod conn;
 pub mod heartbeat;
 pub mod node;

@@ -28,8 +28,9 @@
 //! blocking pool through [`Node::blocking`].
 
 use super::Options;
+use super::client_ids::ClientIds;
 use super::role::{Incarnation, Replica, Seq};
-use super::session::{ClientIds, Sessions};
+use super::session::Sessions;
 use crate::error::Error;
 use crate::model::{RunId, UserId};
 use crate::proto::tinysns::WriteOp;

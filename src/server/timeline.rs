@@ -52,8 +52,8 @@
 //!   The backward scan runs on the blocking pool: a user who unfollowed
 //!   everyone has the whole file scanned for posts to show.
 
+use super::client_ids::ClientId;
 use super::node::{Node, shutting_down};
-use super::session::ClientId;
 use crate::error::Error;
 use crate::model::{UserId, validate_post};
 use crate::proto::csce438::Message;

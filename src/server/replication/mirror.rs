@@ -465,9 +465,9 @@ mod tests {
     use crate::error::Error;
     use crate::model::UserId;
     use crate::proto::tinysns::{AddUser, FollowOp, WriteOp, write_op};
+    use crate::server::client_ids::ClientId;
     use crate::server::node::{Node, Opened};
     use crate::server::role::{Incarnation, Verdict};
-    use crate::server::session::ClientId;
     use crate::server::{Options, open_dir};
     use crate::storage::faults;
     use crate::storage::{followers_file, following_file};
