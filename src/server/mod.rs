@@ -107,7 +107,7 @@ use crate::proto::csce438::sns_service_server::SnsServiceServer;
 use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::replica_server::ReplicaServer;
 use crate::proto::tinysns::{Kind, ServerInfo, WriteOp};
-use crate::storage::journal::Journal;
+use crate::storage::journal::{Journal, Replay};
 use crate::storage::store::Store;
 use crate::storage::{self};
 use crate::trust::PeerChannel;
@@ -138,25 +138,45 @@ pub struct Options {
 }
 
 /// A directory opened at start-up.
-struct OpenedDir {
-    store: Store,
-    journal: Journal,
+pub(crate) struct OpenedDir {
+    pub(crate) store: Store,
+    pub(crate) journal: Journal,
     /// Every journaled operation (their client ids are remembered).
-    replay: Vec<WriteOp>,
+    pub(crate) replay: Vec<WriteOp>,
     /// Those the replay could not finish (the disk is full, an I/O error):
     /// still in the journal, finished once this server is master and the
     /// disk takes them.
-    owed: Vec<WriteOp>,
+    pub(crate) owed: Vec<WriteOp>,
 }
 
 /// Opens the directory: repairs torn records, replays the journal and
 /// flushes what the last run may have left in the page cache only. Neither
 /// a damaged file (its user's problem, see [`Store`]) nor a full disk stops
 /// the server from starting: a replay that fails stops there, and what is
-/// left of it is owed.
-fn open_dir(dir: &std::path::Path, opts: &Options, clusters: u32) -> Result<OpenedDir, Error> {
+/// left of it is owed. What the journal holds undecided (the batch a crash
+/// caught in flight) is replayed only by a server that starts as master
+/// (`as_master`, the coordinator's first answer); a slave drops it
+/// ([`crate::storage::journal`]).
+fn open_dir(
+    dir: &std::path::Path,
+    opts: &Options,
+    clusters: u32,
+    as_master: bool,
+) -> Result<OpenedDir, Error> {
     let mut store = Store::open(dir, opts.cluster, clusters)?;
-    let (mut journal, replay) = Journal::open(dir, opts.fsync)?;
+    let (mut journal, Replay { decided, undecided }) = Journal::open(dir, opts.fsync)?;
+    let mut replay = decided;
+    if as_master {
+        replay.extend(undecided);
+    } else if !undecided.is_empty() {
+        log::info!(
+            "dropping {} journaled operation(s) that were in flight when the last run \
+             stopped: this server starts as slave, and its master has everything that \
+             was acknowledged",
+            undecided.len()
+        );
+        journal.drop_undecided()?;
+    }
     let mut owed = Vec::new();
     for (i, op) in replay.iter().enumerate() {
         if let Err(e) = store.apply(op) {
@@ -310,12 +330,14 @@ async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started
     };
     let dir = crate::config::server_dir(&opts.data_dir, opts.cluster, opts.server_id);
     let (open_opts, open_path, clusters) = (opts.clone(), dir.clone(), first.clusters);
+    let as_master = first.role == crate::proto::tinysns::Role::Master as i32;
     let OpenedDir {
         store,
         journal,
         replay,
         owed,
-    } = tokio::task::spawn_blocking(move || open_dir(&open_path, &open_opts, clusters)).await??;
+    } = tokio::task::spawn_blocking(move || open_dir(&open_path, &open_opts, clusters, as_master))
+        .await??;
     let (ask, asks) = mpsc::channel(16);
     let opened = node::Opened {
         dir,

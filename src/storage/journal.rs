@@ -26,10 +26,29 @@
 //! A 4                                  a new user
 //! F 4 1 1763921407123456789 + 77       user 4 follows 1 (time, request id)
 //! P 1 1763921407123456790 912 hello    a post by 1 (time, post id, text)
+//! C                                    everything above is decided
 //! ```
 //!
 //! A line without its newline was cut by a crash before it was flushed, so
 //! nobody was told it was stored: replay ignores it.
+//!
+//! # Decided and undecided operations
+//! The master journals a batch *while* the slave stores it, so a master
+//! killed in between leaves a whole, flushed batch in its journal that the
+//! slave may never have had and no client was told of. Replaying it as if
+//! it were stored would make a write visible that may be lost (the slave,
+//! promoted, never had it) and stored again (the client's retry reaches the
+//! new master, which gives it a new time): a doubled post on every remote
+//! screen. So a batch is *decided* only once the slave took it and the
+//! lease held, and the master then appends the mark `C` (not flushed; the
+//! next batch's flush takes it along). A slave journals only what it took,
+//! with its mark in the same write. Replay ([`Replay`]) applies what is
+//! decided, and what follows the last mark (at most the batch in flight)
+//! only on a server that comes back as master: there it may have been
+//! acknowledged (a crash of the machine can lose an unflushed mark) and is
+//! the only copy; a retry of it is recognised by its client id. A server
+//! that comes back as slave drops it: its master has everything that was
+//! acknowledged.
 //!
 //! # When writing the data files fails
 //! The journal is also what finishes a write whose records could not all be
@@ -63,8 +82,22 @@ pub const CHECKPOINT_BYTES: u64 = 8 << 20;
 /// numbers), with room to spare: a longer line is damage, skipped unread.
 const MAX_LINE: usize = 1024;
 
+/// What a journal holds at start-up.
+#[derive(Debug, Default, PartialEq)]
+pub struct Replay {
+    /// Up to the last mark: acknowledged, or promised (the slave has it).
+    pub decided: Vec<WriteOp>,
+    /// After it: the batch a crash caught in flight, if any.
+    pub undecided: Vec<WriteOp>,
+}
+
+/// The line that decides everything above it.
+const MARK: &str = "C\n";
+
 pub struct Journal {
     path: PathBuf,
+    /// The length up to the last mark ([`Journal::drop_undecided`]).
+    decided_len: u64,
     /// Durability on: every batch is journaled and flushed.
     durable: bool,
     /// Open for appending; with durability off, only once something is owed.
@@ -76,19 +109,19 @@ impl Journal {
     /// Opens the journal of `dir` and returns the operations to replay. With
     /// `enabled` false, returns a journal that records only what is owed
     /// (and still replays what an earlier run left).
-    pub fn open(dir: &Path, enabled: bool) -> io::Result<(Journal, Vec<WriteOp>)> {
+    pub fn open(dir: &Path, enabled: bool) -> io::Result<(Journal, Replay)> {
         let path = dir.join(JOURNAL_FILE);
-        let (ops, len) = match storage::open_read(&path) {
+        let (ops, len, decided_len) = match storage::open_read(&path) {
             Ok(Some(f)) => {
-                let (ops, whole, len) = decode_from(f, &path)?;
-                if whole < len {
+                let read = decode_from(f, &path)?;
+                if read.whole < read.len {
                     // Cut the torn line off: what is appended next (an owed
                     // operation kept across this run) must start a line.
-                    storage::open_append(&path)?.set_len(whole)?;
+                    storage::open_append(&path)?.set_len(read.whole)?;
                 }
-                (ops, whole)
+                (read.replay, read.whole, read.decided_len)
             }
-            Ok(None) => (Vec::new(), 0),
+            Ok(None) => (Replay::default(), 0, 0),
             Err(e) if storage::is_damaged(&e) => {
                 let aside = storage::set_aside(&path)?;
                 log::error!(
@@ -97,7 +130,7 @@ impl Journal {
                     path.display(),
                     aside.display()
                 );
-                (Vec::new(), 0)
+                (Replay::default(), 0, 0)
             }
             Err(e) => return Err(e),
         };
@@ -108,6 +141,7 @@ impl Journal {
         };
         let journal = Journal {
             len,
+            decided_len,
             path,
             durable: enabled,
             file,
@@ -119,12 +153,39 @@ impl Journal {
         self.durable
     }
 
-    /// Appends `ops` in one write and flushes the journal.
+    /// Appends `ops` in one write and flushes the journal: a master's
+    /// batch, undecided until [`Journal::decide`].
     pub fn append(&mut self, ops: &[WriteOp]) -> io::Result<()> {
         if !self.durable {
             return Ok(());
         }
-        self.write(ops, true)
+        self.write(ops, false, true)
+    }
+
+    /// Appends `ops` decided, in one write, and flushes the journal: what a
+    /// slave took from its master.
+    pub fn append_decided(&mut self, ops: &[WriteOp]) -> io::Result<()> {
+        if !self.durable || ops.is_empty() {
+            return Ok(());
+        }
+        self.write(ops, true, true)
+    }
+
+    /// Marks everything journaled so far as decided (the slave took it and
+    /// the lease held), without a flush of its own: the next batch's flush
+    /// takes the mark to disk. Before it is there, a crash of the machine
+    /// may lose it, and replay treats the batch as undecided.
+    pub fn decide(&mut self) -> io::Result<()> {
+        if !self.durable || self.decided_len == self.len {
+            return Ok(());
+        }
+        self.write(&[], true, false)
+    }
+
+    /// Takes what follows the last mark out of the journal: a server that
+    /// came back as slave does not replay it (see the module doc).
+    pub fn drop_undecided(&mut self) -> io::Result<()> {
+        self.truncate_to(self.decided_len)
     }
 
     /// Records operations whose records could not all be written to the
@@ -133,16 +194,19 @@ impl Journal {
     /// now, not flushed (like every write then: they survive a crash of
     /// the process, not of the machine).
     pub fn owe(&mut self, ops: &[WriteOp]) -> io::Result<()> {
-        if self.durable {
+        if self.durable || ops.is_empty() {
             return Ok(());
         }
-        self.write(ops, false)
+        self.write(ops, true, false)
     }
 
-    fn write(&mut self, ops: &[WriteOp], flush: bool) -> io::Result<()> {
+    fn write(&mut self, ops: &[WriteOp], decided: bool, flush: bool) -> io::Result<()> {
         let mut text = String::new();
         for op in ops {
             encode(op, &mut text);
+        }
+        if decided {
+            text.push_str(MARK);
         }
         if text.is_empty() {
             return Ok(());
@@ -163,6 +227,9 @@ impl Journal {
             return Err(e);
         }
         self.len += text.len() as u64;
+        if decided {
+            self.decided_len = self.len;
+        }
         Ok(())
     }
 
@@ -180,15 +247,17 @@ impl Journal {
     /// abandoned: never written to the files nor acknowledged, so it must not
     /// be replayed).
     pub fn truncate_to(&mut self, len: u64) -> io::Result<()> {
-        let Some(f) = self.file.as_mut() else {
-            return Ok(());
-        };
         if len >= self.len {
             return Ok(());
         }
+        let f = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(storage::open_append(&self.path)?),
+        };
         f.set_len(len)?;
         f.sync_data()?;
         self.len = len;
+        self.decided_len = self.decided_len.min(len);
         Ok(())
     }
 
@@ -216,6 +285,7 @@ impl Journal {
             },
         }
         self.len = 0;
+        self.decided_len = 0;
         Ok(())
     }
 }
@@ -281,14 +351,26 @@ fn decode(line: &str) -> Option<WriteOp> {
     Some(op)
 }
 
-/// The operations of a journal, read line by line, the length of its whole
-/// lines and its length. Each
+/// What [`decode_from`] read.
+struct Decoded {
+    replay: Replay,
+    /// The length of its whole lines...
+    whole: u64,
+    /// ...up to its last mark...
+    decided_len: u64,
+    /// ...and all of it.
+    len: u64,
+}
+
+/// The operations of a journal, read line by line, decided and not, with
+/// the lengths that say where its lines end. Each
 /// line stands alone, so a line that does not parse (a damaged disk block)
 /// is skipped, with a warning quoting at most 64 bytes of it, and the rest
 /// is replayed; a last line without its newline was never acknowledged and
 /// is ignored.
-fn decode_from(mut r: impl Read, path: &Path) -> io::Result<(Vec<WriteOp>, u64, u64)> {
-    let mut ops = Vec::new();
+fn decode_from(mut r: impl Read, path: &Path) -> io::Result<Decoded> {
+    let mut replay = Replay::default();
+    let mut decided_len = 0u64;
     let mut line: Vec<u8> = Vec::new();
     // A line longer than MAX_LINE: skipped up to its newline, unread.
     let mut overlong = false;
@@ -326,9 +408,12 @@ fn decode_from(mut r: impl Read, path: &Path) -> io::Result<(Vec<WriteOp>, u64, 
                     "{}: skipping a line longer than any operation",
                     path.display()
                 );
+            } else if line.as_slice() == MARK.trim_end().as_bytes() {
+                replay.decided.append(&mut replay.undecided);
+                decided_len = whole;
             } else {
                 match std::str::from_utf8(&line).ok().and_then(decode) {
-                    Some(op) => ops.push(op),
+                    Some(op) => replay.undecided.push(op),
                     None => log::warn!(
                         "{}: skipping an unreadable line {:?}",
                         path.display(),
@@ -343,7 +428,12 @@ fn decode_from(mut r: impl Read, path: &Path) -> io::Result<(Vec<WriteOp>, u64, 
     if !line.is_empty() || overlong {
         log::warn!("{}: ignoring a torn last line", path.display());
     }
-    Ok((ops, whole, len))
+    Ok(Decoded {
+        replay,
+        whole,
+        decided_len,
+        len,
+    })
 }
 
 #[cfg(test)]
@@ -377,14 +467,20 @@ mod tests {
         ]
     }
 
+    /// Every operation the journal of `dir` replays on a master.
+    fn ops_of(dir: &Path) -> Vec<WriteOp> {
+        let (_, r) = Journal::open(dir, true).unwrap();
+        r.decided.into_iter().chain(r.undecided).collect()
+    }
+
     #[test]
     fn round_trips_and_replays_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, ops) = Journal::open(dir.path(), true).unwrap();
-        assert!(ops.is_empty());
+        assert_eq!(ops, Replay::default());
         j.append(&sample()).unwrap();
-        let (_, ops) = Journal::open(dir.path(), true).unwrap();
-        assert_eq!(ops, sample());
+        j.decide().unwrap();
+        assert_eq!(ops_of(dir.path()), sample());
     }
 
     #[test]
@@ -396,9 +492,8 @@ mod tests {
         let full = std::fs::read(&path).unwrap();
         for cut in 0..=full.len() {
             std::fs::write(&path, &full[..cut]).unwrap();
-            let (_, ops) = Journal::open(dir.path(), true).unwrap();
             let whole = full[..cut].iter().filter(|&&b| b == b'\n').count();
-            assert_eq!(ops, sample()[..whole], "cut at {cut}");
+            assert_eq!(ops_of(dir.path()), sample()[..whole], "cut at {cut}");
         }
     }
 
@@ -408,7 +503,11 @@ mod tests {
         let path = dir.path().join(JOURNAL_FILE);
         std::fs::write(&path, "A 4\nP x y z\nA 5\n").unwrap();
         let (mut j, ops) = Journal::open(dir.path(), true).unwrap();
-        assert_eq!(ops.len(), 2, "the bad line is skipped, the others kept");
+        assert_eq!(
+            ops.undecided.len(),
+            2,
+            "the bad line is skipped, the others kept"
+        );
         j.clear().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     }
@@ -421,8 +520,7 @@ mod tests {
         let mark = j.len();
         j.append(&sample()[1..]).unwrap();
         j.truncate_to(mark).unwrap();
-        let (_, ops) = Journal::open(dir.path(), true).unwrap();
-        assert_eq!(ops, sample()[..1]);
+        assert_eq!(ops_of(dir.path()), sample()[..1]);
     }
 
     #[test]
@@ -443,13 +541,13 @@ mod tests {
             let path = dir.path().join(JOURNAL_FILE);
             make(&path);
             let (mut j, ops) = Journal::open(dir.path(), true).unwrap();
-            assert!(ops.is_empty());
+            assert_eq!(ops, Replay::default());
             assert!(
                 std::fs::symlink_metadata(dir.path().join("journal.txt.damaged")).is_ok(),
                 "kept for a person to look at"
             );
             j.append(&sample()).unwrap();
-            assert_eq!(Journal::open(dir.path(), true).unwrap().1, sample());
+            assert_eq!(ops_of(dir.path()), sample());
         }
     }
 
@@ -461,6 +559,7 @@ mod tests {
         std::fs::write(&path, format!("A 4\n{long}\nA 5\nA 6")).unwrap();
         let (mut j, ops) = Journal::open(dir.path(), true).unwrap();
         let users: Vec<u64> = ops
+            .undecided
             .iter()
             .filter_map(|o| match &o.op {
                 Some(write_op::Op::AddUser(a)) => Some(a.user),
@@ -470,7 +569,7 @@ mod tests {
         assert_eq!(users, [4, 5]);
         // What is appended next starts a line of its own.
         j.append(&sample()[..1]).unwrap();
-        assert_eq!(Journal::open(dir.path(), true).unwrap().1.len(), 3);
+        assert_eq!(ops_of(dir.path()).len(), 3);
     }
 
     #[test]
@@ -481,8 +580,44 @@ mod tests {
         assert!(!dir.path().join(JOURNAL_FILE).exists());
         j.owe(&sample()[1..2]).unwrap();
         let (_, ops) = Journal::open(dir.path(), false).unwrap();
-        assert_eq!(ops, sample()[1..2]);
+        assert_eq!(ops.decided, sample()[1..2], "owed means promised: decided");
+        assert!(ops.undecided.is_empty());
         j.clear().unwrap();
-        assert!(Journal::open(dir.path(), false).unwrap().1.is_empty());
+        assert_eq!(
+            Journal::open(dir.path(), false).unwrap().1,
+            Replay::default()
+        );
+    }
+
+    #[test]
+    fn only_what_was_decided_is_decided_and_the_rest_can_be_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), true).unwrap();
+        // A batch the slave took, a batch a slave journaled, and the master's
+        // next batch caught in flight by a crash.
+        j.append(&sample()[..1]).unwrap();
+        j.decide().unwrap();
+        j.decide().unwrap(); // nothing new: no second mark
+        j.append_decided(&sample()[1..2]).unwrap();
+        j.append(&sample()[2..]).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(JOURNAL_FILE)).unwrap();
+        assert_eq!(text.matches("C\n").count(), 2, "{text}");
+        let (mut j, r) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(r.decided, sample()[..2]);
+        assert_eq!(r.undecided, sample()[2..]);
+        // Coming back as slave: the batch in flight is gone for good.
+        j.drop_undecided().unwrap();
+        let (_, r) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(r.decided, sample()[..2]);
+        assert!(r.undecided.is_empty());
+    }
+
+    #[test]
+    fn a_journal_of_an_older_version_without_marks_is_undecided() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(JOURNAL_FILE), "A 4\nA 5\n").unwrap();
+        let (_, r) = Journal::open(dir.path(), true).unwrap();
+        assert!(r.decided.is_empty());
+        assert_eq!(r.undecided.len(), 2);
     }
 }

@@ -282,6 +282,13 @@ impl Node {
     /// Writes a replicated batch to our own files, if our lease still holds.
     async fn commit(&self, batch: &[Pending]) -> Result<(), Failed> {
         self.ensure_lease().await.map_err(Failed::Before)?;
+        // Decided: the slave has it and the lease held, so a restart or a
+        // failover brings it back whatever happens to our files now. Only
+        // decided operations are replayed by a server that comes back as
+        // slave ([`crate::storage::journal`]).
+        if let Err(e) = self.journal().decide() {
+            return Err(Failed::Before(e.into()));
+        }
         let files: Vec<FileKind> = batch.iter().flat_map(|p| p.files.iter().copied()).collect();
         let changed = {
             let mut st = self.state();
@@ -436,7 +443,7 @@ impl Node {
         // The flush runs on this worker, like the appends before it:
         // handing it to another thread costs more than the flush holds the
         // worker up (`bench post`).
-        self.journal().append(&ops)?;
+        self.journal().append_decided(&ops)?;
         if self.journal().wants_checkpoint()
             && let Err(e) = self.blocking(|n| n.checkpoint()).await
         {
@@ -470,7 +477,7 @@ mod tests {
     use crate::server::role::{Incarnation, Verdict};
     use crate::server::{Options, open_dir};
     use crate::storage::faults;
-    use crate::storage::{followers_file, following_file};
+    use crate::storage::{followers_file, following_file, posts_file};
     use std::path::Path;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
@@ -510,7 +517,14 @@ mod tests {
     /// start does, with its mirror task running. The coordinator is played
     /// by a task that renews the lease whenever asked.
     fn master(data: &Path, heartbeat: Duration) -> Arc<Node> {
-        let opts = Options {
+        let opts = options(data, heartbeat);
+        let dir = crate::config::server_dir(data, 1, 1);
+        let opened = open_dir(&dir, &opts, 3, true).unwrap();
+        start(opts, dir, opened)
+    }
+
+    fn options(data: &Path, heartbeat: Duration) -> Options {
+        Options {
             cluster: 1,
             server_id: 1,
             coordinator: "127.0.0.1:1".into(),
@@ -521,9 +535,14 @@ mod tests {
             data_dir: data.to_path_buf(),
             trust: crate::trust::Trust::new(crate::trust::ClusterKey::generate(), None),
             limits: crate::config::Limits::default(),
-        };
-        let dir = crate::config::server_dir(data, 1, 1);
-        let opened = open_dir(&dir, &opts, 3).unwrap();
+        }
+    }
+
+    fn start(
+        opts: Options,
+        dir: std::path::PathBuf,
+        opened: crate::server::OpenedDir,
+    ) -> Arc<Node> {
         let (ask, mut asks) = mpsc::channel::<tokio::sync::oneshot::Sender<bool>>(16);
         let node = Arc::new(Node::new(
             opts,
@@ -612,8 +631,8 @@ mod tests {
         write(&node, add_user(1)).await.unwrap();
         write(&node, add_user(4)).await.unwrap();
         faults::fail_appends(&followers_file(&d, 1), 0, 0, 1);
-        // The journal takes the follow, then not the next write.
-        faults::fail_appends(&d.join("journal.txt"), 1, 0, 1);
+        // The journal takes the follow and its mark, then not the next write.
+        faults::fail_appends(&d.join("journal.txt"), 2, 0, 1);
         assert!(write(&node, follow(4, 1, 100, 0)).await.is_err());
         let e = write(&node, add_user(7)).await.unwrap_err();
         assert!(!e.message().contains("kept"), "{e:?}");
@@ -652,6 +671,46 @@ mod tests {
         assert_eq!(lines(&following_file(&d, 4)), 1);
         assert_eq!(lines(&followers_file(&d, 1)), 1);
         node.shutdown.cancel();
+    }
+
+    /// What a master killed right after journaling a batch leaves: one
+    /// decided batch (user 4) and one in flight (4's post, id 9).
+    fn journal_caught_in_flight(data: &Path) -> std::path::PathBuf {
+        let dir = crate::config::server_dir(data, 1, 1);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("journal.txt"), "A 4\nC\nP 4 100 9 hello\n").unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_server_that_comes_back_as_slave_never_replays_a_batch_in_flight() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = journal_caught_in_flight(data.path());
+        let opts = options(data.path(), Duration::from_secs(60));
+        let opened = open_dir(&dir, &opts, 3, false).unwrap();
+        assert_eq!(opened.replay.len(), 1, "the user only");
+        assert!(!posts_file(&dir, 4).exists(), "the post is not visible");
+        assert!(dir.join("all_users.txt").exists());
+        drop(opened);
+        // Nor later, whatever this server becomes.
+        let opened = open_dir(&dir, &opts, 3, true).unwrap();
+        assert!(opened.replay.is_empty());
+        assert!(!posts_file(&dir, 4).exists());
+    }
+
+    #[test]
+    fn a_server_that_comes_back_as_master_replays_it_and_knows_its_id() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = journal_caught_in_flight(data.path());
+        let opts = options(data.path(), Duration::from_secs(60));
+        let opened = open_dir(&dir, &opts, 3, true).unwrap();
+        assert_eq!(opened.replay.len(), 2);
+        assert_eq!(lines(&posts_file(&dir, 4)), 4, "one record");
+        assert!(opened.replay.iter().any(|op| ClientId::of(op)
+            == Some(ClientId::Post {
+                author: UserId::new(4).unwrap(),
+                id: 9
+            })));
     }
 
     #[tokio::test]

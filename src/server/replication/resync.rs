@@ -202,7 +202,7 @@ impl Node {
             &reply.ops,
         );
         let ops = reply.ops;
-        self.blocking(move |node| Ok(node.journal().append(&ops)?))
+        self.blocking(move |node| Ok(node.journal().append_decided(&ops)?))
             .await?;
         self.wake(&changed);
         Ok(Some((following, n)))
