@@ -242,7 +242,7 @@ impl ClientApi {
         }
         may?;
         let limits = node.opts.limits;
-        node.write(|st, _| {
+        node.write(None, |st, _| {
             let users = st.store.users()?;
             if users.contains(&user.get()) {
                 return Ok(None);
@@ -299,11 +299,7 @@ impl ClientApi {
         // Set when the user's request is refused: nothing is written, and
         // the refusal is an OK reply.
         let mut refused = None;
-        node.write(|st: &mut State, clock| {
-            if retry.is_some_and(|id| st.ids.contains(id)) {
-                // A retry of a request already done (its answer was lost).
-                return Ok(None);
-            }
+        node.write(retry, |st: &mut State, clock| {
             if !st.store.users()?.contains(&target.get()) {
                 refused = Some(unknown);
                 return Ok(None);

@@ -8,7 +8,7 @@
 
 use crate::model::UserId;
 use crate::proto::tinysns::{WriteOp, write_op};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// How many client ids per user are remembered to recognise a retry.
 const RECENT_IDS: usize = 1024;
@@ -54,33 +54,98 @@ enum Owner {
     Requests(UserId),
 }
 
-/// The latest client ids per user and kind.
+/// How many client ids are remembered in all, so that memory and the ids
+/// file ([`crate::storage::ids`]) stay bounded with any number of users.
+pub const RECENT_TOTAL: usize = 100_000;
+
+/// What is known of a client id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// Its write is staged and not yet settled: a retry waits for it.
+    InFlight,
+    /// Its write is stored (or owed, which is promised).
+    Done,
+}
+
+/// The latest client ids per user and kind, at most [`RECENT_TOTAL`] in all.
 #[derive(Default)]
-pub struct ClientIds(HashMap<Owner, VecDeque<u64>>);
+pub struct ClientIds {
+    by_owner: HashMap<Owner, VecDeque<u64>>,
+    /// Every id in the order it was recorded (and some forgotten since),
+    /// for the total bound.
+    order: VecDeque<ClientId>,
+    in_flight: HashSet<ClientId>,
+}
 
 impl ClientIds {
-    pub fn contains(&self, id: ClientId) -> bool {
-        let (owner, id) = id.key();
-        self.0.get(&owner).is_some_and(|ids| ids.contains(&id))
+    pub fn lookup(&self, id: ClientId) -> Option<Known> {
+        if self.in_flight.contains(&id) {
+            Some(Known::InFlight)
+        } else if self.contains(id) {
+            Some(Known::Done)
+        } else {
+            None
+        }
     }
 
-    pub fn insert(&mut self, id: ClientId) {
+    pub fn contains(&self, id: ClientId) -> bool {
         let (owner, id) = id.key();
-        let ids = self.0.entry(owner).or_default();
+        self.by_owner
+            .get(&owner)
+            .is_some_and(|ids| ids.contains(&id))
+    }
+
+    /// Remembers an id as done (stored by the master, mirrored, replayed,
+    /// or read back from the ids file).
+    pub fn insert(&mut self, id: ClientId) {
+        if self.contains(id) {
+            return;
+        }
+        if self.order.len() >= RECENT_TOTAL
+            && let Some(old) = self.order.pop_front()
+        {
+            self.drop_from_owner(old);
+        }
+        let (owner, n) = id.key();
+        let ids = self.by_owner.entry(owner).or_default();
         if ids.len() == RECENT_IDS {
             ids.pop_front();
         }
-        ids.push_back(id);
+        ids.push_back(n);
+        self.order.push_back(id);
     }
 
-    pub fn remove(&mut self, id: ClientId) {
-        let (owner, id) = id.key();
-        if let Some(ids) = self.0.get_mut(&owner) {
-            ids.retain(|i| *i != id);
+    fn drop_from_owner(&mut self, id: ClientId) {
+        let (owner, n) = id.key();
+        if let Some(ids) = self.by_owner.get_mut(&owner) {
+            ids.retain(|i| *i != n);
+            if ids.is_empty() {
+                self.by_owner.remove(&owner);
+            }
         }
     }
 
-    /// Remembers the id an operation carries.
+    /// Remembers the id of a write being staged: in flight until settled.
+    pub fn stage(&mut self, op: &WriteOp) {
+        if let Some(id) = ClientId::of(op) {
+            self.insert(id);
+            self.in_flight.insert(id);
+        }
+    }
+
+    /// The write of `op` is stored or promised: its id is done.
+    pub fn settle(&mut self, op: &WriteOp) {
+        if let Some(id) = ClientId::of(op) {
+            self.in_flight.remove(&id);
+        }
+    }
+
+    pub fn remove(&mut self, id: ClientId) {
+        self.in_flight.remove(&id);
+        self.drop_from_owner(id);
+    }
+
+    /// Remembers the id an operation carries, as done.
     pub fn record(&mut self, op: &WriteOp) {
         if let Some(id) = ClientId::of(op) {
             self.insert(id);
@@ -92,6 +157,15 @@ impl ClientIds {
         if let Some(id) = ClientId::of(op) {
             self.remove(id);
         }
+    }
+
+    /// The ids that are done, oldest first: what the ids file is rewritten
+    /// with.
+    pub fn done(&self) -> impl Iterator<Item = ClientId> + '_ {
+        let mut seen = HashSet::new();
+        self.order.iter().copied().filter(move |id| {
+            !self.in_flight.contains(id) && self.contains(*id) && seen.insert(*id)
+        })
     }
 }
 
@@ -157,5 +231,65 @@ mod tests {
             author: u(3),
             id: 9
         }));
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::*;
+    use crate::proto::tinysns::PostOp;
+
+    fn post(author: u64, post_id: u64) -> WriteOp {
+        WriteOp {
+            op: Some(write_op::Op::Post(PostOp {
+                author,
+                time_ns: 1,
+                text: "x".into(),
+                post_id,
+            })),
+        }
+    }
+
+    fn id(author: u64, n: u64) -> ClientId {
+        ClientId::Post {
+            author: UserId::new(author).unwrap(),
+            id: n,
+        }
+    }
+
+    #[test]
+    fn a_staged_id_is_in_flight_until_settled_or_forgotten() {
+        let mut ids = ClientIds::default();
+        ids.stage(&post(1, 5));
+        assert_eq!(ids.lookup(id(1, 5)), Some(Known::InFlight));
+        assert_eq!(ids.done().count(), 0, "not written to the file yet");
+        ids.settle(&post(1, 5));
+        assert_eq!(ids.lookup(id(1, 5)), Some(Known::Done));
+        assert_eq!(ids.done().collect::<Vec<_>>(), [id(1, 5)]);
+        ids.stage(&post(1, 6));
+        ids.forget(&post(1, 6));
+        assert_eq!(ids.lookup(id(1, 6)), None, "abandoned: a retry stores it");
+        assert_eq!(ids.done().collect::<Vec<_>>(), [id(1, 5)]);
+    }
+
+    #[test]
+    fn ids_are_bounded_in_all_and_recorded_once() {
+        let mut ids = ClientIds::default();
+        for n in 0..(RECENT_TOTAL as u64 + 10) {
+            ids.insert(id(1 + n % 1000, n + 1));
+        }
+        ids.insert(id(
+            1 + (RECENT_TOTAL as u64 + 9) % 1000,
+            RECENT_TOTAL as u64 + 10,
+        ));
+        assert_eq!(ids.done().count(), RECENT_TOTAL);
+        assert_eq!(ids.lookup(id(1, 1)), None, "the oldest are forgotten");
+        assert_eq!(
+            ids.lookup(id(
+                1 + (RECENT_TOTAL as u64 + 9) % 1000,
+                RECENT_TOTAL as u64 + 10
+            )),
+            Some(Known::Done)
+        );
     }
 }

@@ -28,7 +28,7 @@
 //! blocking pool through [`Node::blocking`].
 
 use super::Options;
-use super::client_ids::ClientIds;
+use super::client_ids::{ClientId, ClientIds, Known};
 use super::role::{Incarnation, Replica, Seq};
 use super::session::Sessions;
 use crate::error::Error;
@@ -63,6 +63,8 @@ pub(crate) struct State {
     pub replica: Replica,
     pub sessions: Sessions,
     pub ids: ClientIds,
+    /// Retries waiting for the outcome of their first copy, in flight.
+    pub retries: HashMap<ClientId, Vec<oneshot::Sender<Result<(), Error>>>>,
     /// Staged writes in staging order, taken by the mirror task in batches.
     pub queue: Vec<Pending>,
     /// Owed writes that are not staged: promised (journaled, and mirrored)
@@ -170,6 +172,7 @@ impl Node {
                 // A session lives two heartbeats without a refresh.
                 sessions: Sessions::new(failure_window),
                 ids: ClientIds::default(),
+                retries: HashMap::new(),
                 queue: Vec::new(),
                 owed,
                 owed_staged: 0,
@@ -302,9 +305,16 @@ impl Node {
     /// it for the mirror; then waits until it is mirrored and written.
     /// `build` runs under the state lock, so the checks and writes of
     /// concurrent requests do not interleave; `None` means nothing to write
-    /// (a retry of a write already done).
+    /// (the request is refused, answered with an OK reply).
+    ///
+    /// `retry` is the client's id for the write: a write already done is
+    /// answered as done, and one still in flight (its answer was lost, or
+    /// has not come yet) is answered with its first copy's outcome, never
+    /// before: acknowledged at once, the retry would be a promise the first
+    /// copy might not keep.
     pub async fn write(
         &self,
+        retry: Option<ClientId>,
         build: impl FnOnce(&mut State, &MonotonicClock) -> Result<Option<WriteOp>, Error>,
     ) -> Result<(), Error> {
         self.ensure_lease().await?;
@@ -322,22 +332,38 @@ impl Node {
             // What was promised before goes first: staged after this write,
             // a post of the same author would be taken as already stored.
             self.restage_owed(st)?;
-            let Some(op) = build(st, &self.clock)? else {
-                return Ok(());
-            };
-            // A failed stage takes back its own records, nothing else.
-            let files = st.store.stage(&op)?;
-            st.ids.record(&op);
-            let seq = st.replica.stage(op.clone())?;
-            let (tx, rx) = oneshot::channel();
-            st.queue.push(Pending {
-                seq,
-                op,
-                files,
-                done: Some(tx),
-            });
-            self.kick.notify_one();
-            rx
+            match retry.and_then(|id| Some((id, st.ids.lookup(id)?))) {
+                Some((_, Known::Done)) => return Ok(()),
+                Some((id, Known::InFlight)) => {
+                    let (tx, rx) = oneshot::channel();
+                    st.retries.entry(id).or_default().push(tx);
+                    rx
+                }
+                None => {
+                    let Some(op) = build(st, &self.clock)? else {
+                        return Ok(());
+                    };
+                    // A failed stage takes back its own records, nothing else.
+                    let files = st.store.stage(&op)?;
+                    st.ids.stage(&op);
+                    let seq = match st.replica.stage(op.clone()) {
+                        Ok(seq) => seq,
+                        Err(e) => {
+                            st.ids.forget(&op);
+                            return Err(e);
+                        }
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    st.queue.push(Pending {
+                        seq,
+                        op,
+                        files,
+                        done: Some(tx),
+                    });
+                    self.kick.notify_one();
+                    rx
+                }
+            }
         };
         done.await.unwrap_or_else(|_| Err(shutting_down()))
     }

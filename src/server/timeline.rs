@@ -559,12 +559,8 @@ async fn store_post(node: &Node, user: UserId, msg: Message) -> Result<Option<Me
         id: post_id,
     });
     let text = text.to_string();
-    node.write(|st, clock| {
-        // Checked under the state lock, where ids are recorded: a resent
-        // post is stored once.
-        if retry.is_some_and(|id| st.ids.contains(id)) {
-            return Ok(None);
-        }
+    // A resent post is stored once ([`Node::write`]).
+    node.write(retry, |st, clock| {
         let time_ns = clock
             .next_after(st.store.latest_post(user)?)
             .map_err(|why| Error::Storage(format!("user {user}'s posts: {why}")))?;

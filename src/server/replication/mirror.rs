@@ -47,6 +47,7 @@ use crate::error::Error;
 use crate::model::ServerId;
 use crate::proto::tinysns::replica_client::ReplicaClient;
 use crate::proto::tinysns::{ApplyRequest, WriteOp};
+use crate::server::client_ids::ClientId;
 use crate::server::node::{Node, Pending, State, fresh_incarnation, shutting_down};
 use crate::server::role::SlaveLink;
 use crate::storage::{self, FileKind};
@@ -116,8 +117,15 @@ impl Node {
                 }
             }
         }
-        let rest = std::mem::take(&mut self.state().queue);
-        for done in rest.into_iter().filter_map(|p| p.done) {
+        let (rest, retries) = {
+            let mut st = self.state();
+            (
+                std::mem::take(&mut st.queue),
+                std::mem::take(&mut st.retries),
+            )
+        };
+        let waiting = retries.into_values().flatten();
+        for done in rest.into_iter().filter_map(|p| p.done).chain(waiting) {
             let _ = done.send(Err(shutting_down()));
         }
     }
@@ -151,6 +159,7 @@ impl Node {
                     drop(st);
                     log::info!("finished {owed} owed write(s)");
                 }
+                self.settle(&batch, &Ok(()), true);
                 for done in batch.into_iter().filter_map(|p| p.done) {
                     let _ = done.send(Ok(()));
                 }
@@ -328,6 +337,8 @@ impl Node {
             "{}; the write is kept and will be finished when the disk takes it",
             e.message()
         ));
+        // Promised: a retry is answered as done from now on.
+        self.settle(&batch, &Err(e.clone()), true);
         let mut waiting = Vec::new();
         let mut owed: Vec<Pending> = batch
             .into_iter()
@@ -379,9 +390,12 @@ impl Node {
             owed.append(&mut st.owed);
             // Forgotten: the ids of writes that will not be. An owed write
             // will be, and a retry of it must be recognised.
-            for p in batch.iter().chain(&rest).filter(|p| p.done.is_some()) {
-                st.ids.forget(&p.op);
-            }
+            let fresh: Vec<&Pending> = batch
+                .iter()
+                .chain(&rest)
+                .filter(|p| p.done.is_some())
+                .collect();
+            settle_ids(&mut st, fresh, &Err(e.clone()), false);
             st.owed = owed;
             if let Err(e) = self.restage_owed(&mut st) {
                 log::warn!("owed writes not staged again yet: {e}");
@@ -391,6 +405,13 @@ impl Node {
         for done in batch.into_iter().chain(rest).filter_map(|p| p.done) {
             let _ = done.send(Err(e.clone()));
         }
+    }
+
+    /// Settles the client ids of a batch's writes, and answers the retries
+    /// that waited for them with the same outcome.
+    fn settle(&self, batch: &[Pending], outcome: &Result<(), Error>, stored: bool) {
+        let fresh: Vec<&Pending> = batch.iter().filter(|p| p.done.is_some()).collect();
+        settle_ids(&mut self.state(), fresh, outcome, stored);
     }
 
     /// Checks operations a master sent us (an `Apply`, a join reply) as
@@ -467,6 +488,23 @@ impl Node {
     }
 }
 
+/// The writes of `batch` are `stored` (or promised), or will never be:
+/// their ids are done, or forgotten so that a retry stores them; either way
+/// the retries waiting for them get `outcome`.
+fn settle_ids(st: &mut State, batch: Vec<&Pending>, outcome: &Result<(), Error>, stored: bool) {
+    for p in batch {
+        if stored {
+            st.ids.settle(&p.op);
+        } else {
+            st.ids.forget(&p.op);
+        }
+        let waiting = ClientId::of(&p.op).and_then(|id| st.retries.remove(&id));
+        for w in waiting.into_iter().flatten() {
+            let _ = w.send(outcome.clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::error::Error;
@@ -520,7 +558,9 @@ mod tests {
         let opts = options(data, heartbeat);
         let dir = crate::config::server_dir(data, 1, 1);
         let opened = open_dir(&dir, &opts, 3, true).unwrap();
-        start(opts, dir, opened)
+        let node = start(opts, dir, opened);
+        tokio::spawn(node.clone().mirror_loop());
+        node
     }
 
     fn options(data: &Path, heartbeat: Duration) -> Options {
@@ -576,12 +616,75 @@ mod tests {
                 let _ = reply.send(true);
             }
         });
-        tokio::spawn(node.clone().mirror_loop());
         node
     }
 
     async fn write(node: &Node, op: WriteOp) -> Result<(), Error> {
-        node.write(move |_, _| Ok(Some(op))).await
+        node.write(ClientId::of(&op), move |_, _| Ok(Some(op)))
+            .await
+    }
+
+    /// A master whose mirror task is not running yet: what is written
+    /// stays in flight until the test moves it on.
+    fn held_master(data: &Path) -> Arc<Node> {
+        let opts = options(data, Duration::from_secs(60));
+        let dir = crate::config::server_dir(data, 1, 1);
+        let opened = open_dir(&dir, &opts, 3, true).unwrap();
+        start(opts, dir, opened)
+    }
+
+    /// Writes `op` twice, the second time while the first is in flight,
+    /// and returns both writers.
+    async fn write_twice(
+        node: &Arc<Node>,
+        op: WriteOp,
+    ) -> [tokio::task::JoinHandle<Result<(), Error>>; 2] {
+        let id = ClientId::of(&op).unwrap();
+        let spawn = |op: WriteOp| {
+            let n = node.clone();
+            tokio::spawn(async move { write(&n, op).await })
+        };
+        let first = spawn(op.clone());
+        while node.state().queue.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let retry = spawn(op);
+        while !node.state().retries.contains_key(&id) {
+            tokio::task::yield_now().await;
+        }
+        [first, retry]
+    }
+
+    fn post(author: u64, post_id: u64) -> WriteOp {
+        WriteOp {
+            op: Some(write_op::Op::Post(crate::proto::tinysns::PostOp {
+                author,
+                time_ns: 1_763_921_407_000_000_000,
+                text: "hello".into(),
+                post_id,
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_of_a_write_in_flight_gets_its_outcome_not_an_early_yes() {
+        let data = tempfile::tempdir().unwrap();
+        let node = held_master(data.path());
+        // Abandoned: both copies fail, and a later retry stores it.
+        let [first, retry] = write_twice(&node, post(4, 9)).await;
+        let batch = std::mem::take(&mut node.state().queue);
+        node.abandon(batch, Error::Unavailable("the slave went away".into()));
+        assert!(first.await.unwrap().is_err());
+        assert!(retry.await.unwrap().is_err(), "nothing was stored");
+        let id = ClientId::of(&post(4, 9)).unwrap();
+        assert_eq!(node.state().ids.lookup(id), None);
+        // Stored: both copies succeed, and the post is stored once.
+        let [first, retry] = write_twice(&node, post(4, 9)).await;
+        tokio::spawn(node.clone().mirror_loop());
+        first.await.unwrap().unwrap();
+        retry.await.unwrap().unwrap();
+        assert_eq!(lines(&posts_file(&node.dir, 4)), 4, "one record");
+        node.shutdown.cancel();
     }
 
     #[tokio::test]
