@@ -4,10 +4,15 @@
 //! a write retried after a lost answer is recognised and answered as the
 //! first one was. Master and slave remember the latest ids per user (a
 //! bounded number), recorded when the write is staged and forgotten if it is
-//! abandoned.
+//! abandoned. A retry of a write still in flight waits for the first copy's
+//! outcome ([`Known::InFlight`]). The ids of stored writes also go to
+//! `client_ids.txt` ([`crate::storage::ids`]), read back at start-up and
+//! sent with a snapshot, so a retry that reaches a restarted server (with
+//! its directory, or rebuilt from its peer) is recognised too.
 
 use crate::model::UserId;
 use crate::proto::tinysns::{WriteOp, write_op};
+use crate::storage::ids::IdLine;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// How many client ids per user are remembered to recognise a retry.
@@ -36,6 +41,41 @@ impl ClientId {
             }),
             _ => None,
         }
+    }
+
+    /// Its line in the ids file.
+    pub fn line(self) -> IdLine {
+        match self {
+            ClientId::Post { author, id } => IdLine::Post {
+                author: author.get(),
+                id,
+            },
+            ClientId::Request { user, id } => IdLine::Request {
+                user: user.get(),
+                id,
+            },
+        }
+    }
+
+    pub fn from_line(line: IdLine) -> Option<ClientId> {
+        Some(match line {
+            IdLine::Post { author, id } => ClientId::Post {
+                author: UserId::new(author)?,
+                id,
+            },
+            IdLine::Request { user, id } => ClientId::Request {
+                user: UserId::new(user)?,
+                id,
+            },
+        })
+    }
+
+    /// The lines of the ids that `ops` carry.
+    pub fn lines<'a>(ops: impl IntoIterator<Item = &'a WriteOp>) -> Vec<IdLine> {
+        ops.into_iter()
+            .filter_map(ClientId::of)
+            .map(ClientId::line)
+            .collect()
     }
 
     /// Whose ids it is among, and the id.

@@ -143,6 +143,8 @@ pub(crate) struct OpenedDir {
     pub(crate) journal: Journal,
     /// Every journaled operation (their client ids are remembered).
     pub(crate) replay: Vec<WriteOp>,
+    /// The client ids of the ids file ([`storage::ids`]), oldest first.
+    pub(crate) known_ids: Vec<storage::ids::IdLine>,
     /// Those the replay could not finish (the disk is full, an I/O error):
     /// still in the journal, finished once this server is master and the
     /// disk takes them.
@@ -164,6 +166,10 @@ fn open_dir(
     as_master: bool,
 ) -> Result<OpenedDir, Error> {
     let mut store = Store::open(dir, opts.cluster, clusters)?;
+    let known_ids = storage::ids::load(dir).unwrap_or_else(|e| {
+        log::error!("{e}; starting without the client ids it held");
+        Vec::new()
+    });
     let (mut journal, Replay { decided, undecided }) = Journal::open(dir, opts.fsync)?;
     let mut replay = decided;
     if as_master {
@@ -197,6 +203,11 @@ fn open_dir(
             "replayed {} journaled operation(s)",
             replay.len() - owed.len()
         );
+        // Their ids outlive the journal, which is emptied below.
+        let lines = crate::server::client_ids::ClientId::lines(&replay);
+        if let Err(e) = storage::ids::append(dir, &lines) {
+            log::error!("cannot keep the client ids of the replay: {e}");
+        }
     }
     // What the last run wrote may not be on disk yet: replay found it in the
     // files (the page cache outlives a killed process) but not necessarily
@@ -227,6 +238,7 @@ fn open_dir(
         store,
         journal,
         replay,
+        known_ids,
         owed,
     })
 }
@@ -335,6 +347,7 @@ async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started
         store,
         journal,
         replay,
+        known_ids,
         owed,
     } = tokio::task::spawn_blocking(move || open_dir(&open_path, &open_opts, clusters, as_master))
         .await??;
@@ -350,6 +363,12 @@ async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started
     let node = Arc::new(Node::new(opts, opened, ask, stop.clone()));
     {
         let mut st = node.state();
+        let known = known_ids
+            .into_iter()
+            .filter_map(client_ids::ClientId::from_line);
+        for id in known {
+            st.ids.insert(id);
+        }
         for op in &replay {
             st.ids.record(op);
         }

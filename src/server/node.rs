@@ -368,6 +368,37 @@ impl Node {
         done.await.unwrap_or_else(|_| Err(shutting_down()))
     }
 
+    /// Appends the client ids that stored operations carry to the ids file
+    /// ([`crate::storage::ids`]), flushed with the next checkpoint. A
+    /// failure costs only the recognition of their retries by a server
+    /// that restarts before the journal is emptied, and the journal still
+    /// has them until then: it is reported, not returned.
+    pub(crate) fn persist_ids<'a>(
+        &self,
+        st: &mut State,
+        ops: impl IntoIterator<Item = &'a WriteOp>,
+    ) {
+        let lines = ClientId::lines(ops);
+        if lines.is_empty() {
+            return;
+        }
+        use crate::storage::ids;
+        let path = ids::ids_file(&self.dir);
+        match ids::append(&self.dir, &lines) {
+            Ok(len) if len > ids::COMPACT_BYTES => {
+                // Under the state lock, so no append falls between reading
+                // the ids and the rename. Those of `ops` may not be settled
+                // yet: they go in by name.
+                let kept = st.ids.done().map(ClientId::line).chain(lines);
+                if let Err(e) = ids::rewrite(&self.dir, kept) {
+                    log::error!("cannot compact {}: {e}", path.display());
+                }
+            }
+            Ok(_) => st.store.mark_dirty(&[path]),
+            Err(e) => log::error!("cannot append to {}: {e}", path.display()),
+        }
+    }
+
     /// Stops acting as master: no write gets out any more, and the
     /// timelines end so their clients move on.
     pub fn step_down(&self, why: &str) {

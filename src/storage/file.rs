@@ -252,7 +252,8 @@ pub fn data_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let path = e.path();
-        if FileKind::parse(&path).is_some() && e.file_type().is_ok_and(|t| t.is_file()) {
+        let data = FileKind::parse(&path).is_some() || super::ids::is_ids_file(&path);
+        if data && e.file_type().is_ok_and(|t| t.is_file()) {
             out.push(path);
         }
     }

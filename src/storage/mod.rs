@@ -92,12 +92,14 @@
 //! | `tail` | incremental views: [`Tail`] and the states it folds ([`UserSet`], [`FollowLog`], [`AuthorClock`]); [`Follower`], a reader that follows a file |
 //! | [`store`] | one directory as an idempotent state machine of write operations |
 //! | [`journal`] | the write-ahead journal of a mirrored batch |
+//! | [`ids`] | `client_ids.txt`, the client ids of the latest writes |
 //! | [`watch`] | `notify` watches for appends (not opens and closes) |
 //!
 //! Everything of `record`, `file` and `tail` is re-exported here, so a caller
 //! names `storage::Post` or `storage::read_from`, not the file it lives in.
 
 mod file;
+pub mod ids;
 pub mod journal;
 mod record;
 pub mod store;

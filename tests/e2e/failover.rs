@@ -861,3 +861,145 @@ fn follower_resumes_after_failover_without_gaps() {
     wait_screen(&mut follower, 2, &all, "user 4");
     assert_each_once(&screen_posts(&follower, 2), &all, "user 4's screen");
 }
+
+/// Issue 11's doubled post. A master SIGKILLed with a post journaled but not
+/// yet taken by its slave (the slave is paused, so the batch waits on it),
+/// then restarted at once with its directory, comes back as slave: it must
+/// not replay that post into its files, where its synchronizer would push it
+/// to the follower's cluster beside the client's retry, which the new master
+/// stores under a new time. The retry is stored once, and the follower's
+/// files in the other cluster hold the post once.
+#[test]
+fn a_master_killed_with_a_post_in_flight_comes_back_as_slave_without_it() {
+    // A slow heartbeat: the master waits half a failure window (3 s) for
+    // the paused slave before it would go on alone, and the coordinator
+    // still counts the slave alive for a window when the master restarts.
+    const SLOW_HB: u64 = 3_000;
+    let mut sys = System::full_with(2, SLOW_HB, SYNC);
+    let m = sys.master_of(1).expect("a master");
+    let s = other(m);
+    sys.wait_slave_in_service(1, s);
+    let (master, slave) = (System::server_name(1, m), System::server_name(1, s));
+    // User 3 (cluster 1) posts on a raw stream; user 2 (cluster 2) follows.
+    let old = sys.entry(1, m).expect("the master's entry");
+    let raw = RawTimeline::open(&format!("{}:{}", old.hostname, old.port), 3);
+    let mut watcher = Client::logged_in(sys.coord_port, 2);
+    follow(&sys, &mut watcher, 2, 3);
+
+    // The post is journaled while the paused slave holds up its batch.
+    signal(&sys, &slave, "-STOP");
+    let slave_pid = sys.procs[&slave].pid();
+    wait_until("every thread of the slave to stop", || {
+        all_threads_stopped(slave_pid)
+    });
+    let text = "caught in flight";
+    raw.post(3, text, 4242);
+    let journal = sys.server_dir(1, m).join("journal.txt");
+    wait_until("the post in the master's journal", || {
+        read(&journal)
+            .lines()
+            .any(|l| l.starts_with("P 3 ") && l.ends_with(&format!(" 4242 {text}")))
+    });
+    sys.kill(&master);
+    drop(raw);
+    sys.restart_server(1, m);
+
+    // It is serving (its directory is open and replayed) as slave...
+    wait_until("the restarted server to be slave", || {
+        sys.entry(1, m)
+            .is_some_and(|e| e.role == Role::Slave as i32)
+    });
+    let url = sys.server_url(1, m);
+    let rt = runtime();
+    wait_until("the restarted server to answer", || {
+        rt.block_on(async {
+            let mut c = connect(&url).await;
+            login(&mut c, "3", "probe")
+                .await
+                .is_err_and(|s| s.code() == Code::Unavailable)
+        })
+    });
+    // ...and the post it never had acknowledged is not in its files.
+    let posts = sys.server_dir(1, m).join("u3_posts.txt");
+    assert!(
+        !read(&posts).contains(text),
+        "the restarted slave replayed a post nobody acknowledged:\n{}",
+        read(&posts)
+    );
+    signal(&sys, &slave, "-CONT");
+    sys.wait_for_role(1, s, Role::Master);
+
+    // The client's retry, same post id, on the new master: stored once.
+    let new = sys.entry(1, s).expect("the new master's entry");
+    let mut retry = RawTimeline::open(&format!("{}:{}", new.hostname, new.port), 3);
+    retry.post(3, text, 4242);
+    while !retry.acked(4242) {
+        assert!(retry.next(), "no ack for the retry: {:?}", retry.end);
+    }
+    sys.wait_slave_in_service(1, m);
+    let want = vec![text.to_string()];
+    wait_file_posts(&sys.server_dir(1, s).join("u3_posts.txt"), 3, &want);
+    wait_file_posts(&posts, 3, &want);
+    wait_same_records(&sys, 1);
+    for w in 1..=2 {
+        wait_file_posts(&sys.server_dir(2, w).join("u2_timeline.txt"), 3, &want);
+    }
+    assert_no_duplicates_anywhere(&sys);
+}
+
+/// A retry that reaches a server restarted since the original was stored is
+/// recognised by its client id and stored once (issue 11): after restarts
+/// with the directory (the second one finds the journal emptied by the
+/// first), and on a server rebuilt from its peer without its directory and
+/// then promoted.
+#[test]
+fn a_retry_is_recognised_by_a_server_restarted_since_with_or_without_its_directory() {
+    let mut sys = System::new(3, HB, SYNC);
+    sys.start_server(1, 1);
+    sys.wait_for_role(1, 1, Role::Master);
+    let addr = |sys: &System, s: u32| {
+        let e = sys.entry(1, s).expect("the server's entry");
+        format!("{}:{}", e.hostname, e.port)
+    };
+    let post_acked = |sys: &System, s: u32, id: u64| {
+        let mut raw = RawTimeline::open(&addr(sys, s), 4);
+        raw.post(4, "said once", id);
+        while !raw.acked(id) {
+            assert!(raw.next(), "no ack for post {id}: {:?}", raw.end);
+        }
+    };
+    let want = vec!["said once".to_string()];
+    post_acked(&sys, 1, 77);
+    let journal = sys.server_dir(1, 1).join("journal.txt");
+    for _ in 0..2 {
+        let run = sys.entry(1, 1).expect("the master's entry").process;
+        sys.kill(&System::server_name(1, 1));
+        sys.restart_server(1, 1);
+        // The new run replayed the journal and emptied it: what it knows
+        // of post 77 from now on is not in the journal.
+        wait_until("the new run master, its journal emptied", || {
+            sys.entry(1, 1)
+                .is_some_and(|e| e.process != run && e.role == Role::Master as i32)
+                && std::fs::metadata(&journal).is_ok_and(|m| m.len() == 0)
+        });
+    }
+    post_acked(&sys, 1, 77);
+    let posts = |sys: &System, s: u32| sys.server_dir(1, s).join("u4_posts.txt");
+    wait_file_posts(&posts(&sys, 1), 4, &want);
+
+    // A slave rebuilt from nothing learns the ids with the files.
+    sys.start_server(1, 2);
+    sys.wait_slave_in_service(1, 2);
+    let run = sys.entry(1, 2).expect("the slave's entry").process;
+    sys.kill(&System::server_name(1, 2));
+    std::fs::remove_dir_all(sys.server_dir(1, 2)).expect("delete the slave's directory");
+    sys.restart_server(1, 2);
+    wait_until("the slave's new run in service", || {
+        sys.entry(1, 2)
+            .is_some_and(|e| e.process != run && is_slave_in_service(&e))
+    });
+    sys.kill(&System::server_name(1, 1));
+    sys.wait_for_role(1, 2, Role::Master);
+    post_acked(&sys, 2, 77);
+    wait_file_posts(&posts(&sys, 2), 4, &want);
+}

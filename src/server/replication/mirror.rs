@@ -305,6 +305,7 @@ impl Node {
                 .store
                 .flush(&files)
                 .map_err(|u| Failed::Files(u.error.into(), u.left))?;
+            self.persist_ids(&mut st, batch.iter().map(|p| &p.op));
             if let Some(last) = batch.last() {
                 st.replica.committed(last.seq);
             }
@@ -459,6 +460,7 @@ impl Node {
             for op in &ops {
                 changed.extend(st.store.apply(op)?);
             }
+            self.persist_ids(&mut st, &ops);
             (accepted, ops, changed)
         };
         // The flush runs on this worker, like the appends before it:

@@ -20,6 +20,7 @@ use super::snapshot::{Installer, manifest};
 use crate::error::Error;
 use crate::proto::tinysns::replica_client::ReplicaClient;
 use crate::proto::tinysns::{JoinRequest, SnapshotRequest};
+use crate::server::client_ids::ClientId;
 use crate::server::node::{Node, shutting_down};
 use crate::server::role::{Following, Incarnation, Seq};
 use crate::storage;
@@ -140,6 +141,15 @@ impl Node {
                     );
                     st.owed.clear();
                 }
+                // The master's client ids came with its files: a retry of
+                // a write we only know from the snapshot is recognised too.
+                let known = crate::storage::ids::load(&n.dir).unwrap_or_else(|e| {
+                    log::error!("{e}; the master's client ids are not known here");
+                    Vec::new()
+                });
+                for id in known.into_iter().filter_map(ClientId::from_line) {
+                    st.ids.insert(id);
+                }
             }
             // The journal held operations on the files as they were; they
             // are the master's files now, flushed.
@@ -192,6 +202,7 @@ impl Node {
                 changed.extend(st.store.apply(op)?);
                 st.ids.record(op);
             }
+            self.persist_ids(&mut st, &reply.ops);
             changed
         };
         let n = reply.ops.len();

@@ -119,7 +119,9 @@ fn clear_damaged(path: &Path) -> std::io::Result<()> {
 /// The name of a data file (`all_users.txt`, `u<id>_<kind>.txt`), or `None`
 /// for anything else.
 pub(crate) fn data_file_name(path: &Path) -> Option<String> {
-    FileKind::parse(path)?;
+    if !storage::ids::is_ids_file(path) {
+        FileKind::parse(path)?;
+    }
     path.file_name()?.to_str().map(String::from)
 }
 
