@@ -248,6 +248,30 @@ pub struct Accepted {
     pub skip: usize,
 }
 
+/// How long a periodic heartbeat waits for the coordinator's answer: one
+/// period. A later answer would be worth little (the lease runs from when
+/// the heartbeat was *sent*, so an answer after a period leaves less than
+/// half a window of it) and would hold up the next heartbeat, which goes out
+/// at once instead, on a fresh connection if this one stalled. Safety does
+/// not depend on it: giving up on an answer only ever shortens a lease.
+pub fn heartbeat_deadline(heartbeat: Duration) -> Duration {
+    heartbeat
+}
+
+/// What a write (or a timeline) does when the lease has run out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The lease holds: go on.
+    Held,
+    /// Ask the coordinator now (a heartbeat) and look again.
+    Ask,
+    /// The last heartbeat went unanswered: the coordinator is out of reach,
+    /// and waiting for another would only make the client wait to be told
+    /// to go elsewhere. Refuse at once; the periodic heartbeats go on and
+    /// renew the lease if the coordinator comes back.
+    Refuse,
+}
+
 /// One server's role, epoch and replication state.
 #[derive(Debug)]
 pub struct Replica {
@@ -256,6 +280,8 @@ pub struct Replica {
     pub epoch: u64,
     /// A resync task is running.
     pub resyncing: bool,
+    /// The last heartbeat got no answer (until one does).
+    unanswered: bool,
     failure_window: Duration,
 }
 
@@ -265,8 +291,34 @@ impl Replica {
             role: Role::Starting,
             epoch: 0,
             resyncing: false,
+            unanswered: false,
             failure_window,
         }
+    }
+
+    /// A heartbeat got no answer within its deadline.
+    pub fn unanswered(&mut self) {
+        self.unanswered = true;
+    }
+
+    /// Whether a write may get out now, and if not whether to ask the
+    /// coordinator first ([`Renewal`]). Not master: an error, as
+    /// [`Replica::check_lease`].
+    pub fn renewal(&self, now: Instant) -> Result<Renewal, Error> {
+        match self.check_lease(now) {
+            Ok(()) => Ok(Renewal::Held),
+            Err(_) if self.is_master() && self.unanswered => Ok(Renewal::Refuse),
+            Err(_) if self.is_master() => Ok(Renewal::Ask),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether this server is a master whose lease has run out while the
+    /// coordinator does not answer: its timelines must end, so their clients
+    /// ask the coordinator where to go (SPEC §4: a deposed master's
+    /// timelines would otherwise show nothing for the whole cut).
+    pub fn fenced(&self, now: Instant) -> bool {
+        matches!(self.renewal(now), Ok(Renewal::Refuse))
     }
 
     pub fn is_master(&self) -> bool {
@@ -304,6 +356,7 @@ impl Replica {
         fresh: Incarnation,
     ) -> Reaction {
         let mut out = Reaction::default();
+        self.unanswered = false;
         self.epoch = self.epoch.max(v.epoch);
         if v.master {
             if !self.is_master() {
@@ -894,5 +947,49 @@ mod tests {
         )));
         assert!(r.is_master());
         assert!(!r.resyncing);
+    }
+
+    #[test]
+    fn a_lapsed_lease_asks_the_coordinator_unless_it_did_not_answer() {
+        let t0 = Instant::now();
+        let mut r = master_with_slave(t0);
+        assert_eq!(r.renewal(t0), Ok(Renewal::Held));
+        let late = t0 + WINDOW;
+        assert_eq!(r.renewal(late), Ok(Renewal::Ask));
+        assert!(!r.fenced(late));
+        // A heartbeat went unanswered: refuse at once, and end timelines.
+        r.unanswered();
+        assert_eq!(r.renewal(late), Ok(Renewal::Refuse));
+        assert!(r.fenced(late));
+        // Within the lease a missed answer changes nothing: the lease is
+        // the rule, the missed answer only says not to wait for another.
+        assert_eq!(r.renewal(t0), Ok(Renewal::Held));
+        assert!(!r.fenced(t0));
+        // An answer, whatever it says, clears it.
+        r.on_verdict(&master_verdict(1), late, Some(ServerId(2)), Incarnation(1));
+        assert_eq!(r.renewal(late), Ok(Renewal::Held));
+        let later = late + WINDOW;
+        assert_eq!(r.renewal(later), Ok(Renewal::Ask));
+        // Not a master: an error, never a renewal.
+        let mut s = following_slave("m:1");
+        s.unanswered();
+        assert!(s.renewal(later).is_err());
+        assert!(!s.fenced(later));
+    }
+
+    #[test]
+    fn a_heartbeat_answered_at_its_deadline_still_leaves_a_lease() {
+        // The lease runs from the send; an answer that comes as late as the
+        // deadline allows still leaves part of the window, so a master that
+        // is merely slow to hear back keeps writing.
+        let hb = WINDOW / 2;
+        let t0 = Instant::now();
+        let mut r = Replica::new(WINDOW);
+        r.on_verdict(&master_verdict(1), t0, None, Incarnation(1));
+        let answered = t0 + heartbeat_deadline(hb);
+        assert_eq!(r.renewal(answered), Ok(Renewal::Held));
+        // And never past the window from the send: the coordinator declares
+        // us failed no earlier than a window after it received it.
+        assert_eq!(r.renewal(t0 + WINDOW), Ok(Renewal::Ask));
     }
 }
