@@ -24,6 +24,7 @@ mod failover;
 mod peer_input;
 mod shutdown;
 mod slave_restart;
+mod stalls;
 mod timeline;
 mod tls;
 mod trust;
