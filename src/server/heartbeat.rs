@@ -5,6 +5,12 @@
 //! master whose lease ran out, a slave a client logged in to). The reply is
 //! handed to the role core ([`super::role::Replica::on_verdict`]); this file
 //! only does what its answer asks for (log, end timelines, start a resync).
+//!
+//! Each heartbeat waits one period for its answer, on a channel that
+//! replaces a stalled connection ([`crate::trust::link`]); one that goes
+//! unanswered is told to the role core, and if that leaves a master without
+//! a lease its timelines are woken to end (the timings and why they are safe
+//! are in [`super::role`]).
 
 use super::node::{Node, fresh_incarnation};
 use super::role::{self, Verdict};

@@ -26,6 +26,26 @@
 //!   reply only renews the lease if that heartbeat named the slave we mirror
 //!   to now: a reply to a heartbeat that still named a slave we have since
 //!   dropped must not let us go on alone.
+//! * **Heartbeat timings, and why they are safe** (issue 11: a master cut
+//!   from the coordinator took 2 to 9 s to send its clients on). A heartbeat
+//!   waits one period for its answer ([`heartbeat_deadline`]; it was two),
+//!   and a write that finds the lease run out asks for a heartbeat *only if
+//!   the last one was answered* ([`Replica::renewal`]); after an unanswered
+//!   one it is refused at once ([`Renewal::Refuse`]) and the master's
+//!   timelines end ([`Replica::fenced`]), so clients ask the coordinator
+//!   where to go instead of waiting, write after write, for heartbeats that
+//!   cannot succeed. None of this can let a write out that the lease rule
+//!   forbids: the lease is still `sent + window - window/16` of an
+//!   *answered* heartbeat and is checked before every flush; giving up on
+//!   an answer, or refusing without asking, only ever shortens the time a
+//!   master acknowledges. The cost is availability on a slow coordinator:
+//!   an answer later than a period is dropped (it would have left less than
+//!   half a window of lease anyway) and the next heartbeat goes out at once;
+//!   a master whose lease lapsed under load refuses writes until its next
+//!   answered heartbeat, at most a period away. An ask for a heartbeat is
+//!   answered by the first heartbeat *sent after* it (never one already in
+//!   flight, which may not carry what changed, such as a dropped slave), and
+//!   every pending ask shares it: an ask no longer races the periodic tick.
 //! * **Writes** are numbered in the operation log as they are staged; a
 //!   batch is *committed* once written to our files. A snapshot for a slave
 //!   is cut at the last committed operation, never the last staged one:

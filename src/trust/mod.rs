@@ -44,6 +44,14 @@
 //! before any handler runs, so nothing changes anywhere. Every channel a
 //! peer opens to another peer presents the key ([`Trust::peer`]).
 //!
+//! # Channels
+//! Every channel a process opens is made in one place, [`Trust::link`] (or
+//! [`Link::new`] for the client, which holds no key): keep-alive, connect
+//! timeout and per-call deadlines from the heartbeat, and a connection that
+//! missed a deadline replaced for the next call ([`link`]: a cut link
+//! closes nothing, and TCP would hold calls for its retransmission
+//! back-off).
+//!
 //! # TLS
 //! Optional: `SNS_TLS_CERT`, `SNS_TLS_KEY` and `SNS_TLS_CA` (or the
 //! `--tls-*` flags) turn on TLS for every gRPC server of the process and

@@ -74,6 +74,22 @@
 //!    slave takes another (now small) snapshot.
 
 //!
+//! # Cut links
+//! A link between master and slave that drops packets closes nothing. The
+//! replica channels ([`replica_client`]) are timed by the heartbeat like
+//! every channel ([`crate::trust::link`]): keep-alive, also while idle,
+//! closes a connection that stopped answering within a failure window, so
+//! the mirror's channel to a slave that was cut is not reused after the heal
+//! (tonic connects afresh once it is closed); a connection attempt gives up
+//! after a heartbeat. A resync against a master it cannot reach fails within
+//! that and is started again by the next heartbeat's verdict, so a slave
+//! catches up within about two heartbeats of the heal (it was 3 s: the
+//! resync's connect timeout was ten failure windows, and a connection
+//! attempt started during the cut waited for the SYN's retransmission). A
+//! snapshot still may take ten failure windows to start (the master lists
+//! its directory first); a connection that stalls meanwhile is the
+//! keep-alive's.
+//!
 //! # Where each part lives
 //! The rules (who may send, take or cut what) are in the role core,
 //! [`super::role`]; this folder does the I/O they ask for:
