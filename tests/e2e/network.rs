@@ -682,7 +682,6 @@ fn master_cut_from_coordinator_only() {
 /// cut cluster receives again before the heal: its stream must leave the
 /// deposed master (which still answers keepalives) during the cut.
 #[test]
-#[ignore = "needs the robustness fixes of issue 11"]
 fn timeline_reader_leaves_the_deposed_master() {
     master_cut_from_coordinator(false, true);
 }
