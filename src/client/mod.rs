@@ -24,8 +24,18 @@
 //!
 //! **Failover.** Every call has a deadline (the lease, at least 500 ms) so that
 //! a hung server is noticed, and the timeline stream, which cannot have one,
-//! relies on HTTP/2 keep-alive pings (half a lease) to notice a dead
-//! connection. A failed call's status becomes a [`crate::error::Error`] in one
+//! relies on HTTP/2 keep-alive pings to notice a dead connection: every
+//! channel, the coordinator's included, is timed by the server's heartbeat
+//! (half the lease; [`crate::trust::Timing::of`]): a ping after a quarter
+//! heartbeat of silence, the connection closed when it has no answer within
+//! the rest of the lease, so a client cut from its master by a link that
+//! drops packets notices within two heartbeats even on a silent stream; a
+//! connection attempt gives up after a heartbeat, so one started during a
+//! cut does not outlast the heal by more; a call that misses its deadline
+//! replaces the connection ([`crate::trust::link`]). A server that lost its
+//! lease while cut from the coordinator ends its streams with
+//! `UNAVAILABLE`, and refuses writes at once, so its clients move to the new
+//! master as soon as the coordinator names it. A failed call's status becomes a [`crate::error::Error`] in one
 //! place (in `session`), and the client decides from the variant: when it
 //! says "nobody answered" ([`Error::is_unavailable`](crate::error::Error::is_unavailable))
 //! rather than "the server said no", the client asks the coordinator again,

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Status;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::ClientTlsConfig;
 
 use super::Options;
 use super::command::{Command, list_lines, reply_line};
@@ -29,6 +29,7 @@ use crate::course::{Outcome, Rpc};
 use crate::error::{Error, quote};
 use crate::proto::csce438::{Request, sns_service_client::SnsServiceClient};
 use crate::proto::tinysns::{UserRequest, coordinator_client::CoordinatorClient};
+use crate::trust::{Link, Timing, with_deadline};
 
 /// Shortest RPC deadline, whatever the lease: a loaded server must not be
 /// mistaken for a dead one.
@@ -143,7 +144,7 @@ impl Identity {
 pub(super) struct Conn {
     host: String,
     port: u16,
-    pub(super) sns: SnsServiceClient<Channel>,
+    pub(super) sns: SnsServiceClient<Link>,
     pub(super) lease: Duration,
 }
 
@@ -153,43 +154,58 @@ impl Conn {
     }
 }
 
-/// An endpoint for `host:port`. With a lease, HTTP/2 keep-alive pings every
-/// half lease notice a dead connection even on an idle timeline stream.
-fn endpoint(
+/// A channel to `host:port` ([`crate::trust::link`]). With a lease (two of
+/// the server's heartbeats), it is timed by that heartbeat: HTTP/2
+/// keep-alive pings, also on an idle connection, close a connection that
+/// stopped answering (a cut link that drops packets and closes nothing)
+/// within a lease, even under a timeline stream that has nothing to say; a
+/// connection attempt gives up after a heartbeat; and a call that misses its
+/// deadline replaces the connection for the next one. Without a lease (the
+/// first login), the connection may take `connect_timeout`.
+fn link(
     host: &str,
     port: u16,
     lease: Option<Duration>,
     connect_timeout: Duration,
     tls: Option<&ClientTlsConfig>,
-) -> Result<Endpoint, Error> {
+) -> Result<Link, Error> {
     // A bare IPv6 address needs brackets in a URI.
     let addr = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
     };
-    let mut ep = crate::trust::endpoint(&addr, tls)?.connect_timeout(connect_timeout);
-    if let Some(lease) = lease {
-        let half = (lease / 2).max(Duration::from_millis(100));
-        ep = ep.http2_keep_alive_interval(half).keep_alive_timeout(half);
-    }
-    Ok(ep)
+    let ep = crate::trust::endpoint(&addr, tls)?;
+    let timing = match lease {
+        Some(lease) => Timing::of(lease / 2).with_deadline(rpc_deadline(lease)),
+        None => Timing {
+            connect: connect_timeout,
+            ..Timing::of(FALLBACK_LEASE / 2).with_deadline(connect_timeout)
+        },
+    };
+    Ok(Link::new(ep, timing))
 }
 
-/// The client API at `ep`, taking replies up to [`MAX_REPLY_BYTES`].
-fn sns_client(ep: Endpoint) -> SnsServiceClient<Channel> {
-    SnsServiceClient::new(ep.connect_lazy()).max_decoding_message_size(MAX_REPLY_BYTES)
+/// The client API over `link`, taking replies up to [`MAX_REPLY_BYTES`].
+fn sns_client(link: Link) -> SnsServiceClient<Link> {
+    SnsServiceClient::new(link).max_decoding_message_size(MAX_REPLY_BYTES)
 }
 
 /// Asks the coordinator for the master of the user's cluster. A bad answer
 /// is as good as none: ask again.
 async fn ask_master(
-    coord: &CoordinatorClient<Channel>,
+    coord: &CoordinatorClient<Link>,
     user: u64,
     limit: Duration,
 ) -> Result<(String, u16), Error> {
     let mut coord = coord.clone();
-    let info = within(limit, coord.get_server(UserRequest { user_id: user })).await?;
+    // The deadline is the channel's to keep, so that a connection to the
+    // coordinator that stalled is replaced for the next question.
+    let info = coord
+        .get_server(with_deadline(UserRequest { user_id: user }, limit))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(Error::from)?;
     let port = u16::try_from(info.port)
         .ok()
         .filter(|p| *p != 0)
@@ -217,9 +233,9 @@ async fn login_at(
     lease_hint: Option<Duration>,
     limit: Duration,
 ) -> Result<Conn, Error> {
-    let ep = endpoint(host, port, lease_hint, limit, id.tls.as_ref())
+    let ch = link(host, port, lease_hint, limit, id.tls.as_ref())
         .map_err(|e| Error::Unavailable(format!("bad server address {host}:{port}: {e}")))?;
-    let mut sns = sns_client(ep);
+    let mut sns = sns_client(ch);
     let reply = within(limit, sns.login(id.request(Vec::new(), random_id())))
         .await
         .map_err(|e| match e {
@@ -243,14 +259,13 @@ async fn login_at(
     // The keep-alive settings depend on the lease, which the first login
     // only now learnt: open the working channel with them.
     if lease_hint != Some(lease) {
-        let ep = endpoint(
+        sns = sns_client(link(
             host,
             port,
             Some(lease),
             rpc_deadline(lease),
             id.tls.as_ref(),
-        )?;
-        sns = sns_client(ep);
+        )?);
     }
     info!("logged in at {host}:{port}, lease {} ms", lease.as_millis());
     Ok(Conn {
@@ -265,7 +280,7 @@ async fn login_at(
 /// `connection failed: -1`.
 async fn first_login(
     id: &Identity,
-    coord: &CoordinatorClient<Channel>,
+    coord: &CoordinatorClient<Link>,
     total: Duration,
 ) -> Option<Conn> {
     let deadline = Instant::now() + total;
@@ -342,7 +357,7 @@ impl Refresher {
 /// it is logged in at now.
 pub(super) struct Session {
     pub(super) id: Identity,
-    coord: CoordinatorClient<Channel>,
+    coord: CoordinatorClient<Link>,
     pub(super) conn: Conn,
     /// Tells the refresher which server is current.
     current: watch::Sender<Conn>,
@@ -354,14 +369,14 @@ impl Session {
     /// the session alive. `None` means `connection failed: -1`.
     pub(super) async fn open(opts: &Options) -> Option<Session> {
         let id = Identity::new(opts.user, opts.tls.clone());
-        let coord = match endpoint(
+        let coord = match link(
             &opts.coord_host,
             opts.coord_port,
             None,
             opts.connect_timeout,
             opts.tls.as_ref(),
         ) {
-            Ok(ep) => CoordinatorClient::new(ep.connect_lazy()),
+            Ok(ch) => CoordinatorClient::new(ch),
             Err(e) => {
                 info!("bad coordinator address: {e}");
                 return None;
@@ -565,13 +580,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn ids_are_never_zero_and_addresses_are_uris() {
+    #[tokio::test]
+    async fn ids_are_never_zero_and_addresses_are_uris() {
         assert!((0..1000).all(|_| random_id() != 0));
-        assert!(endpoint("::1", 9000, None, MIN_RPC_DEADLINE, None).is_ok());
-        assert!(endpoint("[::1]", 9000, None, MIN_RPC_DEADLINE, None).is_ok());
+        assert!(link("::1", 9000, None, MIN_RPC_DEADLINE, None).is_ok());
+        assert!(link("[::1]", 9000, None, MIN_RPC_DEADLINE, None).is_ok());
         assert!(
-            endpoint(
+            link(
                 "localhost",
                 9000,
                 Some(FALLBACK_LEASE),
@@ -580,6 +595,6 @@ mod tests {
             )
             .is_ok()
         );
-        assert!(endpoint("bad host", 9000, None, MIN_RPC_DEADLINE, None).is_err());
+        assert!(link("bad host", 9000, None, MIN_RPC_DEADLINE, None).is_err());
     }
 }

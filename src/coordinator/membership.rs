@@ -6,24 +6,23 @@
 use crate::error::Error;
 use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::{HeartbeatReply, HeartbeatRequest, Kind, ServerInfo};
-use crate::trust::{PeerChannel, Trust};
+use crate::trust::{PeerChannel, Timing, Trust};
 use std::time::Duration;
 
-/// A client for the coordinator at `host:port`, whose calls give up after the
-/// failure window (two heartbeats, at least 200 ms): by then the coordinator
-/// has judged us anyway.
+/// A client for the coordinator at `host:port`, timed by the heartbeat
+/// ([`Timing::of`]): keep-alive, a connect timeout of a heartbeat, and calls
+/// that give up after the failure window (by then the coordinator has judged
+/// us anyway) and replace a stalled connection. A server's periodic
+/// heartbeats name a shorter deadline of their own
+/// ([`crate::server::role::heartbeat_deadline`]).
 pub fn client(
     addr: &str,
     heartbeat: Duration,
     trust: &Trust,
 ) -> Result<CoordinatorClient<PeerChannel>, Error> {
-    let timeout = (2 * heartbeat).max(Duration::from_millis(200));
-    let ch = trust
-        .endpoint(addr)?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect_lazy();
-    Ok(CoordinatorClient::new(trust.peer(ch)))
+    Ok(CoordinatorClient::new(
+        trust.link(addr, Timing::of(heartbeat))?,
+    ))
 }
 
 /// How a process describes itself in its heartbeats.

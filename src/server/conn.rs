@@ -68,15 +68,14 @@ pub fn incoming(
 }
 
 /// The HTTP/2 keep-alive ping interval and timeout for a server with this
-/// heartbeat. Hyper pings once the connection has been silent for the
-/// interval and cuts it when the ping has no answer within the timeout, so
-/// a vanished peer is noticed at most interval + timeout after it last sent
-/// anything: one failure window (two heartbeats), as SPEC §6 promises. Most
-/// of the window goes to the timeout, so that a live peer on a busy machine
-/// has as long as possible to answer; the short interval costs a ping per
-/// quarter heartbeat on a silent connection only.
+/// heartbeat: the same as every channel's ([`crate::trust::Timing::of`]).
+/// Hyper pings once the connection has been silent for the interval and
+/// cuts it when the ping has no answer within the timeout, so a vanished
+/// peer is noticed at most interval + timeout after it last sent anything:
+/// one failure window (two heartbeats), as SPEC §6 promises.
 pub fn keepalive(heartbeat: Duration) -> (Duration, Duration) {
-    (heartbeat / 4, heartbeat * 7 / 4)
+    let t = crate::trust::Timing::of(heartbeat);
+    (t.ping_every, t.ping_timeout)
 }
 
 /// The connection a request came on; `None` when served some other way.

@@ -5,13 +5,19 @@
 //! master whose lease ran out, a slave a client logged in to). The reply is
 //! handed to the role core ([`super::role::Replica::on_verdict`]); this file
 //! only does what its answer asks for (log, end timelines, start a resync).
+//!
+//! Each heartbeat waits one period for its answer, on a channel that
+//! replaces a stalled connection ([`crate::trust::link`]); one that goes
+//! unanswered is told to the role core, and if that leaves a master without
+//! a lease its timelines are woken to end (the timings and why they are safe
+//! are in [`super::role`]).
 
 use super::node::{Node, fresh_incarnation};
-use super::role::Verdict;
+use super::role::{self, Verdict};
 use crate::model::ServerId;
 use crate::proto::tinysns::coordinator_client::CoordinatorClient;
 use crate::proto::tinysns::{HeartbeatReply, HeartbeatRequest, Role as WireRole, ServerInfo};
-use crate::trust::PeerChannel;
+use crate::trust::{PeerChannel, with_deadline};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -73,6 +79,15 @@ impl Node {
     }
 
     /// Sends heartbeats every period and whenever asked, until shutdown.
+    ///
+    /// Every ask made before a heartbeat goes out is answered by that
+    /// heartbeat; one made while a heartbeat is in flight waits for the next,
+    /// which goes out as soon as the one in flight ends (the caller may need
+    /// the coordinator to hear what changed since: a dropped slave). An ask
+    /// never races the periodic tick. Each heartbeat waits one period for its
+    /// answer ([`role::heartbeat_deadline`]); an unanswered one marks the
+    /// coordinator out of reach, so writes and timelines are refused at once
+    /// instead of each waiting for a heartbeat of its own.
     pub(crate) async fn heartbeat_loop(
         self: Arc<Self>,
         mut coordinator: CoordinatorClient<PeerChannel>,
@@ -81,12 +96,24 @@ impl Node {
     ) {
         let mut tick = tokio::time::interval(self.opts.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = role::heartbeat_deadline(self.opts.heartbeat);
+        let mut waiters: Vec<oneshot::Sender<bool>> = Vec::new();
+        let mut asks_open = true;
         loop {
-            let waiter = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tick.tick() => None,
-                w = asks.recv() => w,
-            };
+            if waiters.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => return,
+                    w = asks.recv(), if asks_open => match w {
+                        Some(w) => waiters.push(w),
+                        None => asks_open = false,
+                    },
+                    _ = tick.tick() => {}
+                }
+            }
+            while let Ok(w) = asks.try_recv() {
+                waiters.push(w);
+            }
             let report = self.state().replica.report();
             let reported_slave = report.in_service.map(|(s, _)| s);
             let req = HeartbeatRequest {
@@ -101,7 +128,7 @@ impl Node {
             let sent = Instant::now();
             let answer = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                a = coordinator.heartbeat(req) => a,
+                a = coordinator.heartbeat(with_deadline(req, deadline)) => a,
             };
             let master = match answer {
                 Ok(r) => self.on_heartbeat(r.into_inner(), sent, reported_slave),
@@ -111,10 +138,20 @@ impl Node {
                         self.opts.coordinator,
                         e.message()
                     );
+                    let fenced = {
+                        let mut st = self.state();
+                        st.replica.unanswered();
+                        st.replica.fenced(Instant::now())
+                    };
+                    if fenced {
+                        // Timelines look at the lease when woken: end them
+                        // now rather than at their next look.
+                        self.wake_all();
+                    }
                     false
                 }
             };
-            if let Some(w) = waiter {
+            for w in waiters.drain(..) {
                 let _ = w.send(master);
             }
         }

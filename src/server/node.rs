@@ -253,11 +253,30 @@ impl Node {
     /// [`Node::lease_now`], renewing the lease with a heartbeat first if it
     /// ran out (a busy machine delays heartbeats): the coordinator's answer
     /// shows whether anyone took over meanwhile.
+    ///
+    /// When the last heartbeat went unanswered, the write is refused at once
+    /// ([`Renewal::Refuse`](super::role::Renewal)): the coordinator is out of
+    /// reach, and the client had better ask it (or learn it is unreachable)
+    /// now than after a heartbeat's deadline on every write.
     pub async fn ensure_lease(&self) -> Result<(), Error> {
-        if self.lease_now().is_ok() {
-            return Ok(());
+        use super::role::Renewal;
+        let renewal = {
+            let st = self.state();
+            if !st.replica.is_master() {
+                return Err(self.not_master());
+            }
+            st.replica.renewal(Instant::now())?
+        };
+        match renewal {
+            Renewal::Held => return Ok(()),
+            Renewal::Refuse => {
+                return Err(Error::Unavailable(format!(
+                    "server {} of cluster {} cannot reach the coordinator; its lease has run out",
+                    self.opts.server_id, self.opts.cluster
+                )));
+            }
+            Renewal::Ask => {}
         }
-        self.require_master()?;
         let epoch = self.state().replica.epoch;
         if self.report_now().await && self.state().replica.epoch == epoch {
             self.lease_now()

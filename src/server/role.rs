@@ -26,6 +26,26 @@
 //!   reply only renews the lease if that heartbeat named the slave we mirror
 //!   to now: a reply to a heartbeat that still named a slave we have since
 //!   dropped must not let us go on alone.
+//! * **Heartbeat timings, and why they are safe** (issue 11: a master cut
+//!   from the coordinator took 2 to 9 s to send its clients on). A heartbeat
+//!   waits one period for its answer ([`heartbeat_deadline`]; it was two),
+//!   and a write that finds the lease run out asks for a heartbeat *only if
+//!   the last one was answered* ([`Replica::renewal`]); after an unanswered
+//!   one it is refused at once ([`Renewal::Refuse`]) and the master's
+//!   timelines end ([`Replica::fenced`]), so clients ask the coordinator
+//!   where to go instead of waiting, write after write, for heartbeats that
+//!   cannot succeed. None of this can let a write out that the lease rule
+//!   forbids: the lease is still `sent + window - window/16` of an
+//!   *answered* heartbeat and is checked before every flush; giving up on
+//!   an answer, or refusing without asking, only ever shortens the time a
+//!   master acknowledges. The cost is availability on a slow coordinator:
+//!   an answer later than a period is dropped (it would have left less than
+//!   half a window of lease anyway) and the next heartbeat goes out at once;
+//!   a master whose lease lapsed under load refuses writes until its next
+//!   answered heartbeat, at most a period away. An ask for a heartbeat is
+//!   answered by the first heartbeat *sent after* it (never one already in
+//!   flight, which may not carry what changed, such as a dropped slave), and
+//!   every pending ask shares it: an ask no longer races the periodic tick.
 //! * **Writes** are numbered in the operation log as they are staged; a
 //!   batch is *committed* once written to our files. A snapshot for a slave
 //!   is cut at the last committed operation, never the last staged one:
@@ -248,6 +268,30 @@ pub struct Accepted {
     pub skip: usize,
 }
 
+/// How long a periodic heartbeat waits for the coordinator's answer: one
+/// period. A later answer would be worth little (the lease runs from when
+/// the heartbeat was *sent*, so an answer after a period leaves less than
+/// half a window of it) and would hold up the next heartbeat, which goes out
+/// at once instead, on a fresh connection if this one stalled. Safety does
+/// not depend on it: giving up on an answer only ever shortens a lease.
+pub fn heartbeat_deadline(heartbeat: Duration) -> Duration {
+    heartbeat
+}
+
+/// What a write (or a timeline) does when the lease has run out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The lease holds: go on.
+    Held,
+    /// Ask the coordinator now (a heartbeat) and look again.
+    Ask,
+    /// The last heartbeat went unanswered: the coordinator is out of reach,
+    /// and waiting for another would only make the client wait to be told
+    /// to go elsewhere. Refuse at once; the periodic heartbeats go on and
+    /// renew the lease if the coordinator comes back.
+    Refuse,
+}
+
 /// One server's role, epoch and replication state.
 #[derive(Debug)]
 pub struct Replica {
@@ -256,6 +300,8 @@ pub struct Replica {
     pub epoch: u64,
     /// A resync task is running.
     pub resyncing: bool,
+    /// The last heartbeat got no answer (until one does).
+    unanswered: bool,
     failure_window: Duration,
 }
 
@@ -265,8 +311,34 @@ impl Replica {
             role: Role::Starting,
             epoch: 0,
             resyncing: false,
+            unanswered: false,
             failure_window,
         }
+    }
+
+    /// A heartbeat got no answer within its deadline.
+    pub fn unanswered(&mut self) {
+        self.unanswered = true;
+    }
+
+    /// Whether a write may get out now, and if not whether to ask the
+    /// coordinator first ([`Renewal`]). Not master: an error, as
+    /// [`Replica::check_lease`].
+    pub fn renewal(&self, now: Instant) -> Result<Renewal, Error> {
+        match self.check_lease(now) {
+            Ok(()) => Ok(Renewal::Held),
+            Err(_) if self.is_master() && self.unanswered => Ok(Renewal::Refuse),
+            Err(_) if self.is_master() => Ok(Renewal::Ask),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether this server is a master whose lease has run out while the
+    /// coordinator does not answer: its timelines must end, so their clients
+    /// ask the coordinator where to go (SPEC §4: a deposed master's
+    /// timelines would otherwise show nothing for the whole cut).
+    pub fn fenced(&self, now: Instant) -> bool {
+        matches!(self.renewal(now), Ok(Renewal::Refuse))
     }
 
     pub fn is_master(&self) -> bool {
@@ -304,6 +376,7 @@ impl Replica {
         fresh: Incarnation,
     ) -> Reaction {
         let mut out = Reaction::default();
+        self.unanswered = false;
         self.epoch = self.epoch.max(v.epoch);
         if v.master {
             if !self.is_master() {
@@ -894,5 +967,49 @@ mod tests {
         )));
         assert!(r.is_master());
         assert!(!r.resyncing);
+    }
+
+    #[test]
+    fn a_lapsed_lease_asks_the_coordinator_unless_it_did_not_answer() {
+        let t0 = Instant::now();
+        let mut r = master_with_slave(t0);
+        assert_eq!(r.renewal(t0), Ok(Renewal::Held));
+        let late = t0 + WINDOW;
+        assert_eq!(r.renewal(late), Ok(Renewal::Ask));
+        assert!(!r.fenced(late));
+        // A heartbeat went unanswered: refuse at once, and end timelines.
+        r.unanswered();
+        assert_eq!(r.renewal(late), Ok(Renewal::Refuse));
+        assert!(r.fenced(late));
+        // Within the lease a missed answer changes nothing: the lease is
+        // the rule, the missed answer only says not to wait for another.
+        assert_eq!(r.renewal(t0), Ok(Renewal::Held));
+        assert!(!r.fenced(t0));
+        // An answer, whatever it says, clears it.
+        r.on_verdict(&master_verdict(1), late, Some(ServerId(2)), Incarnation(1));
+        assert_eq!(r.renewal(late), Ok(Renewal::Held));
+        let later = late + WINDOW;
+        assert_eq!(r.renewal(later), Ok(Renewal::Ask));
+        // Not a master: an error, never a renewal.
+        let mut s = following_slave("m:1");
+        s.unanswered();
+        assert!(s.renewal(later).is_err());
+        assert!(!s.fenced(later));
+    }
+
+    #[test]
+    fn a_heartbeat_answered_at_its_deadline_still_leaves_a_lease() {
+        // The lease runs from the send; an answer that comes as late as the
+        // deadline allows still leaves part of the window, so a master that
+        // is merely slow to hear back keeps writing.
+        let hb = WINDOW / 2;
+        let t0 = Instant::now();
+        let mut r = Replica::new(WINDOW);
+        r.on_verdict(&master_verdict(1), t0, None, Incarnation(1));
+        let answered = t0 + heartbeat_deadline(hb);
+        assert_eq!(r.renewal(answered), Ok(Renewal::Held));
+        // And never past the window from the send: the coordinator declares
+        // us failed no earlier than a window after it received it.
+        assert_eq!(r.renewal(t0 + WINDOW), Ok(Renewal::Ask));
     }
 }

@@ -7,8 +7,9 @@
 //! what the synchronizer appends ([`Node::subscribe`]); both are only hints
 //! to read from the saved offset, so a merged or lost event delays nothing
 //! that the next one does not bring. The stream ends when the client goes
-//! away, with `UNAVAILABLE` when this server stops being the master or shuts
-//! down.
+//! away, with `UNAVAILABLE` when this server stops being the master, loses
+//! its lease while the coordinator does not answer (a master cut off from the
+//! coordinator: see `still_serving`), or shuts down.
 //!
 //! Posts the client sends on the same stream are stored through
 //! [`Node::write`] and acknowledged one by one once mirrored and written; a
@@ -323,6 +324,7 @@ pub(crate) async fn open(
         .map_err(Error::from)?
         .ok_or_else(|| Error::Invalid("the stream ended before naming its user".into()))?;
     let user = node.caller(&first.username, &first.session, conn.as_ref())?;
+    still_serving(&node)?;
     let (user_slot, total_slot) = slots.take(user)?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let (end_tx, end_rx) = oneshot::channel();
@@ -423,7 +425,7 @@ async fn follow_file(
             _ = node.shutdown.cancelled() => return Err(shutting_down()),
             r = changes.changed() => if r.is_err() { return Ok(()) },
         }
-        node.require_master()?;
+        still_serving(node)?;
         loop {
             let Some(got) = follower.read(READ_BUDGET)? else {
                 log::warn!(
@@ -460,6 +462,26 @@ async fn follow_file(
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// Whether a stream may go on here: this server is the master, and not one
+/// whose lease ran out while the coordinator does not answer it. Such a
+/// master may have been replaced already (the coordinator promotes the
+/// slave a failure window after it last heard from us), and its readers
+/// would see nothing of what the new master stores: their streams end with
+/// `UNAVAILABLE`, so their clients ask the coordinator where to go. The
+/// heartbeat task wakes every stream when that happens
+/// ([`Node::heartbeat_loop`]); HTTP/2 keep-alive cannot tell, as the clients
+/// still reach us.
+fn still_serving(node: &Node) -> Result<(), Error> {
+    node.require_master()?;
+    if node.state().replica.fenced(std::time::Instant::now()) {
+        return Err(Error::Unavailable(format!(
+            "server {} of cluster {} cannot reach the coordinator: its lease has run out",
+            node.opts.server_id, node.opts.cluster
+        )));
+    }
+    Ok(())
 }
 
 fn following(node: &Node, user: UserId) -> Result<FollowLog, Error> {

@@ -45,6 +45,30 @@
 //! send from is reported and the cursor moves past it
 //! ([`crate::storage::read_at_most`]); nothing stops at it.
 //!
+//! **Which directory.** Only the directory of the master of the current
+//! epoch is read: before each push round the pusher asks the coordinator
+//! which server is master (one `GetServer`, only for a round with something
+//! dirty) and switches to its directory if it changed; with no answer it
+//! pushes nothing that round and tries again at the next heartbeat. So a
+//! server that is no longer master (deposed, or a master restarted and made
+//! a slave, which may replay into its files a batch nobody acknowledged:
+//! issue 11's doubled post) is not read from once the coordinator knows.
+//! A restarted server learns its role at registration, before it opens and
+//! replays into its directory, so a round confirmed before the replay cannot
+//! see it (the replay itself is fixed on the server's side). The cost is a
+//! coordinator round trip per round, and no pushes while the coordinator is
+//! out of reach (no failover can happen then either).
+//!
+//! **Stalled peers.** The channels to the coordinator and to the peers get
+//! keep-alive, a connect timeout of a heartbeat and per-call deadlines
+//! (`max(2 heartbeats, 500 ms)` for a push), and a push that misses its
+//! deadline replaces the connection ([`crate::trust::link`]): before, a
+//! connection cut by a link that drops packets was reused after the heal
+//! and the push waited for TCP's retransmission back-off (5 to 6.5 s after
+//! an 8 s cut, growing with the cut). Now the retry at the next heartbeat
+//! goes out on a fresh connection: delivered within about two heartbeats of
+//! the heal.
+//!
 //! An author whom nobody in a peer's cluster has ever followed costs nothing
 //! for that peer: the cursor waits, and the first follow from there moves it
 //! up to the follow's time instead of reading the history since.

@@ -391,14 +391,14 @@ impl Pusher {
         log::debug!("full cycle: {} files to check", self.dirty.len());
     }
 
-    /// Asks the coordinator for the cluster's master and for the peers.
-    async fn refresh_topology(&mut self) {
-        self.last_lookup = Some(Instant::now());
+    /// Asks the coordinator which server is the cluster's master and makes
+    /// its directory the source; whether the coordinator answered.
+    async fn lookup_master(&mut self) -> bool {
         let me = self.partition().me;
         let master = self.coordinator.get_server(UserRequest {
             user_id: u64::from(me.0),
         });
-        match unless_cancelled(&self.shutdown, master).await {
+        let found = match unless_cancelled(&self.shutdown, master).await {
             Ok(s) => {
                 let dir = crate::config::server_dir(&self.settings.data_dir, me.0, s.server_id);
                 if self.source.as_ref() != Some(&dir) {
@@ -409,10 +409,22 @@ impl Pusher {
                     self.local_users.forget();
                     self.source = Some(dir);
                 }
+                true
             }
-            Err(e) => log::debug!("no master for cluster {me}: {e}"),
-        }
+            Err(e) => {
+                log::debug!("no master for cluster {me}: {e}");
+                false
+            }
+        };
         self.ensure_watch();
+        found
+    }
+
+    /// Asks the coordinator for the cluster's master and for the peers.
+    async fn refresh_topology(&mut self) {
+        self.last_lookup = Some(Instant::now());
+        self.lookup_master().await;
+        let me = self.partition().me;
         let listed = self.coordinator.get_all_synchronizers(Empty {});
         match unless_cancelled(&self.shutdown, listed).await {
             Ok(r) => {
@@ -431,14 +443,17 @@ impl Pusher {
                     if self.peers.get(&cluster).is_some_and(|p| p.addr == addr) {
                         continue;
                     }
-                    match self.settings.trust.endpoint(&addr) {
-                        Ok(e) => {
-                            let ch = e
-                                .connect_timeout(self.settings.rpc_timeout)
-                                .timeout(self.settings.rpc_timeout)
-                                .connect_lazy();
+                    // Keep-alive and a connect timeout of a heartbeat; a push
+                    // that misses its deadline replaces the connection, so
+                    // one cut off by a dropping link is not reused after the
+                    // heal (TCP's back-off held it for seconds, growing with
+                    // the cut).
+                    let timing = crate::trust::Timing::of(self.settings.heartbeat)
+                        .with_deadline(self.settings.rpc_timeout);
+                    match self.settings.trust.link(&addr, timing) {
+                        Ok(ch) => {
                             log::info!("peer synchronizer of cluster {cluster} at {addr}");
-                            let client = SynchronizerClient::new(self.settings.trust.peer(ch));
+                            let client = SynchronizerClient::new(ch);
                             self.peers.insert(cluster, Peer { addr, client });
                             // A new peer may need everything: look again.
                             self.mark_all_dirty();
@@ -490,7 +505,19 @@ impl Pusher {
         {
             self.refresh_topology().await;
         }
-        if self.source.is_none() {
+        if self.source.is_none() || self.dirty.is_empty() {
+            return;
+        }
+        // Only the master of the current epoch's directory is read: a server
+        // that is no longer master (deposed, or a master restarted and made
+        // a slave, which may replay into its files what nobody
+        // acknowledged) is never read from once the coordinator has said so.
+        // A server learns its role at registration, before it opens (and
+        // replays into) its directory, so a round confirmed here reads
+        // nothing that a restarted server wrote. Without an answer nothing
+        // is pushed this round; it is retried at the next heartbeat.
+        if !self.lookup_master().await {
+            self.failed.extend(self.dirty.drain());
             return;
         }
         let dirty: Vec<Source> = self.dirty.drain().collect();

@@ -44,6 +44,14 @@
 //! before any handler runs, so nothing changes anywhere. Every channel a
 //! peer opens to another peer presents the key ([`Trust::peer`]).
 //!
+//! # Channels
+//! Every channel a process opens is made in one place, [`Trust::link`] (or
+//! [`Link::new`] for the client, which holds no key): keep-alive, connect
+//! timeout and per-call deadlines from the heartbeat, and a connection that
+//! missed a deadline replaced for the next call ([`link`]: a cut link
+//! closes nothing, and TCP would hold calls for its retransmission
+//! back-off).
+//!
 //! # TLS
 //! Optional: `SNS_TLS_CERT`, `SNS_TLS_KEY` and `SNS_TLS_CA` (or the
 //! `--tls-*` flags) turn on TLS for every gRPC server of the process and
@@ -56,10 +64,12 @@
 
 pub mod key;
 pub mod layer;
+pub mod link;
 pub mod tls;
 
 pub use key::ClusterKey;
 pub use layer::{AttachKey, RequireKey};
+pub use link::{Link, Timing, with_deadline};
 
 use crate::error::Error;
 use std::path::{Path, PathBuf};
@@ -67,8 +77,9 @@ use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-/// A channel to another peer: it presents the cluster key on every call.
-pub type PeerChannel = InterceptedService<Channel, AttachKey>;
+/// A channel to another peer: it presents the cluster key on every call,
+/// and replaces a stalled connection ([`link`]).
+pub type PeerChannel = InterceptedService<Link, AttachKey>;
 
 /// A gRPC server whose every service is behind the key check.
 pub type Server = tonic::transport::Server<tower_layer::Stack<RequireKey, tower_layer::Identity>>;
@@ -147,9 +158,29 @@ impl Trust {
         endpoint(addr, self.inner.tls.as_ref().map(|t| &t.client))
     }
 
-    /// Wraps a channel to a peer so that its calls present the key.
+    /// Wraps a channel made elsewhere (tests) so that its calls present the
+    /// key; it has no deadlines and is never replaced ([`Link::fixed`]).
     pub fn peer(&self, channel: Channel) -> PeerChannel {
-        InterceptedService::new(channel, self.inner.attach.clone())
+        InterceptedService::new(Link::fixed(channel), self.inner.attach.clone())
+    }
+
+    /// A lazily connected channel to the peer at `addr` (`host:port`) that
+    /// presents the key, with `timing`'s keep-alive, connect timeout and
+    /// deadlines, replacing a stalled connection ([`link`]). Every channel
+    /// a peer opens to another is made here or by [`Trust::link_with`].
+    pub fn link(&self, addr: &str, timing: Timing) -> Result<PeerChannel, Error> {
+        self.link_with(addr, timing, |e| e)
+    }
+
+    /// [`Trust::link`] with more endpoint settings (window sizes).
+    pub fn link_with(
+        &self,
+        addr: &str,
+        timing: Timing,
+        tune: impl FnOnce(Endpoint) -> Endpoint,
+    ) -> Result<PeerChannel, Error> {
+        let link = Link::new(tune(self.endpoint(addr)?), timing);
+        Ok(InterceptedService::new(link, self.inner.attach.clone()))
     }
 
     /// A gRPC server builder: TLS when configured, and the key check in

@@ -74,6 +74,22 @@
 //!    slave takes another (now small) snapshot.
 
 //!
+//! # Cut links
+//! A link between master and slave that drops packets closes nothing. The
+//! replica channels ([`replica_client`]) are timed by the heartbeat like
+//! every channel ([`crate::trust::link`]): keep-alive, also while idle,
+//! closes a connection that stopped answering within a failure window, so
+//! the mirror's channel to a slave that was cut is not reused after the heal
+//! (tonic connects afresh once it is closed); a connection attempt gives up
+//! after a heartbeat. A resync against a master it cannot reach fails within
+//! that and is started again by the next heartbeat's verdict, so a slave
+//! catches up within about two heartbeats of the heal (it was 3 s: the
+//! resync's connect timeout was ten failure windows, and a connection
+//! attempt started during the cut waited for the SYN's retransmission). A
+//! snapshot still may take ten failure windows to start (the master lists
+//! its directory first); a connection that stalls meanwhile is the
+//! keep-alive's.
+//!
 //! # Where each part lives
 //! The rules (who may send, take or cut what) are in the role core,
 //! [`super::role`]; this folder does the I/O they ask for:
@@ -92,28 +108,29 @@ pub use oplog::OpLog;
 
 use crate::error::Error;
 use crate::proto::tinysns::replica_client::ReplicaClient;
-use crate::trust::{PeerChannel, Trust};
+use crate::trust::{PeerChannel, Timing, Trust};
 
-/// A client for the `Replica` service of the server at `addr`, whose calls
-/// give up after `timeout`.
+/// A client for the `Replica` service of the server at `addr`, for a server
+/// whose failure window is `failure_window`: timed by its heartbeat (half
+/// the window; [`Timing::of`]), so a connection to a slave or master that
+/// stopped answering is closed by keep-alive within a failure window even
+/// when idle, a connection attempt gives up after a heartbeat, and a call
+/// gives up after the window unless it names its own deadline.
 pub fn replica_client(
     addr: &str,
-    timeout: std::time::Duration,
+    failure_window: std::time::Duration,
     trust: &Trust,
 ) -> Result<ReplicaClient<PeerChannel>, Error> {
-    let ch = trust
-        .endpoint(addr)?
-        .connect_timeout(timeout)
-        .timeout(timeout)
+    let ch = trust.link_with(addr, Timing::of(failure_window / 2), |e| {
         // A snapshot is tens of megabytes: HTTP/2's default 16 KB frames and
         // 64 KB windows would cut it into thousands of frames and make the
         // master wait for a window update every 64 KB (bench resync: 205 ms
         // for 93 MB with the defaults, 120 ms with these).
-        .max_frame_size(1 << 20)
-        .initial_stream_window_size(16 << 20)
-        .initial_connection_window_size(16 << 20)
-        .connect_lazy();
-    Ok(ReplicaClient::new(trust.peer(ch))
+        e.max_frame_size(1 << 20)
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(16 << 20)
+    })?;
+    Ok(ReplicaClient::new(ch)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))
 }

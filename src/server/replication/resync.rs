@@ -57,11 +57,12 @@ impl Node {
         // Shared with each disk job of the resync: a job that outlives this
         // future (shutdown drops it) keeps the directory closed until it ends.
         let gate = Arc::new(self.blocking(|n| Ok(storage::close_dir(&n.dir)?)).await?);
-        let mut client = replica_client(
-            master,
-            10 * self.failure_window.max(Duration::from_secs(1)),
-            &self.opts.trust,
-        )?;
+        // Timed by our heartbeat: a master that drops packets (a cut that
+        // has not healed) fails this resync within a heartbeat's connect
+        // timeout, and the next heartbeat's verdict starts another, so a
+        // heal is followed within about two heartbeats, not after a long
+        // timeout against a dead address.
+        let mut client = replica_client(master, self.failure_window, &self.opts.trust)?;
         for _ in 0..ATTEMPTS {
             let installed = self.install_snapshot(&mut client, &gate).await?;
             let Some((following, ops)) = self.join_master(&mut client, master, &installed).await?
@@ -98,8 +99,12 @@ impl Node {
             files,
             server_id: self.opts.server_id,
         };
+        // The master lists its directory before it answers: more time than
+        // a call, as before; a connection that stops answering meanwhile is
+        // the keep-alive's to close, within a failure window.
+        let limit = 10 * self.failure_window.max(Duration::from_secs(1));
         let mut stream = client
-            .snapshot(req)
+            .snapshot(crate::trust::with_deadline(req, limit))
             .await
             .map_err(Error::from)?
             .into_inner();
