@@ -22,6 +22,7 @@ mod disk_faults;
 mod durability;
 mod failover;
 mod peer_input;
+mod shared_sessions;
 mod shutdown;
 mod slave_restart;
 mod timeline;
