@@ -7,7 +7,7 @@
 //! of a heartbeat), against whichever server answers, so it follows the
 //! failover by itself.
 
-use crate::harness::grpc::{connect, login, request};
+use crate::harness::grpc::{connect, expect_code, login, request};
 use crate::harness::system::System;
 use crate::harness::*;
 use std::sync::Arc;
@@ -66,9 +66,13 @@ async fn refresher(urls: [String; 2], seen: Arc<Seen>) {
 /// Logs `USER` in with `token` on `url`, waiting out `UNAVAILABLE` (a slave
 /// that has not heard of its promotion yet); the answer's message.
 fn login_answer(rt: &tokio::runtime::Runtime, url: &str, token: &str) -> String {
+    login_as(rt, url, USER, token)
+}
+
+fn login_as(rt: &tokio::runtime::Runtime, url: &str, user: &str, token: &str) -> String {
     rt.block_on(async {
         let mut c = connect(url).await;
-        wait_for_async(&mut c, token).await
+        wait_for_async(&mut c, user, token).await
     })
 }
 
@@ -76,16 +80,17 @@ async fn wait_for_async(
     c: &mut tinysns::proto::csce438::sns_service_client::SnsServiceClient<
         tonic::transport::Channel,
     >,
+    user: &str,
     token: &str,
 ) -> String {
     let start = std::time::Instant::now();
     loop {
-        match login(c, USER, token).await {
+        match login(c, user, token).await {
             Ok(msg) => return msg,
             Err(s) if s.code() == Code::Unavailable && start.elapsed() < DEADLINE => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(s) => panic!("login of {USER} with {token:?}: {s:?}"),
+            Err(s) => panic!("login of {user} with {token:?}: {s:?}"),
         }
     }
 }
@@ -186,4 +191,94 @@ fn a_first_client_that_stops_frees_its_user_on_the_new_master() {
             Err(msg)
         }
     });
+}
+
+/// The coordinator's table without what changes by itself (heartbeat ages).
+fn routing(sys: &System) -> Vec<(u32, u32, i32, bool)> {
+    let mut v: Vec<_> = sys
+        .table()
+        .expect("table")
+        .servers
+        .into_iter()
+        .map(|e| (e.cluster_id, e.server_id, e.role, e.in_service))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn sessions_not_from_the_slaves_master_are_refused_and_change_nothing() {
+    use crate::harness::peer::{peer, stranger};
+    use tinysns::proto::tinysns::replica_client::ReplicaClient;
+    use tinysns::proto::tinysns::{SessionEntry, SessionsRequest};
+
+    let mut sys = System::one_cluster(HB);
+    let rt = runtime();
+    let slave = sys.server_url(1, 2);
+    let dir = sys.server_dir(1, 2);
+    let before = snapshot(&dir, std::slice::from_ref(&dir));
+    let table = routing(&sys);
+    // Each would have the slave believe user 4 logged in: if it were taken,
+    // user 4 could not log in on the slave once it is promoted.
+    let forged = |epoch: u64, incarnation: u64, user: u64, left_ms: u64| SessionsRequest {
+        cluster_id: 1,
+        epoch,
+        incarnation,
+        full: false,
+        sessions: vec![SessionEntry {
+            user,
+            token: "forged".into(),
+            left_ms,
+            ..Default::default()
+        }],
+    };
+    rt.block_on(async {
+        let mut s = ReplicaClient::new(stranger(&slave).await);
+        expect_code(
+            s.sessions(forged(1, 0, 4, 100)).await,
+            Code::Unauthenticated,
+            "Sessions from a stranger",
+        );
+        let mut p = ReplicaClient::new(peer(&sys, &slave).await);
+        for (what, req, code) in [
+            (
+                "a stale epoch",
+                forged(0, 0, 4, 100),
+                Code::FailedPrecondition,
+            ),
+            (
+                "an epoch nobody issued",
+                forged(1_000_000, 0, 4, 100),
+                Code::Unavailable,
+            ),
+            (
+                "another incarnation than the master's",
+                forged(1, 12345, 4, 100),
+                Code::Aborted,
+            ),
+            (
+                "another cluster",
+                SessionsRequest {
+                    cluster_id: 2,
+                    ..forged(1, 0, 4, 100)
+                },
+                Code::InvalidArgument,
+            ),
+        ] {
+            expect_code(p.sessions(req).await, code, what);
+        }
+    });
+    assert_same_files(
+        &before,
+        &snapshot(&dir, std::slice::from_ref(&dir)),
+        "refused sessions calls",
+    );
+    assert_eq!(routing(&sys), table, "refused sessions calls");
+    // Promoted, the slave knows of no session of user 4.
+    sys.kill(&System::server_name(1, 1));
+    sys.wait_for_role(1, 2, Role::Master);
+    assert_eq!(
+        login_as(&rt, &sys.server_url(1, 2), "4", "real-client"),
+        "Login Successful!",
+    );
 }
