@@ -16,7 +16,9 @@ use std::time::Duration;
 use tinysns::proto::tinysns::Role;
 use tonic::Code;
 
-const HB: u64 = 500;
+/// Long enough that a lease (two heartbeats) is far more than a busy machine
+/// takes between a promotion and the first client's next refresh.
+const HB: u64 = 1000;
 const USER: &str = "1";
 const FIRST: &str = "first-client";
 

@@ -14,7 +14,9 @@
 //!
 //! The slave takes a call only from the master it follows: the epoch equal
 //! to ours (a lower one is a deposed master; a higher one is not adopted, a
-//! slave learns epochs from the coordinator only), the incarnation of the
+//! slave learns epochs from the coordinator only, and unlike `Apply` it asks
+//! for no heartbeat: a refused call costs the master a whole table half a
+//! heartbeat later, not a write), the incarnation of the
 //! master it is in sync with, and not while it is master itself; then every
 //! entry is checked ([`crate::server::session::from_wire`]) before any is
 //! taken.
