@@ -109,6 +109,7 @@ impl Node {
             return Err(refused);
         }
         let watch = st.sessions.login(user, holder, now)?;
+        self.kick_sessions(&st.sessions);
         drop(st);
         log::debug!("user {user}'s session moves to connection {}", info.id.0);
         if watch {
@@ -126,7 +127,10 @@ impl Node {
                 // The sessions die with the server.
                 _ = node.shutdown.cancelled() => return,
             }
-            node.state().sessions.closed(conn.id);
+            let mut st = node.state();
+            st.sessions.closed(conn.id);
+            node.kick_sessions(&st.sessions);
+            drop(st);
             log::debug!("connection {} closed: its sessions end", conn.id.0);
         });
     }
@@ -186,10 +190,10 @@ impl SnsService for ClientApi {
         let req = req.into_inner();
         let user = parse_user(&req.username, "user id")?;
         let holder = Holder::of(&req.session, conn)?;
-        self.node
-            .state()
-            .sessions
-            .logout(user, &holder, Instant::now())?;
+        let mut st = self.node.state();
+        st.sessions.logout(user, &holder, Instant::now())?;
+        self.node.kick_sessions(&st.sessions);
+        drop(st);
         Ok(ok("Logout successful"))
     }
 
@@ -260,6 +264,7 @@ impl ClientApi {
             Err(Error::AlreadyExists(_)) => return Ok(answer(Outcome::AlreadyJoined)),
             other => other?,
         };
+        node.kick_sessions(&st.sessions);
         if watch && let Some(conn) = conn {
             node.watch_connection(conn);
         }

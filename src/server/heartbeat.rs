@@ -56,6 +56,9 @@ impl Node {
             let r = st
                 .replica
                 .on_verdict(&verdict, sent, reported_slave, fresh_incarnation());
+            if r.became_master {
+                st.sessions.promoted(Instant::now());
+            }
             (r, st.replica.epoch, st.replica.is_master())
         };
         let (server, cluster) = (self.opts.server_id, self.opts.cluster);

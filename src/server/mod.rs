@@ -49,7 +49,9 @@
 //! the same stream; [`session`] holds the login rules (a session per user,
 //! refreshed by its client, expiring after two heartbeats; only its own
 //! token logs it out; a login without a token, a course client's, is bound
-//! to its connection instead and ends with it, see [`conn`]).
+//! to its connection instead and ends with it, see [`conn`]). The master
+//! tells its slave of every session ([`replication::sessions`]), so a
+//! promoted slave refuses a second client of a user whose first still runs.
 //!
 //! # Bounded cost (SPEC §5)
 //! Nothing a client sends makes a server hang, spin or grow without bound:
@@ -274,6 +276,7 @@ pub async fn run(
     node.tasks
         .spawn(node.clone().heartbeat_loop(coordinator, info, asks));
     node.tasks.spawn(node.clone().mirror_loop());
+    node.tasks.spawn(node.clone().share_sessions_loop());
     // Pings find a client that has gone, or reads nothing (not even a
     // ping), within a failure window, so its timeline streams and what
     // HTTP/2 buffered for them do not stay forever, and the session of a

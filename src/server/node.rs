@@ -117,6 +117,9 @@ pub(crate) struct Node {
     pub resync_gate: tokio::sync::Mutex<()>,
     /// Wakes the mirror task: a write was queued.
     pub kick: Notify,
+    /// Wakes the sessions task: the slave must hear of a login or logout
+    /// now ([`super::replication::sessions`]).
+    pub session_kick: Notify,
     /// Asks the heartbeat task for a heartbeat now; answers whether the
     /// coordinator took it (and we are still master).
     report: mpsc::Sender<oneshot::Sender<bool>>,
@@ -181,6 +184,7 @@ impl Node {
             timelines: Mutex::new(HashMap::new()),
             resync_gate: tokio::sync::Mutex::new(()),
             kick: Notify::new(),
+            session_kick: Notify::new(),
             report,
             shutdown,
             tasks: TaskTracker::new(),

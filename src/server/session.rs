@@ -23,10 +23,55 @@
 //! Either way, a login for a user whose live session has another holder is
 //! refused (`ALREADY_EXISTS`): SPEC's duplicate-login rule, the same for
 //! both kinds and for a mix of them.
+//!
+//! # Shared with the slave
+//! Sessions live in memory, so without more a failover would forget them
+//! and a second client of a user could log in on the new master while the
+//! first still runs. So the master tells its in-service slave
+//! (`Replica.Sessions`, sent by a task of its own, never through the write
+//! path, [`crate::server::replication::sessions`]):
+//!
+//! * **What.** Each changed user's session as it stands ([`Shared`]): held
+//!   by a token (with what is left of its lease, and whether it was logged
+//!   out), held by one of the master's connections, or gone. The core keeps
+//!   the set of changed users ([`Sessions::take_shared`]); a new slave, or
+//!   one whose last call failed, gets the whole table first.
+//! * **When.** Logins, logouts and ended connections at once
+//!   ([`Sessions::urgent`]); refreshes batched, at most every half
+//!   heartbeat. A call also goes every half heartbeat when nothing changed,
+//!   so that the slave knows when it last heard from its master.
+//! * **Not awaited.** A login is answered without waiting for the slave: a
+//!   master that dies within the few milliseconds between a login and its
+//!   call has a session the promoted slave never heard of, and a second
+//!   client could get in there. Waiting would put a round trip on every
+//!   login for that window.
+//! * **The slave** keeps what it hears as its own sessions
+//!   ([`Sessions::take_peer`]): a token session expires as the master said
+//!   (counted from when it heard), a connection session has the holder
+//!   [`Holder::Peer`], which no request of this server can match.
+//! * **Promotion** ([`Sessions::promoted`]). The master died (or was fenced)
+//!   a failure window or more before the promotion, so every lease the slave
+//!   heard of has run out by then, refreshed or not. **Decision:** the
+//!   sessions that were alive when the slave last heard from its master, and
+//!   not logged out, are alive for one lease from the promotion. The first
+//!   client, which reconnects to the new master with its token, keeps its
+//!   session; a second client is refused (`ALREADY_EXISTS`) until the first
+//!   logs out, or stops refreshing and its lease runs out. A session whose
+//!   client was killed shortly before the master keeps its user out for
+//!   that one lease after the promotion.
+//! * **Connection sessions** (course clients) cannot follow their client to
+//!   the new master: the connection was the old master's. **Decision:** the
+//!   promoted slave holds them for one lease too, for the connection, which
+//!   may be alive from the client's side; then the session has run out and
+//!   a course client's token-less request on a new connection takes it back
+//!   as before (or it logs in again). Within that lease a course client of
+//!   that user is refused, like any other: nothing tells it from a second
+//!   client.
 
 use super::conn::ConnId;
 use crate::error::Error;
 use crate::model::UserId;
+use crate::proto::tinysns::SessionEntry;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -40,6 +85,9 @@ pub const MAX_TOKEN_BYTES: usize = 128;
 pub enum Holder {
     Token(String),
     Conn(ConnId),
+    /// A connection of the other server of the cluster, which told us of
+    /// the session (see the module doc): no request here holds it.
+    Peer,
 }
 
 impl Holder {
@@ -82,6 +130,94 @@ pub struct Sessions {
     /// however often it logs in and out.
     watched: HashSet<ConnId>,
     lease: Duration,
+    /// Users whose session changed since the slave was last told.
+    changed: HashSet<UserId>,
+    /// A change the slave must hear of at once (a login, a logout).
+    urgent: bool,
+    /// As a slave: when the master last told us of its sessions.
+    heard: Option<Instant>,
+}
+
+/// A session as the master tells its slave (`SessionEntry` on the wire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shared {
+    /// Held by `token`, its lease `left`; `ended`: logged out.
+    Token {
+        token: String,
+        ended: bool,
+        left: Duration,
+    },
+    /// Held by one of the master's connections.
+    Conn,
+    /// No session.
+    Gone,
+}
+
+impl Shared {
+    pub fn to_wire(&self, user: UserId) -> SessionEntry {
+        let mut e = SessionEntry {
+            user: user.get(),
+            ..Default::default()
+        };
+        match self {
+            Shared::Token { token, ended, left } => {
+                e.token = token.clone();
+                e.ended = *ended;
+                e.left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+            }
+            Shared::Conn => e.connection = true,
+            Shared::Gone => e.gone = true,
+        }
+        e
+    }
+}
+
+/// Checks the sessions a master sent before anything is taken: users of
+/// this cluster (`ours`), each once, tokens within bounds, leases no longer
+/// than ours, no field that the entry's kind does not have. One bad entry
+/// refuses the whole call.
+pub fn from_wire(
+    entries: &[SessionEntry],
+    lease: Duration,
+    ours: impl Fn(UserId) -> bool,
+) -> Result<Vec<(UserId, Shared)>, Error> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let bad = |why: &str| Err(Error::Invalid(format!("session of user {}: {why}", e.user)));
+        let Some(user) = UserId::new(e.user).filter(|u| ours(*u)) else {
+            return bad("not a user of this cluster");
+        };
+        if !seen.insert(user) {
+            return bad("named twice");
+        }
+        if e.token.len() > MAX_TOKEN_BYTES {
+            return bad("token too long");
+        }
+        let shared = if e.gone {
+            if e.connection || e.ended || e.left_ms != 0 || !e.token.is_empty() {
+                return bad("a session that is gone has nothing more");
+            }
+            Shared::Gone
+        } else if e.connection {
+            if e.ended || e.left_ms != 0 || !e.token.is_empty() {
+                return bad("a connection's session has no token or lease");
+            }
+            Shared::Conn
+        } else {
+            let left = Duration::from_millis(e.left_ms);
+            if left > lease {
+                return bad("lease longer than ours");
+            }
+            Shared::Token {
+                token: e.token.clone(),
+                ended: e.ended,
+                left,
+            }
+        };
+        out.push((user, shared));
+    }
+    Ok(out)
 }
 
 impl Sessions {
@@ -91,6 +227,9 @@ impl Sessions {
             by_conn: HashMap::new(),
             watched: HashSet::new(),
             lease,
+            changed: HashSet::new(),
+            urgent: false,
+            heard: None,
         }
     }
 
@@ -121,9 +260,15 @@ impl Sessions {
     /// edge must then watch it and call [`Sessions::closed`] when it goes.
     pub fn login(&mut self, user: UserId, holder: Holder, now: Instant) -> Result<bool, Error> {
         self.may_login(user, &holder, now)?;
+        let refresh = self
+            .by_user
+            .get(&user)
+            .is_some_and(|s| s.alive(now) && !s.ended && s.holder == holder);
+        self.changed.insert(user);
+        self.urgent |= !refresh;
         let expires = match holder {
             Holder::Token(_) => Some(now + self.lease),
-            Holder::Conn(_) => None,
+            Holder::Conn(_) | Holder::Peer => None,
         };
         let mut watch = false;
         if let Holder::Conn(c) = holder {
@@ -166,6 +311,7 @@ impl Sessions {
             Some(s) if s.alive(now) && !s.ended && s.holder == *holder => {
                 if let Some(t) = &mut s.expires {
                     *t = now + lease;
+                    self.changed.insert(user);
                 }
                 Ok(())
             }
@@ -188,6 +334,8 @@ impl Sessions {
                 } else {
                     s.ended = true;
                 }
+                self.changed.insert(user);
+                self.urgent = true;
                 Ok(())
             }
             _ => Err(Error::Unauthenticated(format!(
@@ -207,6 +355,103 @@ impl Sessions {
                 .is_some_and(|s| s.holder == Holder::Conn(c))
             {
                 self.by_user.remove(&user);
+                self.changed.insert(user);
+                self.urgent = true;
+            }
+        }
+    }
+
+    /// Whether a change waits that the slave must hear of at once.
+    pub fn urgent(&self) -> bool {
+        self.urgent
+    }
+
+    /// As master: what to tell the slave, taken (so told once): every
+    /// session when `all` (a new slave, or one whose last call failed),
+    /// otherwise those that changed since the last call.
+    pub fn take_shared(&mut self, now: Instant, all: bool) -> Vec<(UserId, Shared)> {
+        self.urgent = false;
+        let changed = std::mem::take(&mut self.changed);
+        if all {
+            return self
+                .by_user
+                .iter()
+                .filter(|(_, s)| s.alive(now))
+                .map(|(u, s)| (*u, self.shared(s, now)))
+                .collect();
+        }
+        changed
+            .into_iter()
+            .map(|u| match self.by_user.get(&u) {
+                Some(s) if s.alive(now) => (u, self.shared(s, now)),
+                _ => (u, Shared::Gone),
+            })
+            .collect()
+    }
+
+    fn shared(&self, s: &Session, now: Instant) -> Shared {
+        match (&s.holder, s.expires) {
+            (Holder::Token(t), expires) => Shared::Token {
+                token: t.clone(),
+                ended: s.ended,
+                left: expires.map_or(self.lease, |e| e.saturating_duration_since(now)),
+            },
+            // One we hold for the old master's connection is told on as a
+            // connection's: held until we say it is gone.
+            (Holder::Conn(_) | Holder::Peer, _) => Shared::Conn,
+        }
+    }
+
+    /// As slave: the master told us of `sessions` at `now`; with `all`, they
+    /// are every session it holds (the first part of them), and what we knew
+    /// before is forgotten. Checked already ([`from_wire`]).
+    pub fn take_peer(&mut self, sessions: Vec<(UserId, Shared)>, all: bool, now: Instant) {
+        if all {
+            self.by_user.clear();
+            self.by_conn.clear();
+        }
+        for (user, shared) in sessions {
+            if let Some(Session {
+                holder: Holder::Conn(c),
+                ..
+            }) = self.by_user.remove(&user)
+            {
+                self.unindex(c, user);
+            }
+            let session = match shared {
+                Shared::Token { token, ended, left } => Session {
+                    holder: Holder::Token(token),
+                    expires: Some(now + left),
+                    ended,
+                },
+                Shared::Conn => Session {
+                    holder: Holder::Peer,
+                    expires: None,
+                    ended: false,
+                },
+                Shared::Gone => continue,
+            };
+            self.by_user.insert(user, session);
+        }
+        self.heard = Some(now);
+    }
+
+    /// This server was promoted at `now`: the sessions alive when it last
+    /// heard from its master, and not logged out, live one lease from now
+    /// (see the module doc); a session held by the old master's connection
+    /// lives one lease and then runs out like a token's.
+    pub fn promoted(&mut self, now: Instant) {
+        let Some(heard) = self.heard.take() else {
+            return;
+        };
+        let until = now + self.lease;
+        for s in self.by_user.values_mut() {
+            match (&s.holder, s.expires) {
+                (Holder::Peer, None) => s.expires = Some(until),
+                (Holder::Token(_), Some(t)) if !s.ended && t > heard => {
+                    s.expires = Some(t.max(until));
+                }
+                _ => {}
             }
         }
     }
@@ -387,5 +632,234 @@ mod tests {
         // The closing of the old connection does not touch the new session.
         s.closed(ConnId(1));
         s.check(u(1), &tok("b"), t + 2 * LEASE).unwrap();
+    }
+
+    /// What a master tells, taken by a slave at `now`.
+    fn tell(master: &mut Sessions, slave: &mut Sessions, now: Instant, all: bool) {
+        let told = master.take_shared(now, all);
+        let wire: Vec<SessionEntry> = told.iter().map(|(u, s)| s.to_wire(*u)).collect();
+        let back = from_wire(&wire, LEASE, |_| true).unwrap();
+        assert_eq!(back, told, "the wire keeps what is told");
+        slave.take_peer(back, all, now);
+    }
+
+    #[test]
+    fn logins_and_logouts_are_urgent_refreshes_are_batched() {
+        let t = Instant::now();
+        let mut s = Sessions::new(LEASE);
+        s.login(u(1), tok("a"), t).unwrap();
+        assert!(s.urgent(), "a login is told at once");
+        assert_eq!(s.take_shared(t, false).len(), 1);
+        assert!(!s.urgent());
+        // Refreshes, by a login again or by a request: told, not urgent.
+        s.login(u(1), tok("a"), t + LEASE / 4).unwrap();
+        s.check(u(1), &tok("a"), t + LEASE / 2).unwrap();
+        assert!(!s.urgent());
+        assert_eq!(
+            s.take_shared(t + LEASE / 2, false),
+            vec![(
+                u(1),
+                Shared::Token {
+                    token: "a".into(),
+                    ended: false,
+                    left: LEASE
+                }
+            )]
+        );
+        assert!(s.take_shared(t + LEASE / 2, false).is_empty(), "told once");
+        // A refused login changes nothing to tell.
+        assert!(s.login(u(1), tok("b"), t + LEASE / 2).is_err());
+        assert!(!s.urgent() && s.take_shared(t, false).is_empty());
+        s.logout(u(1), &tok("a"), t + LEASE / 2).unwrap();
+        assert!(s.urgent(), "a logout is told at once");
+        assert_eq!(
+            s.take_shared(t + LEASE * 3 / 4, false),
+            vec![(
+                u(1),
+                Shared::Token {
+                    token: "a".into(),
+                    ended: true,
+                    left: LEASE * 3 / 4
+                }
+            )]
+        );
+        // A connection that goes: its user's session is gone.
+        s.login(u(2), Holder::Conn(ConnId(3)), t).unwrap();
+        s.take_shared(t, false);
+        s.closed(ConnId(3));
+        assert!(s.urgent());
+        assert_eq!(s.take_shared(t, false), vec![(u(2), Shared::Gone)]);
+    }
+
+    #[test]
+    fn a_promoted_slave_keeps_the_first_client_and_refuses_a_second() {
+        let t = Instant::now();
+        let mut master = Sessions::new(LEASE);
+        let mut slave = Sessions::new(LEASE);
+        master.login(u(1), tok("first"), t).unwrap();
+        tell(&mut master, &mut slave, t, true);
+        // The slave is no master: a second client there is refused too.
+        assert!(matches!(
+            slave.may_login(u(1), &tok("second"), t),
+            Err(Error::AlreadyExists(_))
+        ));
+        // Refreshes reach it; then the master dies (the slave hears nothing
+        // more), and the promotion comes two leases later, when every lease
+        // it heard of has run out.
+        master.check(u(1), &tok("first"), t + LEASE / 2).unwrap();
+        tell(&mut master, &mut slave, t + LEASE / 2, false);
+        let promoted = t + 3 * LEASE;
+        slave.promoted(promoted);
+        assert!(matches!(
+            slave.login(u(1), tok("second"), promoted),
+            Err(Error::AlreadyExists(_))
+        ));
+        // The first client reconnects with its token and goes on.
+        slave
+            .login(u(1), tok("first"), promoted + LEASE / 2)
+            .unwrap();
+        slave
+            .check(u(1), &tok("first"), promoted + LEASE + LEASE / 4)
+            .unwrap();
+        assert!(
+            slave
+                .login(u(1), tok("second"), promoted + LEASE + LEASE / 4)
+                .is_err()
+        );
+        // It logs out: the second gets in at once.
+        slave
+            .logout(u(1), &tok("first"), promoted + LEASE + LEASE / 4)
+            .unwrap();
+        slave
+            .login(u(1), tok("second"), promoted + LEASE + LEASE / 4)
+            .unwrap();
+    }
+
+    #[test]
+    fn after_a_promotion_an_unrefreshed_session_runs_out_within_a_lease() {
+        let t = Instant::now();
+        let (mut master, mut slave) = (Sessions::new(LEASE), Sessions::new(LEASE));
+        master.login(u(1), tok("killed"), t).unwrap();
+        master.login(u(4), tok("gone-before"), t).unwrap();
+        master.login(u(7), tok("out"), t).unwrap();
+        master.logout(u(7), &tok("out"), t).unwrap();
+        tell(&mut master, &mut slave, t, true);
+        // User 4's client was killed long before: its lease ran out before
+        // the master last spoke, which it does every half heartbeat.
+        master
+            .check(u(1), &tok("killed"), t + LEASE * 3 / 4)
+            .unwrap();
+        tell(&mut master, &mut slave, t + LEASE * 3 / 4, false);
+        tell(&mut master, &mut slave, t + LEASE + LEASE / 4, false);
+        let promoted = t + 4 * LEASE;
+        slave.promoted(promoted);
+        for (user, holder) in [(1, "other"), (7, "other")] {
+            let r = slave.may_login(u(user), &tok(holder), promoted);
+            assert_eq!(r.is_ok(), user != 1, "user {user}: {r:?}");
+        }
+        slave.may_login(u(4), &tok("other"), promoted).unwrap();
+        // User 1's client was killed too: nobody refreshes, and a lease
+        // after the promotion its user is free.
+        slave.login(u(1), tok("other"), promoted + LEASE).unwrap();
+        // A promotion without news from a master changes nothing.
+        let mut fresh = Sessions::new(LEASE);
+        fresh.promoted(promoted);
+        fresh.login(u(1), tok("a"), promoted).unwrap();
+    }
+
+    #[test]
+    fn a_course_clients_session_is_held_for_a_lease_after_a_promotion() {
+        let t = Instant::now();
+        let (mut master, mut slave) = (Sessions::new(LEASE), Sessions::new(LEASE));
+        master.login(u(1), Holder::Conn(ConnId(5)), t).unwrap();
+        tell(&mut master, &mut slave, t, true);
+        // Held however long the slave hears nothing: the connection is the
+        // master's to end.
+        let promoted = t + 100 * LEASE;
+        assert!(slave.may_login(u(1), &tok("x"), promoted).is_err());
+        slave.promoted(promoted);
+        // No connection here holds it: not the same number, not another.
+        for h in [Holder::Conn(ConnId(5)), Holder::Conn(ConnId(6)), tok("")] {
+            assert!(slave.check(u(1), &h, promoted).is_err());
+            assert!(matches!(
+                slave.may_login(u(1), &h, promoted + LEASE / 2),
+                Err(Error::AlreadyExists(_))
+            ));
+        }
+        // A lease later it has run out: the course client's new connection
+        // takes it back (as `caller` does: a login on its connection).
+        slave
+            .login(u(1), Holder::Conn(ConnId(6)), promoted + LEASE)
+            .unwrap();
+        slave
+            .check(u(1), &Holder::Conn(ConnId(6)), promoted + LEASE)
+            .unwrap();
+        // A connection that ends on the master is gone on the slave too.
+        let mut slave2 = Sessions::new(LEASE);
+        tell(&mut master, &mut slave2, t, true);
+        master.closed(ConnId(5));
+        tell(&mut master, &mut slave2, t, false);
+        slave2.may_login(u(1), &tok("x"), t).unwrap();
+    }
+
+    #[test]
+    fn a_whole_table_replaces_what_a_slave_knew() {
+        let t = Instant::now();
+        let (mut master, mut slave) = (Sessions::new(LEASE), Sessions::new(LEASE));
+        slave.take_peer(vec![(u(4), Shared::Conn)], false, t);
+        master.login(u(1), tok("a"), t).unwrap();
+        tell(&mut master, &mut slave, t, true);
+        slave.may_login(u(4), &tok("b"), t).unwrap();
+        assert!(slave.may_login(u(1), &tok("b"), t).is_err());
+        // Expired sessions are not told in a whole table.
+        assert!(master.take_shared(t + 2 * LEASE, true).is_empty());
+    }
+
+    #[test]
+    fn sessions_from_a_peer_are_checked_whole() {
+        let ok = |user: u64| SessionEntry {
+            user,
+            token: "t".into(),
+            left_ms: 10,
+            ..Default::default()
+        };
+        let ours = |u: UserId| u.get() % 3 == 1;
+        assert_eq!(from_wire(&[ok(1), ok(4)], LEASE, ours).unwrap().len(), 2);
+        let bad = [
+            vec![ok(1), ok(2)],
+            vec![ok(0)],
+            vec![ok(1), ok(1)],
+            vec![SessionEntry {
+                token: "t".repeat(MAX_TOKEN_BYTES + 1),
+                ..ok(1)
+            }],
+            vec![SessionEntry {
+                left_ms: LEASE.as_millis() as u64 + 1,
+                ..ok(1)
+            }],
+            vec![SessionEntry {
+                connection: true,
+                ..ok(1)
+            }],
+            vec![SessionEntry {
+                gone: true,
+                ..ok(1)
+            }],
+        ];
+        for entries in bad {
+            assert!(
+                matches!(from_wire(&entries, LEASE, ours), Err(Error::Invalid(_))),
+                "{entries:?}"
+            );
+        }
+        let conn = SessionEntry {
+            user: 1,
+            connection: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            from_wire(&[conn], LEASE, ours).unwrap(),
+            vec![(u(1), Shared::Conn)]
+        );
     }
 }

@@ -244,6 +244,36 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Replaces `path` with `bytes`, atomically and durably: written whole to
+/// `<path>.tmp`, flushed (`fsync`), renamed over `path`, and the directory
+/// flushed, so that a crash or a power loss leaves the old file or the new
+/// one, never a part of either (a rename is only as durable as its
+/// directory, and without the flush of the file first, a power loss after
+/// the rename can leave the name pointing at an empty file). The temporary
+/// file is made anew, never written through whatever is in its place (a
+/// link). On failure `path` is as it was.
+pub fn replace_whole(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
+}
+
 /// Every data file of a directory (not the journal or the gate). Entries
 /// named like data files that are not regular files are left out: they are
 /// not ours ([`repair_dir`] reports them).
@@ -954,5 +984,30 @@ mod tests {
         let again = set_aside(&path).unwrap();
         assert_ne!(to, again);
         assert!(!path.exists() && to.is_dir() && again.is_dir());
+    }
+
+    #[test]
+    fn a_file_replaced_whole_is_the_new_one_and_never_written_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("positions.txt");
+        replace_whole(&path, b"one\n").unwrap();
+        replace_whole(&path, b"two\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two\n");
+        assert!(
+            !path.with_extension("tmp").exists(),
+            "no temporary file left"
+        );
+        // A link where the temporary file goes is replaced, not followed.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "keep").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, path.with_extension("tmp")).unwrap();
+        replace_whole(&path, b"three\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"three\n");
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"keep");
+        // A failure leaves the old file.
+        std::fs::remove_file(&elsewhere).unwrap();
+        std::fs::create_dir(path.with_extension("tmp")).unwrap();
+        assert!(replace_whole(&path, b"four\n").is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"three\n");
     }
 }

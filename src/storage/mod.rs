@@ -111,7 +111,8 @@ pub(crate) use file::faults;
 pub use file::{
     Checked, Damaged, GATE_FILE, LastPosts, close_dir, content_hash, damaged_of, data_files,
     data_metadata, is_damaged, last_posts, offset_after, open_append, open_read, read_at_most,
-    read_from, records_end, repair, repair_dir, set_aside, sync_dir, sync_files, try_enter_dir,
+    read_from, records_end, repair, repair_dir, replace_whole, set_aside, sync_dir, sync_files,
+    try_enter_dir,
 };
 pub use record::{
     FileKind, FollowEvent, Format, Found, MAX_LINE_RECORD, MAX_POST_RECORD, Post, SANE_TIMES,

@@ -31,13 +31,25 @@
 //! one too when the directory itself goes away, and the watch then ends
 //! ([`DirWatch::ended`]): the owner makes a new one when the directory is
 //! back.
+//!
+//! **Ending a watch.** Dropping a [`DirWatch`] asks notify's thread to stop,
+//! but that thread only reads its messages once it has read every event the
+//! kernel holds, calling back for each. While the directory is busy (the
+//! queue overflowing, writers appending faster than the callback returns)
+//! that is never: the thread, and the callback with all it holds (a
+//! server's node, a synchronizer's channel), lived on for as long as the
+//! writes went on, one more for each watch made again. So the watch is
+//! stopped on our side first: from the drop on, the handler calls nothing
+//! and lets go of the callback (at once, or as soon as the call in hand
+//! returns), and notify's thread, with nothing left to do per event,
+//! drains the queue and ends.
 
 use notify::event::{EventKind, ModifyKind, RenameMode};
 use notify::{Config, EventKindMask, RecommendedWatcher, RecursiveMode, Watcher};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// What the callback is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,12 +70,23 @@ const EVENTS: EventKindMask = EventKindMask::CREATE
     .union(EventKindMask::MODIFY_DATA)
     .union(EventKindMask::MODIFY_NAME);
 
+type Callback = Box<dyn FnMut(Change) + Send>;
+
+/// What the owner and notify's thread share to end a watch (see the module
+/// doc).
+struct Stop {
+    stopped: AtomicBool,
+    /// `None` once let go of.
+    callback: Mutex<Option<Callback>>,
+}
+
 /// A running watch; dropping it stops its thread.
 pub struct DirWatch {
     dir: PathBuf,
     /// Set when the watch ended by itself (the directory went away, or
     /// reading failed): the owner should watch again.
     ended: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     /// Always `Some` until dropped (taken in `Drop`).
     watcher: Option<RecommendedWatcher>,
 }
@@ -81,6 +104,12 @@ impl DirWatch {
 
 impl Drop for DirWatch {
     fn drop(&mut self) {
+        // Never waits for a call in hand (the callback might wait for
+        // whoever drops us): the handler lets go of it after that call.
+        self.stop.stopped.store(true, Ordering::SeqCst);
+        if let Ok(mut callback) = self.stop.callback.try_lock() {
+            callback.take();
+        }
         // notify's watcher panics when dropped if its thread died (a failed
         // poll): a watch that is gone anyway must not take the daemon down.
         if let Some(w) = self.watcher.take() {
@@ -96,10 +125,14 @@ pub fn watch_dir(
     on_change: impl FnMut(Change) + Send + 'static,
 ) -> io::Result<DirWatch> {
     let ended = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Stop {
+        stopped: AtomicBool::new(false),
+        callback: Mutex::new(Some(Box::new(on_change))),
+    });
     let handler = Handler {
         dir: dir.to_path_buf(),
         ended: ended.clone(),
-        on_change,
+        stop: stop.clone(),
     };
     let config = Config::default().with_event_kinds(EVENTS);
     let mut watcher = RecommendedWatcher::new(handler, config).map_err(to_io)?;
@@ -109,20 +142,36 @@ pub fn watch_dir(
     Ok(DirWatch {
         dir: dir.to_path_buf(),
         ended,
+        stop,
         watcher: Some(watcher),
     })
 }
 
 /// What notify calls with each event, on its thread.
-struct Handler<F> {
+struct Handler {
     dir: PathBuf,
     ended: Arc<AtomicBool>,
-    on_change: F,
+    stop: Arc<Stop>,
 }
 
-impl<F: FnMut(Change) + Send + 'static> notify::EventHandler for Handler<F> {
+impl Handler {
+    /// Whether the owner dropped the watch; then the callback is let go of.
+    fn stopped(&self) -> bool {
+        if !self.stop.stopped.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.stop
+            .callback
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        true
+    }
+}
+
+impl notify::EventHandler for Handler {
     fn handle_event(&mut self, event: notify::Result<notify::Event>) {
-        if self.ended.load(Ordering::SeqCst) {
+        if self.stopped() || self.ended.load(Ordering::SeqCst) {
             return;
         }
         let change = match event {
@@ -142,8 +191,18 @@ impl<F: FnMut(Change) + Send + 'static> notify::EventHandler for Handler<F> {
         };
         // A panicking callback would kill notify's thread, and dropping the
         // watch would then panic too: end the watch instead.
-        let call =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.on_change)(change)));
+        let mut callback = self
+            .stop
+            .callback
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(on_change) = callback.as_mut() else {
+            return;
+        };
+        let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_change(change)));
+        drop(callback);
+        // Dropped while it ran: let go of it now.
+        self.stopped();
         if call.is_err() {
             log::error!(
                 "the watch of {} ended: its callback panicked",
@@ -268,5 +327,98 @@ mod tests {
         }
         // `ended` is set before the rescan is told.
         assert!(w.ended(), "the watch did not end");
+    }
+
+    /// Sets its flag when dropped: the callback holding it was let go of.
+    struct Held(Arc<AtomicBool>);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn within(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+        let end = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < end {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        cond()
+    }
+
+    #[test]
+    fn a_watch_dropped_while_its_queue_overflows_ends_its_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = [
+            dir.path().join("u1_posts.txt"),
+            dir.path().join("u2_posts.txt"),
+        ];
+        let mut out: Vec<std::fs::File> = files
+            .iter()
+            .map(|f| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(f)
+                    .unwrap()
+            })
+            .collect();
+        // The callback: notes its thread, waits at its first call until the
+        // queue has overflowed, then is slow (a millisecond a call), as a
+        // loaded owner's is.
+        let thread = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let released = Arc::new(AtomicBool::new(false));
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let held = Held(released.clone());
+        let t = thread.clone();
+        let w = watch_dir(dir.path(), move |_| {
+            let _ = &held;
+            // SAFETY: gettid has no preconditions and cannot fail.
+            let me = i64::from(unsafe { libc::gettid() });
+            if t.swap(me, Ordering::SeqCst) == 0 {
+                let _ = go_rx.recv();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        })
+        .unwrap();
+        out[0].write_all(b"x").unwrap();
+        assert!(
+            within(10, || thread.load(Ordering::SeqCst) != 0),
+            "no event"
+        );
+        let tid = thread.load(Ordering::SeqCst);
+        // Overflow the kernel's queue while the callback waits.
+        let max: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(16384);
+        for i in 0..max + 1000 {
+            out[i % 2].write_all(b"x").unwrap();
+        }
+        // Writers go on, more often than the callback can answer.
+        let flooding = Arc::new(AtomicBool::new(true));
+        let f = flooding.clone();
+        let flood = std::thread::spawn(move || {
+            let mut i = 0;
+            while f.load(Ordering::SeqCst) {
+                out[i % 2].write_all(b"x").unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        });
+        // The watch ends while the queue is full and filling, its callback
+        // in a call.
+        drop(w);
+        go_tx.send(()).unwrap();
+        let task = format!("/proc/self/task/{tid}");
+        let ended = within(20, || !std::path::Path::new(&task).exists());
+        let let_go = released.load(Ordering::SeqCst);
+        flooding.store(false, Ordering::SeqCst);
+        flood.join().unwrap();
+        assert!(let_go, "the callback was not let go of");
+        assert!(ended, "the watch's thread lives on while writes go on");
     }
 }

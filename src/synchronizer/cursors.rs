@@ -14,14 +14,19 @@
 //!   [`super::plan::Rewinds`]).
 //!
 //! # `positions.txt`
-//! One line per cursor, the same as the version before this one wrote, so
-//! that either resumes from the other's file:
+//! One line per cursor:
 //!
 //! ```text
 //! following <user> <peer> <time of last event>
-//! posts <author> <peer> <time of last post> <time of latest follow>
+//! posts <author> <peer> <time of last post> <time of latest follow> <follows seen>
 //! users <peer> <count>
 //! ```
+//!
+//! `<follows seen>` (how many follow events of the peer's users were taken
+//! into account, [`super::plan::Rewinds`]) is new; a `posts` line without
+//! it, as the version before wrote, is read as before (every follow up to
+//! its time counts as taken into account), and that version skips a line
+//! with it as damaged, which costs a re-send of that author's posts.
 //!
 //! Times are nanoseconds; `0` is "none yet" (the file's spelling of `None`).
 //! Offsets are not saved: after a start each is found again from its time.
@@ -77,6 +82,10 @@ pub struct PostsCursor {
     /// The latest follow event of the peer's users that has been taken into
     /// account; `None` while nobody there has followed.
     pub follows: Option<Nanos>,
+    /// How many follow events of the peer's users have been taken into
+    /// account (all of them at or before `follows`); `None` from a line an
+    /// older version wrote. See [`super::plan::Rewinds`].
+    pub seen: Option<u64>,
 }
 
 /// Every cursor, per source file and peer.
@@ -170,14 +179,18 @@ impl Cursors {
                 self.following
                     .insert(key, TimeCursor { last, offset: None });
             }
-            ["posts", author, peer, last, follows] => {
+            ["posts", author, peer, last, follows, seen @ ..] if seen.len() <= 1 => {
                 let key = (UserId::parse(author)?, ClusterId(peer.parse().ok()?));
                 let at = TimeCursor {
                     last: parse_time(last)?,
                     offset: None,
                 };
                 let follows = parse_time(follows)?;
-                self.posts.insert(key, PostsCursor { at, follows });
+                let seen = match seen {
+                    [n] => Some(n.parse().ok()?),
+                    _ => None,
+                };
+                self.posts.insert(key, PostsCursor { at, follows, seen });
             }
             _ => return None,
         }
@@ -200,11 +213,18 @@ impl Cursors {
             lines.push((
                 format!("Posts({author})"),
                 peer.0,
-                format!(
-                    "posts {author} {peer} {} {}\n",
-                    time_text(c.at.last),
-                    time_text(c.follows)
-                ),
+                match c.seen {
+                    Some(n) => format!(
+                        "posts {author} {peer} {} {} {n}\n",
+                        time_text(c.at.last),
+                        time_text(c.follows)
+                    ),
+                    None => format!(
+                        "posts {author} {peer} {} {}\n",
+                        time_text(c.at.last),
+                        time_text(c.follows)
+                    ),
+                },
             ));
         }
         for (peer, c) in &self.users {
@@ -323,6 +343,7 @@ mod tests {
         let p = c.posts(user(3), ClusterId(2));
         p.at.last = Some(500);
         p.follows = Some(400);
+        p.seen = Some(2);
         c.posts(user(3), ClusterId(1)).follows = Some(7);
         c
     }
@@ -346,7 +367,7 @@ mod tests {
             "following 12 2 1795457407123456789\n\
              following 2 3 0\n\
              posts 3 1 0 7\n\
-             posts 3 2 500 400\n\
+             posts 3 2 500 400 2\n\
              users 2 3\n\
              users 3 0\n"
         );
@@ -359,11 +380,14 @@ mod tests {
                     following x 2 5\n\
                     following 4 2 5\n\
                     posts 4 2 10 9\n\
+                    posts 5 2 10 9 x\n\
+                    posts 6 2 10 9 1 2\n\
+                    posts 7 2 10 9 3\n\
                     garbage\n\
                     users 3";
         let (c, damaged) = Cursors::parse(text.as_bytes());
         let lines: Vec<usize> = damaged.iter().map(|d| d.line).collect();
-        assert_eq!(lines, vec![2, 3, 6, 7]);
+        assert_eq!(lines, vec![2, 3, 6, 7, 9, 10]);
         assert_eq!(damaged[0].text, "posts 4 2 10");
         let mut want = Cursors::default();
         want.users(ClusterId(2)).sent = 3;
@@ -371,6 +395,10 @@ mod tests {
         let p = want.posts(user(4), ClusterId(2));
         p.at.last = Some(10);
         p.follows = Some(9);
+        let p = want.posts(user(7), ClusterId(2));
+        p.at.last = Some(10);
+        p.follows = Some(9);
+        p.seen = Some(3);
         assert_eq!(c, want);
         assert_eq!(c.users_sent(ClusterId(3)), 0);
     }

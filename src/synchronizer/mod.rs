@@ -79,8 +79,12 @@
 //! author's cursor for that cluster moves back to the follow's time and the
 //! posts since are sent again; the receiver stores only what it lacks.
 //! Follows of different users can arrive out of time order, so the events
-//! taken into account are remembered one by one, and after a start those up
-//! to the saved mark count as taken into account ([`plan::Rewinds`]).
+//! taken into account are remembered one by one. The cursor saves the
+//! latest of them and how many there were; after a start those up to the
+//! saved time count as taken into account only if there are no more of them
+//! than that count (otherwise one arrived, late, and was not handled before
+//! the restart: the posts since the peer's earliest follow go again), so no
+//! unhandled follow is ever taken as handled ([`plan::Rewinds`]).
 //!
 //! **Damage.** Nothing on disk stops the synchronizer. A line of
 //! `positions.txt` that cannot be read (malformed, or bytes that are not

@@ -179,8 +179,21 @@ pub enum Rewind {
 /// was sent without them. Follows of different users can also arrive out of
 /// time order (one from cluster 2 at 10:00 can land after one from cluster 2
 /// at 10:05), so "not later than the latest seen" would miss the late one:
-/// each event is remembered. After a start, what the saved cursor's
-/// [`PostsCursor::follows`] covers counts as handled.
+/// each event is remembered.
+///
+/// After a start, the saved cursor says how far it got: the latest event
+/// taken into account ([`PostsCursor::follows`]) and how many events were
+/// ([`PostsCursor::seen`]). A time alone is not enough: an event older than
+/// the latest one handled can be in the file unhandled (it arrived, late,
+/// just before the restart), and would be taken as handled, its rewind lost
+/// and the posts since sent to nobody there. So the events up to that time
+/// count as handled only if there are no more of them than were taken into
+/// account. If there are more, some arrived unhandled and nothing says
+/// which: none counts as handled, and the posts since the peer's earliest
+/// follow go again (which the receiver stores once). That costs a re-send,
+/// only after a restart that came between a late follow's arrival and its
+/// handling; never a lost post. A cursor saved by an older version (no
+/// count) is taken as before.
 #[derive(Debug, Default)]
 pub struct Rewinds {
     handled: HashMap<(UserId, ClusterId), HashSet<(u64, Nanos)>>,
@@ -204,11 +217,16 @@ impl Rewinds {
                 .filter(move |(u, _, _)| p.cluster_of(*u) == peer)
         };
         let saved = cursor.follows;
+        let seen = cursor.seen;
         let handled = self.handled.entry((author, peer)).or_insert_with(|| {
-            from_peer()
+            let upto: HashSet<(u64, Nanos)> = from_peer()
                 .filter(|(_, t, _)| saved.is_some_and(|f| *t <= f))
                 .map(|(u, t, _)| (u, t))
-                .collect()
+                .collect();
+            match seen {
+                Some(n) if upto.len() as u64 > n => HashSet::new(),
+                _ => upto,
+            }
         });
         let mut earliest_new: Option<Nanos> = None;
         for (user, time, follow) in from_peer() {
@@ -220,6 +238,7 @@ impl Rewinds {
                 earliest_new = Some(earliest_new.map_or(time, |t| t.min(time)));
             }
         }
+        cursor.seen = Some(handled.len() as u64);
         let t = earliest_new?;
         if cursor.at.last.is_some_and(|last| t < last) {
             cursor.at.move_to(t);
@@ -272,6 +291,11 @@ mod tests {
         let mut c = PostsCursor::default();
         c.at.last = last;
         c.follows = follows;
+        c
+    }
+
+    fn seen(mut c: PostsCursor, n: u64) -> PostsCursor {
+        c.seen = Some(n);
         c
     }
 
@@ -328,10 +352,10 @@ mod tests {
         record(&mut log, &[event(2, 100, true), event(5, 300, true)]);
         // As positions.txt left it: posts up to 400 handled, follows up to
         // 300 taken into account.
-        let mut c = cursor(Some(400), Some(300));
+        let mut c = seen(cursor(Some(400), Some(300)), 2);
         let mut rewinds = Rewinds::default();
         assert_eq!(rewinds.apply(user(1), ClusterId(2), &log, P, &mut c), None);
-        assert_eq!(c, cursor(Some(400), Some(300)));
+        assert_eq!(c, seen(cursor(Some(400), Some(300)), 2));
         // A follow after the saved mark is new.
         record(&mut log, &[event(8, 350, true)]);
         assert_eq!(
@@ -339,17 +363,70 @@ mod tests {
             Some(Rewind::Resend { since: 350 })
         );
         assert_eq!(c.follows, Some(350));
+        assert_eq!(c.seen, Some(3));
+    }
+
+    #[test]
+    fn a_late_follow_unhandled_at_a_restart_still_rewinds() {
+        // User 5's follow at 300 was handled and a post at 400 sent without
+        // user 2; user 2's follow at 100 arrived (late) just before the
+        // restart, unhandled. The saved cursor: posts to 400, follows to
+        // 300, one follow taken into account.
+        let mut log = FollowLog::default();
+        record(&mut log, &[event(5, 300, true)]);
+        let mut before = Rewinds::default();
+        let mut c = PostsCursor::default();
+        before.apply(user(1), ClusterId(2), &log, P, &mut c);
+        c.at.advance(Some(400), 1000);
+        // As positions.txt keeps it: no offset.
+        let mut saved = c;
+        saved.at.offset = None;
+        assert_eq!(saved, seen(cursor(Some(400), Some(300)), 1));
+        record(&mut log, &[event(2, 100, true)]);
+        // After the restart: user 2's follow is not taken as handled. Which
+        // of the two is new cannot be told, so the posts since the earliest
+        // go again.
+        let mut c = saved;
+        let mut rewinds = Rewinds::default();
+        assert_eq!(
+            rewinds.apply(user(1), ClusterId(2), &log, P, &mut c),
+            Some(Rewind::Resend { since: 100 })
+        );
+        assert_eq!(c, seen(cursor(Some(100), Some(300)), 2));
+        assert_eq!(rewinds.apply(user(1), ClusterId(2), &log, P, &mut c), None);
+        // Saved after it, a second restart takes both as handled.
+        let mut again = Rewinds::default();
+        let mut c2 = c;
+        c2.at.advance(Some(400), 1000);
+        assert_eq!(again.apply(user(1), ClusterId(2), &log, P, &mut c2), None);
+        // Other peers' users count for their own cursors only.
+        record(&mut log, &[event(3, 50, true)]);
+        assert_eq!(again.apply(user(1), ClusterId(2), &log, P, &mut c2), None);
+    }
+
+    #[test]
+    fn a_cursor_from_an_older_version_takes_its_time_as_before() {
+        let mut log = FollowLog::default();
+        record(&mut log, &[event(2, 100, true), event(5, 300, true)]);
+        let mut c = cursor(Some(400), Some(300));
+        let mut rewinds = Rewinds::default();
+        assert_eq!(rewinds.apply(user(1), ClusterId(2), &log, P, &mut c), None);
+        assert_eq!(
+            c,
+            seen(cursor(Some(400), Some(300)), 2),
+            "counted from now on"
+        );
     }
 
     #[test]
     fn an_unfollow_moves_the_follows_mark_but_rewinds_nothing() {
         let mut log = FollowLog::default();
         record(&mut log, &[event(2, 100, true)]);
-        let mut c = cursor(Some(400), Some(100));
+        let mut c = seen(cursor(Some(400), Some(100)), 1);
         let mut rewinds = Rewinds::default();
         record(&mut log, &[event(2, 200, false)]);
         assert_eq!(rewinds.apply(user(1), ClusterId(2), &log, P, &mut c), None);
-        assert_eq!(c, cursor(Some(400), Some(200)));
+        assert_eq!(c, seen(cursor(Some(400), Some(200)), 2));
     }
 
     #[test]

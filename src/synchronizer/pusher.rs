@@ -736,31 +736,14 @@ impl Pusher {
         }
     }
 
-    /// Saves the cursors: written whole to a temporary file, then renamed
-    /// over the old one, so a crash leaves one or the other. The temporary
-    /// file is made anew, never written through whatever is in its place
-    /// (a link). A failure (disk full) leaves the old file and is retried
-    /// at the next heartbeat.
+    /// Saves the cursors: written whole to a temporary file, flushed, then
+    /// renamed over the old one and the directory flushed, so a crash or a
+    /// power loss leaves one or the other ([`storage::replace_whole`]). A
+    /// failure (disk full) leaves the old file and is retried at the next
+    /// heartbeat.
     fn save_positions(&mut self) {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = &self.settings.positions;
-        let tmp = path.with_extension("tmp");
-        let text = self.cursors.format();
-        let result = (|| {
-            match std::fs::remove_file(&tmp) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            drop(f);
-            std::fs::rename(&tmp, path)
-        })();
+        let result = storage::replace_whole(path, self.cursors.format().as_bytes());
         match result {
             Ok(()) => self.unsaved = false,
             Err(e) => log::error!("cannot save {}: {e}", path.display()),

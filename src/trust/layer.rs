@@ -145,6 +145,7 @@ mod tests {
             "/tinysns.Replica/Apply",
             "/tinysns.Replica/Join",
             "/tinysns.Replica/Snapshot",
+            "/tinysns.Replica/Sessions",
             "/tinysns.Synchronizer/PushPosts",
             "/tinysns.Coordinator/GetTableX",
             "/csce438.SNSService/Login/x",

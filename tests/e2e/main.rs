@@ -23,6 +23,7 @@ mod durability;
 mod failover;
 mod network;
 mod peer_input;
+mod shared_sessions;
 mod shutdown;
 mod slave_restart;
 mod stalls;

@@ -1,5 +1,5 @@
-//! The `Replica` gRPC service: `Apply` on a slave, `Snapshot` and `Join` on
-//! a master. Each handler checks, asks the role core, and does the I/O.
+//! The `Replica` gRPC service: `Apply` and `Sessions` on a slave, `Snapshot`
+//! and `Join` on a master. Each handler checks, asks the role core, and does the I/O.
 
 use super::replica_client;
 use super::snapshot::{self, send_snapshot};
@@ -7,7 +7,8 @@ use crate::error::Error;
 use crate::model::{RunId, ServerId};
 use crate::proto::tinysns::replica_server::Replica;
 use crate::proto::tinysns::{
-    ApplyReply, ApplyRequest, JoinReply, JoinRequest, SnapshotChunk, SnapshotRequest,
+    ApplyReply, ApplyRequest, JoinReply, JoinRequest, SessionsReply, SessionsRequest,
+    SnapshotChunk, SnapshotRequest,
 };
 use crate::server::node::Node;
 use crate::server::role::{Incarnation, SlaveLink};
@@ -63,6 +64,14 @@ impl Replica for ReplicaApi {
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         Ok(Response::new(self.take_in(req.into_inner()).await?))
+    }
+
+    async fn sessions(
+        &self,
+        req: Request<SessionsRequest>,
+    ) -> Result<Response<SessionsReply>, Status> {
+        self.0.take_sessions(req.into_inner())?;
+        Ok(Response::new(SessionsReply {}))
     }
 }
 

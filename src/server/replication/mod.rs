@@ -96,12 +96,15 @@
 //! [`oplog`] (the master's recent operations), [`mirror`] (the mirror task:
 //! batch, journal, replicate, commit or abandon; checkpoints), [`snapshot`]
 //! (the files a snapshot sends and installs), [`resync`] (a slave catching
-//! up) and [`api`] (the `Replica` gRPC service).
+//! up), [`sessions`] (the master's sessions told to its slave, beside the
+//! write path, see [`super::session`]) and [`api`] (the `Replica` gRPC
+//! service).
 
 pub mod api;
 pub mod mirror;
 pub mod oplog;
 pub mod resync;
+pub mod sessions;
 pub mod snapshot;
 
 pub use oplog::OpLog;
