@@ -255,18 +255,22 @@ impl Node {
         };
         let mut client = channel.to(&link.addr, self)?;
         // Half the failure window: well within the clients' deadlines, so a
-        // hung slave costs a client a slow answer, not a failed one.
-        let outcome = tokio::time::timeout(self.failure_window / 2, client.apply(req)).await;
-        match outcome.map(|r| r.map_err(Error::from)) {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(Error::Precondition(why))) => {
+        // hung slave costs a client a slow answer, not a failed one. As the
+        // call's deadline, a miss also replaces a stalled connection, so the
+        // next batch does not wait on a half-open one (crate::trust::link).
+        let deadline = self.failure_window / 2;
+        let outcome = client
+            .apply(crate::trust::link::with_deadline(req, deadline))
+            .await;
+        match outcome.map_err(Error::from) {
+            Ok(_) => Ok(()),
+            Err(Error::Precondition(why)) => {
                 self.step_down(&format!("slave {} refused our epoch: {why}", link.addr));
                 Err(Error::Unavailable(
                     "this server is no longer the master".into(),
                 ))
             }
-            Ok(Err(e)) => self.go_on_without(&link, e.message()).await,
-            Err(_) => self.go_on_without(&link, "no answer").await,
+            Err(e) => self.go_on_without(&link, e.message()).await,
         }
     }
 
