@@ -765,6 +765,16 @@ fn synchronizer_cut_from_its_peers() {
         cut.elapsed() > cycles && during(1) >= 3 && during(2) >= 3
     });
     let during: Vec<Ack> = load.acks().into_iter().filter(|a| a.at > cut).collect();
+    // The cut held: cluster 2 lacks something user 1 posted meanwhile (the
+    // drops are certain; a lab that leaked would fail here, not later).
+    let file = sys.server_dir(2, 1).join("u4_timeline.txt");
+    let got = posts_in(&file);
+    assert!(
+        during
+            .iter()
+            .any(|a| a.user == 1 && !got.contains(&(1, a.text.clone()))),
+        "every post made under the cut already crossed it"
+    );
     let heal = Instant::now();
     sys.net("heal", sys.lab().heal_all());
     say!("sync cut: healed after {:?}", heal - cut);
@@ -834,6 +844,14 @@ fn client_cut_from_its_master() {
         let during = h.acked.iter().filter(|a| a.user == 3 && a.at > cut).count();
         cut.elapsed() > Duration::from_millis(6 * HB) && during >= 3
     });
+    // The cut held: nothing typed meanwhile reached the master.
+    for s in 1..=2 {
+        let stored = post_texts(&sys.server_dir(1, s).join("u1_posts.txt"));
+        assert!(
+            !during.iter().any(|d| stored.contains(d)),
+            "a line typed under the cut was stored: {stored:?}"
+        );
+    }
     let heal = Instant::now();
     sys.net("heal", sys.lab().heal_all());
     wait_screen(&mut readers[0].1, 1, &during, "user 4");
