@@ -8,6 +8,10 @@
 //! One test: `cargo test --test e2e failover::paused_master_is_fenced`; a
 //! topic: `cargo test --test e2e failover -- --nocapture` (which also shows
 //! the timings the failover tests print).
+//!
+//! `network` spreads a system over several hosts, network namespaces made
+//! by the `netlab` crate (`harness::hosts`), and cuts links between them;
+//! it needs root and fails, saying so, without it.
 
 mod harness;
 

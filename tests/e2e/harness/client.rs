@@ -129,6 +129,15 @@ impl Client {
         Some(l)
     }
 
+    /// The next line of output, if one comes before `until` (for waits
+    /// that must end although other lines keep coming).
+    pub fn next_line_before(&mut self, until: Instant) -> Option<String> {
+        let left = until.saturating_duration_since(Instant::now());
+        let l = self.lines.recv_timeout(left).ok()?;
+        self.seen.push(l.clone());
+        Some(l)
+    }
+
     /// Reads lines until one equals `want`; panics (showing what was seen) if
     /// the deadline passes or output ends.
     pub fn expect(&mut self, want: &str) {
