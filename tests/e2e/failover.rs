@@ -10,8 +10,7 @@
 
 use crate::harness::grpc::{connect, login, login_ok};
 use crate::harness::*;
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::BTreeMap;
 use std::time::Instant;
 use tinysns::proto::csce438::Message;
 use tinysns::proto::tinysns::{Kind, Role};
@@ -33,78 +32,6 @@ macro_rules! say {
 
 fn other(s: u32) -> u32 {
     3 - s
-}
-
-/// The texts of `author`'s posts on a client's screen, in order.
-fn screen_posts(client: &Client, author: u64) -> Vec<String> {
-    let head = format!("{author} (");
-    client
-        .seen
-        .iter()
-        .filter(|l| l.starts_with(&head))
-        .filter_map(|l| l.split_once(") >> ").map(|(_, t)| t.to_string()))
-        .collect()
-}
-
-/// Reads the client's output until every text of `want` by `author` was on
-/// its screen.
-fn wait_screen(client: &mut Client, author: u64, want: &[String], who: &str) {
-    loop {
-        let shown = screen_posts(client, author);
-        if want.iter().all(|w| shown.contains(w)) {
-            return;
-        }
-        if client.next_line().is_none() {
-            let missing: Vec<&String> = want.iter().filter(|w| !shown.contains(w)).collect();
-            panic!("{who}: never saw {missing:?}; screen: {:#?}", client.seen);
-        }
-    }
-}
-
-/// Each text of `want` occurs exactly once in `got`, and nothing in `got`
-/// occurs twice.
-fn assert_each_once(got: &[String], want: &[String], what: &str) {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for g in got {
-        *counts.entry(g.as_str()).or_default() += 1;
-    }
-    let dups: Vec<(&str, usize)> = counts
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(t, n)| (*t, *n))
-        .collect();
-    assert!(dups.is_empty(), "{what}: shown more than once: {dups:?}");
-    let missing: Vec<&String> = want
-        .iter()
-        .filter(|w| !counts.contains_key(w.as_str()))
-        .collect();
-    assert!(missing.is_empty(), "{what}: missing {missing:?}");
-}
-
-/// Polls until every text of `want` by `author` is in the post file, then
-/// asserts that each is there exactly once. On the deadline, panics naming
-/// the missing texts.
-fn wait_file_posts(path: &Path, author: u64, want: &[String]) {
-    let texts = || -> Vec<String> {
-        posts_in(path)
-            .into_iter()
-            .filter(|(u, _)| *u == author)
-            .map(|(_, t)| t)
-            .collect()
-    };
-    wait_for(
-        &format!("the posts of {author} in {}", path.display()),
-        || {
-            let got = texts();
-            let missing: Vec<&String> = want.iter().filter(|w| !got.contains(w)).collect();
-            if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("missing {missing:?} (has {} of them)", got.len()))
-            }
-        },
-    );
-    assert_each_once(&texts(), want, &path.display().to_string());
 }
 
 fn assert_no_duplicates_anywhere(sys: &System) {
@@ -158,61 +85,12 @@ fn now() -> String {
     chrono::Utc::now().format("%H:%M:%S%.3f").to_string()
 }
 
-fn signal(sys: &System, name: &str, sig: &str) {
-    let pid = sys.procs[name].pid();
-    let st = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(st.success(), "kill {sig} {pid} failed");
-}
-
-/// Whether every thread of a process is stopped (state `T` in
-/// `/proc/<pid>/task/*/stat`): `kill -STOP` returns before that.
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    let mut any = false;
-    for t in tasks.flatten() {
-        let stat = read(&t.path().join("stat"));
-        // "pid (comm) S ...": the state follows the last ')'.
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next());
-        if !matches!(state, Some('T') | Some('t')) {
-            return false;
-        }
-        any = true;
-    }
-    any
-}
-
 fn reconnects(client: &Client) -> usize {
     client
         .seen
         .iter()
         .filter(|l| l.starts_with("Reconnecting to "))
         .count()
-}
-
-/// A user of `c` logged in (client) that follows `followee`, waiting for the
-/// follow to be known in the followee's cluster.
-fn follow(sys: &System, client: &mut Client, user: u64, followee: u64) {
-    let fc = sys.cluster_of(followee);
-    let uc = sys.cluster_of(user);
-    wait_until(&format!("user {followee} known in cluster {uc}"), || {
-        sys.master_of(uc)
-            .is_some_and(|m| sys.has_user(uc, m, followee))
-    });
-    assert_eq!(client.command(&format!("FOLLOW {followee}")), SUCCESS);
-    wait_until(
-        &format!("{user}'s follow of {followee} in cluster {fc}"),
-        || {
-            sys.master_of(fc)
-                .is_some_and(|m| sys.has_follower(fc, m, followee, user))
-        },
-    );
 }
 
 // ------------------------------------------------------------------ tests
@@ -223,8 +101,8 @@ fn master_killed_and_restarted_while_posting() {
     let mut poster = Client::logged_in(sys.coord_port, 1);
     let mut local = Client::logged_in(sys.coord_port, 4); // cluster 1
     let mut remote = Client::logged_in(sys.coord_port, 2); // cluster 2
-    follow(&sys, &mut local, 4, 1);
-    follow(&sys, &mut remote, 2, 1);
+    sys.follow(&mut local, 4, 1);
+    sys.follow(&mut remote, 2, 1);
     local.enter_timeline();
     remote.enter_timeline();
     poster.enter_timeline();
@@ -287,10 +165,10 @@ fn master_killed_and_restarted_while_posting() {
             wait_file_posts(&dir.join("u2_timeline.txt"), 1, &all);
         }
     }
-    wait_screen(&mut local, 1, &all, "user 4");
-    wait_screen(&mut remote, 1, &all, "user 2");
-    assert_each_once(&screen_posts(&local, 1), &all, "user 4's screen");
-    assert_each_once(&screen_posts(&remote, 1), &all, "user 2's screen");
+    local.wait_screen(1, &all, "user 4");
+    remote.wait_screen(1, &all, "user 2");
+    assert_each_once(&local.screen_posts(1), &all, "user 4's screen");
+    assert_each_once(&remote.screen_posts(1), &all, "user 2's screen");
     for f in [&local, &remote] {
         for l in f.seen.iter().filter(|l| l.starts_with("1 (")) {
             assert!(l.contains(") >> p") || l.ends_with(") >> end"), "{l}");
@@ -311,11 +189,11 @@ fn deleted_directory_resync_then_promoted_server_killed() {
     let mut u7 = Client::logged_in(sys.coord_port, 7);
     let mut u2 = Client::logged_in(sys.coord_port, 2);
     let mut u3 = Client::logged_in(sys.coord_port, 3);
-    follow(&sys, &mut u4, 4, 1);
-    follow(&sys, &mut u7, 7, 1);
-    follow(&sys, &mut u2, 2, 1);
-    follow(&sys, &mut u1, 1, 4);
-    follow(&sys, &mut u1, 1, 2);
+    sys.follow(&mut u4, 4, 1);
+    sys.follow(&mut u7, 7, 1);
+    sys.follow(&mut u2, 2, 1);
+    sys.follow(&mut u1, 1, 4);
+    sys.follow(&mut u1, 1, 2);
     u1.enter_timeline();
     u4.enter_timeline();
     u2.enter_timeline();
@@ -400,20 +278,20 @@ fn deleted_directory_resync_then_promoted_server_killed() {
     u4.enter_timeline();
     u2.enter_timeline();
     let mut shown = texts("p", 6..26);
-    wait_screen(&mut u4, 1, &shown, "user 4 (last 20)");
-    wait_screen(&mut u2, 1, &shown, "user 2 (last 20)");
+    u4.wait_screen(1, &shown, "user 4 (last 20)");
+    u2.wait_screen(1, &shown, "user 2 (last 20)");
     u1.send("fresh");
     shown.push("fresh".to_string());
-    wait_screen(&mut u4, 1, &shown, "user 4");
-    wait_screen(&mut u2, 1, &shown, "user 2");
-    assert_each_once(&screen_posts(&u4, 1), &shown, "user 4's screen");
-    assert_each_once(&screen_posts(&u2, 1), &shown, "user 2's screen");
+    u4.wait_screen(1, &shown, "user 4");
+    u2.wait_screen(1, &shown, "user 2");
+    assert_each_once(&u4.screen_posts(1), &shown, "user 4's screen");
+    assert_each_once(&u2.screen_posts(1), &shown, "user 2's screen");
     u2.send("remote fresh");
     u4.send("local fresh");
     let mut from_2 = b.clone();
     from_2.push("remote fresh".to_string());
-    wait_screen(&mut u1, 2, &from_2[15..], "user 1");
-    wait_screen(&mut u1, 4, &["local fresh".to_string()], "user 1");
+    u1.wait_screen(2, &from_2[15..], "user 1");
+    u1.wait_screen(4, &["local fresh".to_string()], "user 1");
     let mut all_p = p.clone();
     all_p.push("fresh".to_string());
     wait_file_posts(&sys.server_dir(1, m).join("u1_posts.txt"), 1, &all_p);
@@ -533,7 +411,7 @@ fn paused_master_is_fenced() {
     let sys = System::full_with(3, HB, SYNC);
     let mut poster = Client::logged_in(sys.coord_port, 1);
     let mut watcher = Client::logged_in(sys.coord_port, 7); // cluster 1
-    follow(&sys, &mut watcher, 7, 1);
+    sys.follow(&mut watcher, 7, 1);
     watcher.enter_timeline();
     poster.enter_timeline();
     let before = texts("c", 0..5);
@@ -552,7 +430,7 @@ fn paused_master_is_fenced() {
 
     // Pause the master past the failure window.
     let name = System::server_name(1, m);
-    signal(&sys, &name, "-STOP");
+    sys.signal(&name, "-STOP");
     let paused = Instant::now();
     let pid = sys.procs[&name].pid();
     wait_until("every thread of the master to stop", || {
@@ -579,7 +457,7 @@ fn paused_master_is_fenced() {
     wait_file_posts(&sys.server_dir(1, s).join("u1_posts.txt"), 1, &all);
 
     // Resume the old master: it must step down and rejoin as a slave.
-    signal(&sys, &name, "-CONT");
+    sys.signal(&name, "-CONT");
     let resumed = Instant::now();
     say!("resumed server {m} of cluster 1");
     while raw.next() {}
@@ -604,8 +482,8 @@ fn paused_master_is_fenced() {
 
     poster.send("end");
     all.push("end".to_string());
-    wait_screen(&mut watcher, 1, &all, "user 7");
-    assert_each_once(&screen_posts(&watcher, 1), &all, "user 7's screen");
+    watcher.wait_screen(1, &all, "user 7");
+    assert_each_once(&watcher.screen_posts(1), &all, "user 7's screen");
     for sv in 1..=2 {
         wait_file_posts(&sys.server_dir(1, sv).join("u1_posts.txt"), 1, &all);
         wait_file_posts(&sys.server_dir(1, sv).join("u7_timeline.txt"), 1, &all);
@@ -649,7 +527,7 @@ fn coordinator_and_synchronizer_restarts_mid_traffic() {
     let mut sys = System::full_with(3, HB, SYNC);
     let mut poster = Client::logged_in(sys.coord_port, 1);
     let mut remote = Client::logged_in(sys.coord_port, 2);
-    follow(&sys, &mut remote, 2, 1);
+    sys.follow(&mut remote, 2, 1);
     remote.enter_timeline();
     poster.enter_timeline();
     let masters: Vec<u32> = (1..=3)
@@ -766,8 +644,8 @@ fn coordinator_and_synchronizer_restarts_mid_traffic() {
     }
     poster.send("end");
     all.push("end".to_string());
-    wait_screen(&mut remote, 1, &all, "user 2");
-    assert_each_once(&screen_posts(&remote, 1), &all, "user 2's screen");
+    remote.wait_screen(1, &all, "user 2");
+    assert_each_once(&remote.screen_posts(1), &all, "user 2's screen");
     for sv in 1..=2 {
         wait_file_posts(&sys.server_dir(1, sv).join("u1_posts.txt"), 1, &all);
         wait_file_posts(&sys.server_dir(2, sv).join("u2_timeline.txt"), 1, &all);
@@ -835,12 +713,12 @@ fn follower_resumes_after_failover_without_gaps() {
     let mut sys = System::full_with(3, 1000, SYNC);
     let mut author = Client::logged_in(sys.coord_port, 2); // cluster 2
     let mut follower = Client::logged_in(sys.coord_port, 4); // cluster 1
-    follow(&sys, &mut follower, 4, 2);
+    sys.follow(&mut follower, 4, 2);
     follower.enter_timeline();
     author.enter_timeline();
     let before = texts("r", 0..3);
     author.send_all(&before);
-    wait_screen(&mut follower, 2, &before, "user 4");
+    follower.wait_screen(2, &before, "user 4");
 
     let m = sys.master_of(1).expect("a master");
     let s = other(m);
@@ -858,8 +736,8 @@ fn follower_resumes_after_failover_without_gaps() {
     );
     let mut all = before.clone();
     all.extend(during.iter().cloned());
-    wait_screen(&mut follower, 2, &all, "user 4");
-    assert_each_once(&screen_posts(&follower, 2), &all, "user 4's screen");
+    follower.wait_screen(2, &all, "user 4");
+    assert_each_once(&follower.screen_posts(2), &all, "user 4's screen");
 }
 
 /// Issue 11's doubled post. A master SIGKILLed with a post journaled but not
@@ -884,10 +762,10 @@ fn a_master_killed_with_a_post_in_flight_comes_back_as_slave_without_it() {
     let old = sys.entry(1, m).expect("the master's entry");
     let raw = RawTimeline::open(&format!("{}:{}", old.hostname, old.port), 3);
     let mut watcher = Client::logged_in(sys.coord_port, 2);
-    follow(&sys, &mut watcher, 2, 3);
+    sys.follow(&mut watcher, 2, 3);
 
     // The post is journaled while the paused slave holds up its batch.
-    signal(&sys, &slave, "-STOP");
+    sys.signal(&slave, "-STOP");
     let slave_pid = sys.procs[&slave].pid();
     wait_until("every thread of the slave to stop", || {
         all_threads_stopped(slave_pid)
@@ -926,7 +804,7 @@ fn a_master_killed_with_a_post_in_flight_comes_back_as_slave_without_it() {
         "the restarted slave replayed a post nobody acknowledged:\n{}",
         read(&posts)
     );
-    signal(&sys, &slave, "-CONT");
+    sys.signal(&slave, "-CONT");
     sys.wait_for_role(1, s, Role::Master);
 
     // The client's retry, same post id, on the new master: stored once.

@@ -335,33 +335,6 @@ impl Load {
 
 // ------------------------------------------------------------ the readers
 
-/// The texts of `author`'s posts on a client's screen, in order.
-fn screen_posts(client: &Client, author: u64) -> Vec<String> {
-    let head = format!("{author} (");
-    client
-        .seen
-        .iter()
-        .filter(|l| l.starts_with(&head))
-        .filter_map(|l| l.split_once(") >> ").map(|(_, t)| t.to_string()))
-        .collect()
-}
-
-/// Reads the client's output until every text of `want` by `author` was on
-/// its screen, within the deadline (other posts keep coming meanwhile).
-fn wait_screen(client: &mut Client, author: u64, want: &[String], who: &str) {
-    let until = Instant::now() + DEADLINE;
-    loop {
-        let shown = screen_posts(client, author);
-        if want.iter().all(|w| shown.contains(w)) {
-            return;
-        }
-        if client.next_line_before(until).is_none() {
-            let missing: Vec<&String> = want.iter().filter(|w| !shown.contains(w)).collect();
-            panic!("{who}: never saw {missing:?}; screen: {:#?}", client.seen);
-        }
-    }
-}
-
 /// `user`, logged in with the terminal client on the calling thread's host,
 /// following each of `followees` (known in both clusters once this
 /// returns), then in timeline mode.
@@ -514,9 +487,9 @@ fn check_history(sys: &System, hist: &History, readers: &mut [(u64, Client)]) {
                 continue;
             }
             let acked = hist.acked_by(author);
-            wait_screen(client, author, &acked, &format!("user {user}"));
+            client.wait_screen(author, &acked, &format!("user {user}"));
             check_once(
-                &screen_posts(client, author),
+                &client.screen_posts(author),
                 &acked,
                 sent,
                 &format!("user {user}'s screen, posts of {author}"),
@@ -680,7 +653,7 @@ fn master_cut_from_coordinator(one_way: bool, screen_during_cut: bool) {
         .take(1)
         .collect();
     if screen_during_cut {
-        wait_screen(&mut readers[0].1, 1, &want, "user 5");
+        readers[0].1.wait_screen(1, &want, "user 5");
         say!(
             "{what}: reader 5's screen receiving again after {:?}",
             cut.elapsed()
@@ -695,7 +668,7 @@ fn master_cut_from_coordinator(one_way: bool, screen_during_cut: bool) {
         heal.elapsed()
     );
     if !screen_during_cut {
-        wait_screen(&mut readers[0].1, 1, &want, "user 5");
+        readers[0].1.wait_screen(1, &want, "user 5");
         say!(
             "{what}: reader 5's screen shows a post made during the cut {:?} after the heal ({:?} after the cut)",
             heal.elapsed(),
@@ -864,7 +837,7 @@ fn client_cut_from_its_master() {
     typist.enter_timeline();
     let before: Vec<String> = (0..3).map(|i| format!("typed-before-{i}")).collect();
     typist.send_all(&before);
-    wait_screen(&mut readers[0].1, 1, &before, "user 4");
+    readers[0].1.wait_screen(1, &before, "user 4");
     let m = sys.master_of(1).expect("a master");
     let cut = Instant::now();
     sys.net("cut", sys.lab().cut("tty", &server_host(1, m)));
@@ -890,7 +863,7 @@ fn client_cut_from_its_master() {
     }
     let heal = Instant::now();
     sys.net("heal", sys.lab().heal_all());
-    wait_screen(&mut readers[0].1, 1, &during, "user 4");
+    readers[0].1.wait_screen(1, &during, "user 4");
     say!(
         "client cut: what was typed during the cut on user 4's screen {:?} after the heal",
         heal.elapsed()
@@ -900,7 +873,7 @@ fn client_cut_from_its_master() {
     let mut typed = before.clone();
     typed.extend(during);
     typed.extend(after);
-    wait_screen(&mut readers[0].1, 1, &typed, "user 4");
+    readers[0].1.wait_screen(1, &typed, "user 4");
     let mut hist = load.stop();
     hist.sent.insert(1, typed.iter().cloned().collect());
     hist.acked.extend(typed.iter().map(|t| Ack {

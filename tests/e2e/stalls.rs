@@ -7,130 +7,17 @@
 
 use crate::harness::grpc::{connect, login, login_ok, open_timeline};
 use crate::harness::*;
-use std::collections::HashMap;
-use std::path::Path;
 use tinysns::proto::tinysns::{Kind, Role};
 use tonic::Code;
 
 const HB: u64 = 400;
 const SYNC: u64 = 5_000;
 
-fn signal(sys: &System, name: &str, sig: &str) {
-    let pid = sys.procs[name].pid();
-    let st = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(st.success(), "kill {sig} {pid} failed");
-}
-
-/// Whether every thread of a process is stopped: `kill -STOP` returns
-/// before that.
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    let mut any = false;
-    for t in tasks.flatten() {
-        let stat = read(&t.path().join("stat"));
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next());
-        if !matches!(state, Some('T') | Some('t')) {
-            return false;
-        }
-        any = true;
-    }
-    any
-}
-
-/// Stops `name` and waits until it is stopped.
-fn stop(sys: &System, name: &str) {
-    signal(sys, name, "-STOP");
-    let pid = sys.procs[name].pid();
-    wait_until(&format!("every thread of {name} to stop"), || {
-        all_threads_stopped(pid)
-    });
-}
-
-/// A user of one cluster, logged in, following `followee`; waits until the
-/// follow is known in the followee's cluster.
-fn follow(sys: &System, client: &mut Client, user: u64, followee: u64) {
-    let (fc, uc) = (sys.cluster_of(followee), sys.cluster_of(user));
-    wait_until(&format!("user {followee} known in cluster {uc}"), || {
-        sys.master_of(uc)
-            .is_some_and(|m| sys.has_user(uc, m, followee))
-    });
-    assert_eq!(client.command(&format!("FOLLOW {followee}")), SUCCESS);
-    wait_until(
-        &format!("{user}'s follow of {followee} in cluster {fc}"),
-        || {
-            sys.master_of(fc)
-                .is_some_and(|m| sys.has_follower(fc, m, followee, user))
-        },
-    );
-}
-
-fn screen_posts(client: &Client, author: u64) -> Vec<String> {
-    let head = format!("{author} (");
-    client
-        .seen
-        .iter()
-        .filter(|l| l.starts_with(&head))
-        .filter_map(|l| l.split_once(") >> ").map(|(_, t)| t.to_string()))
-        .collect()
-}
-
 /// Reads the client's screen until every text of `want` by `author` is on
 /// it, then checks that each is there once.
 fn wait_screen_once(client: &mut Client, author: u64, want: &[String], who: &str) {
-    loop {
-        let shown = screen_posts(client, author);
-        if want.iter().all(|w| shown.contains(w)) {
-            assert_each_once(&shown, want, who);
-            return;
-        }
-        if client.next_line().is_none() {
-            panic!(
-                "{who}: never saw all of {want:?}; screen: {:#?}",
-                client.seen
-            );
-        }
-    }
-}
-
-fn assert_each_once(got: &[String], want: &[String], what: &str) {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for g in got {
-        *counts.entry(g.as_str()).or_default() += 1;
-    }
-    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dups.is_empty(), "{what}: more than once: {dups:?}");
-    let missing: Vec<&String> = want
-        .iter()
-        .filter(|w| !counts.contains_key(w.as_str()))
-        .collect();
-    assert!(missing.is_empty(), "{what}: missing {missing:?}");
-}
-
-/// Waits until every text of `want` by `author` is in the file, then checks
-/// that each is there once.
-fn wait_file_posts(path: &Path, author: u64, want: &[String]) {
-    let texts = || -> Vec<String> {
-        posts_in(path)
-            .into_iter()
-            .filter(|(u, _)| *u == author)
-            .map(|(_, t)| t)
-            .collect()
-    };
-    wait_until(
-        &format!("the posts of {author} in {}", path.display()),
-        || {
-            let got = texts();
-            want.iter().all(|w| got.contains(w))
-        },
-    );
-    assert_each_once(&texts(), want, &path.display().to_string());
+    client.wait_screen(author, want, who);
+    assert_each_once(&client.screen_posts(author), want, who);
 }
 
 fn roles(sys: &System) -> Vec<(i32, u32, u32, i32)> {
@@ -155,7 +42,7 @@ fn timelines_end_on_a_master_that_cannot_reach_the_coordinator() {
     let sys = System::full_with(3, HB, SYNC);
     let mut poster = Client::logged_in(sys.coord_port, 1);
     let mut reader = Client::logged_in(sys.coord_port, 7); // cluster 1
-    follow(&sys, &mut reader, 7, 1);
+    sys.follow(&mut reader, 7, 1);
     reader.enter_timeline();
     poster.enter_timeline();
     let before = texts("s", 0..5);
@@ -174,7 +61,7 @@ fn timelines_end_on_a_master_that_cannot_reach_the_coordinator() {
         .block_on(open_timeline(&mut raw, "4", "stall-probe"))
         .expect("a stream on the master");
 
-    stop(&sys, "coordinator");
+    sys.stop("coordinator");
     // The stream ends by itself: nothing is sent on it.
     let end = rt.block_on(async {
         tokio::time::timeout(DEADLINE, async {
@@ -211,7 +98,7 @@ fn timelines_end_on_a_master_that_cannot_reach_the_coordinator() {
         "a refused write on a fenced master",
     );
 
-    signal(&sys, "coordinator", "-CONT");
+    sys.signal("coordinator", "-CONT");
     wait_until("every process alive in the table again", || {
         sys.table()
             .is_some_and(|t| t.servers.iter().all(|e| e.alive))
@@ -238,7 +125,7 @@ fn posts_pushed_to_a_stalled_synchronizer_arrive_once() {
     let sys = System::full_with(3, HB, 1_000);
     let mut poster = Client::logged_in(sys.coord_port, 1);
     let mut remote = Client::logged_in(sys.coord_port, 2); // cluster 2
-    follow(&sys, &mut remote, 2, 1);
+    sys.follow(&mut remote, 2, 1);
     remote.enter_timeline();
     poster.enter_timeline();
     let before = texts("y", 0..3);
@@ -247,7 +134,7 @@ fn posts_pushed_to_a_stalled_synchronizer_arrive_once() {
     wait_file_posts(&sys.server_dir(2, m2).join("u2_timeline.txt"), 1, &before);
 
     let name = System::synchronizer_name(2);
-    stop(&sys, &name);
+    sys.stop(&name);
     let during = texts("y", 3..8);
     poster.send_all(&during);
     let m1 = sys.master_of(1).expect("a master in cluster 1");
@@ -265,7 +152,7 @@ fn posts_pushed_to_a_stalled_synchronizer_arrive_once() {
                 .any(|e| e.kind == Kind::Synchronizer as i32 && e.cluster_id == 2 && !e.alive)
         })
     });
-    signal(&sys, &name, "-CONT");
+    sys.signal(&name, "-CONT");
     let mut all = before.clone();
     all.extend(during);
     for s in 1..=2 {

@@ -338,3 +338,31 @@ pub fn texts(prefix: &str, numbers: impl IntoIterator<Item = u32>) -> Vec<String
         .map(|i| format!("{prefix}{i}"))
         .collect()
 }
+
+impl Client {
+    /// The texts of `author`'s posts on a client's screen, in order.
+    pub fn screen_posts(&self, author: u64) -> Vec<String> {
+        let head = format!("{author} (");
+        self.seen
+            .iter()
+            .filter(|l| l.starts_with(&head))
+            .filter_map(|l| l.split_once(") >> ").map(|(_, t)| t.to_string()))
+            .collect()
+    }
+
+    /// Reads the client's output until every text of `want` by `author` was on
+    /// its screen, within the deadline (other posts keep coming meanwhile).
+    pub fn wait_screen(&mut self, author: u64, want: &[String], who: &str) {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let shown = self.screen_posts(author);
+            if want.iter().all(|w| shown.contains(w)) {
+                return;
+            }
+            if self.next_line_before(until).is_none() {
+                let missing: Vec<&String> = want.iter().filter(|w| !shown.contains(w)).collect();
+                panic!("{who}: never saw {missing:?}; screen: {:#?}", self.seen);
+            }
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! Reading what the servers wrote: whole files, posts, records, and
 //! snapshots of directories to prove that something wrote nothing.
 
-use std::collections::BTreeMap;
+use super::process::wait_for;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -151,4 +152,50 @@ pub fn assert_same_files(before: &Snapshot, after: &Snapshot, what: &str) {
         }
     }
     panic!("{what} changed files:\n{}", diffs.join("\n"));
+}
+
+/// Each text of `want` occurs exactly once in `got`, and nothing in `got`
+/// occurs twice.
+pub fn assert_each_once(got: &[String], want: &[String], what: &str) {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for g in got {
+        *counts.entry(g.as_str()).or_default() += 1;
+    }
+    let dups: Vec<(&str, usize)> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(t, n)| (*t, *n))
+        .collect();
+    assert!(dups.is_empty(), "{what}: shown more than once: {dups:?}");
+    let missing: Vec<&String> = want
+        .iter()
+        .filter(|w| !counts.contains_key(w.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "{what}: missing {missing:?}");
+}
+
+/// Polls until every text of `want` by `author` is in the post file, then
+/// asserts that each is there exactly once. On the deadline, panics naming
+/// the missing texts.
+pub fn wait_file_posts(path: &Path, author: u64, want: &[String]) {
+    let texts = || -> Vec<String> {
+        posts_in(path)
+            .into_iter()
+            .filter(|(u, _)| *u == author)
+            .map(|(_, t)| t)
+            .collect()
+    };
+    wait_for(
+        &format!("the posts of {author} in {}", path.display()),
+        || {
+            let got = texts();
+            let missing: Vec<&String> = want.iter().filter(|w| !got.contains(w)).collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?} (has {} of them)", got.len()))
+            }
+        },
+    );
+    assert_each_once(&texts(), want, &path.display().to_string());
 }

@@ -1,6 +1,7 @@
 //! Waiting, ports and child processes: what every other part of the harness
 //! stands on.
 
+use super::files::read;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -116,4 +117,34 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `sig` (as `kill` takes it: `-STOP`, `-CONT`) to process `pid`.
+pub fn signal_pid(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill {sig} {pid} failed");
+}
+
+/// Whether every thread of a process is stopped (state `T` in
+/// `/proc/<pid>/task/*/stat`): `kill -STOP` returns before that.
+pub fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for t in tasks.flatten() {
+        let stat = read(&t.path().join("stat"));
+        // "pid (comm) S ...": the state follows the last ')'.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if !matches!(state, Some('T') | Some('t')) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }

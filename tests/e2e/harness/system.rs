@@ -2,8 +2,11 @@
 //! its own temporary directory, and what the coordinator's table says about
 //! it. Every wait here reads the table (`GetTable`), never a log.
 
+use super::client::{Client, SUCCESS};
 use super::files::read;
-use super::process::{Proc, free_port, runtime, wait_for, wait_until};
+use super::process::{
+    Proc, all_threads_stopped, free_port, runtime, signal_pid, wait_for, wait_until,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -423,5 +426,42 @@ impl System {
         } else {
             Err(format!("missing {missing:?}; table {:?}", table.servers))
         }
+    }
+}
+
+/// Signals, pauses and follows, in the system's terms.
+impl System {
+    /// Sends `sig` (`-STOP`, `-CONT`) to a process by name.
+    pub fn signal(&self, name: &str, sig: &str) {
+        signal_pid(self.procs[name].pid(), sig);
+    }
+
+    /// Stops (SIGSTOP) a process by name and waits until every thread of it
+    /// is stopped: `kill -STOP` returns before that.
+    pub fn stop(&self, name: &str) {
+        self.signal(name, "-STOP");
+        let pid = self.procs[name].pid();
+        wait_until(&format!("every thread of {name} to stop"), || {
+            all_threads_stopped(pid)
+        });
+    }
+
+    /// `client`, logged in as `user`, follows `followee`, once the followee
+    /// is known in the user's cluster; waits until the follow is known in
+    /// the followee's cluster.
+    pub fn follow(&self, client: &mut Client, user: u64, followee: u64) {
+        let (fc, uc) = (self.cluster_of(followee), self.cluster_of(user));
+        wait_until(&format!("user {followee} known in cluster {uc}"), || {
+            self.master_of(uc)
+                .is_some_and(|m| self.has_user(uc, m, followee))
+        });
+        assert_eq!(client.command(&format!("FOLLOW {followee}")), SUCCESS);
+        wait_until(
+            &format!("{user}'s follow of {followee} in cluster {fc}"),
+            || {
+                self.master_of(fc)
+                    .is_some_and(|m| self.has_follower(fc, m, followee, user))
+            },
+        );
     }
 }
