@@ -145,6 +145,9 @@ pub(crate) struct OpenedDir {
     pub(crate) journal: Journal,
     /// Every journaled operation (their client ids are remembered).
     pub(crate) replay: Vec<WriteOp>,
+    /// The undecided operations a start as master owes (also in `owed`):
+    /// their ids are in flight until they are finished.
+    pub(crate) in_flight: Vec<WriteOp>,
     /// The client ids of the ids file ([`storage::ids`]), oldest first.
     pub(crate) known_ids: Vec<storage::ids::IdLine>,
     /// Those the replay could not finish (the disk is full, an I/O error):
@@ -158,9 +161,12 @@ pub(crate) struct OpenedDir {
 /// a damaged file (its user's problem, see [`Store`]) nor a full disk stops
 /// the server from starting: a replay that fails stops there, and what is
 /// left of it is owed. What the journal holds undecided (the batch a crash
-/// caught in flight) is replayed only by a server that starts as master
-/// (`as_master`, the coordinator's first answer); a slave drops it
-/// ([`crate::storage::journal`]).
+/// caught in flight, see [`crate::storage::journal`]) is never written here
+/// at start-up: a server that starts as slave (`as_master` false, from the
+/// coordinator's first answer) drops it, and one that starts as master owes
+/// it, so it is mirrored and written like any write, under a lease, once
+/// this server is master; should the slave be promoted meanwhile, it is
+/// dropped with the rest of what this server owed when it resyncs.
 fn open_dir(
     dir: &std::path::Path,
     opts: &Options,
@@ -173,18 +179,21 @@ fn open_dir(
         Vec::new()
     });
     let (mut journal, Replay { decided, undecided }) = Journal::open(dir, opts.fsync)?;
-    let mut replay = decided;
-    if as_master {
-        replay.extend(undecided);
-    } else if !undecided.is_empty() {
-        log::info!(
-            "dropping {} journaled operation(s) that were in flight when the last run \
-             stopped: this server starts as slave, and its master has everything that \
-             was acknowledged",
-            undecided.len()
-        );
-        journal.drop_undecided()?;
-    }
+    let replay = decided;
+    let in_flight = if as_master {
+        undecided
+    } else {
+        if !undecided.is_empty() {
+            log::info!(
+                "dropping {} journaled operation(s) that were in flight when the last run \
+                 stopped: this server starts as slave, and its master has everything that \
+                 was acknowledged",
+                undecided.len()
+            );
+            journal.drop_undecided()?;
+        }
+        Vec::new()
+    };
     let mut owed = Vec::new();
     for (i, op) in replay.iter().enumerate() {
         if let Err(e) = store.apply(op) {
@@ -200,10 +209,18 @@ fn open_dir(
             break;
         }
     }
+    if !in_flight.is_empty() {
+        log::info!(
+            "{} journaled operation(s) were in flight when the last run stopped: \
+             they are mirrored and written once this server is master",
+            in_flight.len()
+        );
+        owed.extend(in_flight.iter().cloned());
+    }
     if !replay.is_empty() {
         log::info!(
             "replayed {} journaled operation(s)",
-            replay.len() - owed.len()
+            replay.len() - (owed.len() - in_flight.len())
         );
         // Their ids outlive the journal, which is emptied below.
         let lines = crate::server::client_ids::ClientId::lines(&replay);
@@ -242,6 +259,7 @@ fn open_dir(
         replay,
         known_ids,
         owed,
+        in_flight,
     })
 }
 
@@ -352,6 +370,7 @@ async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started
         replay,
         known_ids,
         owed,
+        in_flight,
     } = tokio::task::spawn_blocking(move || open_dir(&open_path, &open_opts, clusters, as_master))
         .await??;
     let (ask, asks) = mpsc::channel(16);
@@ -374,6 +393,9 @@ async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started
         }
         for op in &replay {
             st.ids.record(op);
+        }
+        for op in &in_flight {
+            st.ids.stage(op);
         }
     }
     node.on_heartbeat(first, sent, None);

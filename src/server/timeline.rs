@@ -323,8 +323,10 @@ pub(crate) async fn open(
         })?
         .map_err(Error::from)?
         .ok_or_else(|| Error::Invalid("the stream ended before naming its user".into()))?;
-    let user = node.caller(&first.username, &first.session, conn.as_ref())?;
+    // Where first: a stream on a server that cannot serve it goes elsewhere,
+    // whatever its session says here.
     still_serving(&node)?;
+    let user = node.caller(&first.username, &first.session, conn.as_ref())?;
     let (user_slot, total_slot) = slots.take(user)?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let (end_tx, end_rx) = oneshot::channel();

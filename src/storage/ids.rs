@@ -28,8 +28,8 @@
 //! off. A damaged file (not a regular file) is reported and costs only the
 //! ids it held: the server starts without them.
 
-use super::file::{append_whole, open_append, open_read, sync_dir};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use super::file::{append_whole, open_append, open_read, replace_whole};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 pub const IDS_FILE: &str = "client_ids.txt";
@@ -161,12 +161,7 @@ pub fn rewrite(dir: &Path, ids: impl Iterator<Item = IdLine>) -> io::Result<()> 
     for id in ids {
         id.encode(&mut text);
     }
-    let tmp = dir.join(format!("{IDS_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, ids_file(dir))?;
-    sync_dir(dir)
+    replace_whole(&ids_file(dir), text.as_bytes())
 }
 
 #[cfg(test)]

@@ -43,12 +43,15 @@
 //! lease held, and the master then appends the mark `C` (not flushed; the
 //! next batch's flush takes it along). A slave journals only what it took,
 //! with its mark in the same write. Replay ([`Replay`]) applies what is
-//! decided, and what follows the last mark (at most the batch in flight)
-//! only on a server that comes back as master: there it may have been
-//! acknowledged (a crash of the machine can lose an unflushed mark) and is
-//! the only copy; a retry of it is recognised by its client id. A server
-//! that comes back as slave drops it: its master has everything that was
-//! acknowledged.
+//! decided. What follows the last mark (at most the batch in flight) is
+//! never applied at start-up: a server that comes back as slave drops it
+//! (its master has everything that was acknowledged), and one that comes
+//! back as master owes it, so it is mirrored and written like any write,
+//! under a lease, and then decided (it may have been acknowledged: a crash
+//! of the machine can lose an unflushed mark; a retry of it waits for it
+//! and is answered once it is stored). An abandoned batch is taken back
+//! out ([`Journal::take_back`]), and if that fails, before anything else
+//! is appended, so the mark of a later batch never decides it.
 //!
 //! # When writing the data files fails
 //! The journal is also what finishes a write whose records could not all be
@@ -94,8 +97,22 @@ pub struct Replay {
 /// The line that decides everything above it.
 const MARK: &str = "C\n";
 
+/// Where the journal stood before an append: [`Journal::take_back`] cuts
+/// back to it, unless the journal was emptied since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    generation: u64,
+    len: u64,
+}
+
 pub struct Journal {
     path: PathBuf,
+    /// Counts the times it was emptied: a [`Mark`] from before is void.
+    generation: u64,
+    /// A take-back that failed: cut back to this before anything else is
+    /// appended, so that an abandoned batch is never decided by the mark
+    /// of a later one.
+    cut_back: Option<u64>,
     /// The length up to the last mark ([`Journal::drop_undecided`]).
     decided_len: u64,
     /// Durability on: every batch is journaled and flushed.
@@ -140,6 +157,8 @@ impl Journal {
             None
         };
         let journal = Journal {
+            generation: 0,
+            cut_back: None,
             len,
             decided_len,
             path,
@@ -211,6 +230,10 @@ impl Journal {
         if text.is_empty() {
             return Ok(());
         }
+        if let Some(len) = self.cut_back {
+            self.truncate_to(len)?;
+            self.cut_back = None;
+        }
         let f = match &mut self.file {
             Some(f) => f,
             None => self.file.insert(storage::open_append(&self.path)?),
@@ -233,20 +256,38 @@ impl Journal {
         Ok(())
     }
 
-    /// The journal's length: [`Journal::truncate_to`] it to take back what
-    /// was appended since.
+    /// The journal's length.
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Where it stands now, to take back what is appended next.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            generation: self.generation,
+            len: self.len,
+        }
+    }
+
+    /// Takes back what was appended since `mark` (a batch that was
+    /// abandoned: never written to the files nor acknowledged, so it must
+    /// not be replayed). A journal emptied since holds nothing of it (a
+    /// resync's checkpoint, say; what was appended after that is not the
+    /// batch's). Should the cut fail, it is made before the next append.
+    pub fn take_back(&mut self, mark: Mark) -> io::Result<()> {
+        if mark.generation != self.generation {
+            return Ok(());
+        }
+        self.truncate_to(mark.len).inspect_err(|_| {
+            self.cut_back = Some(mark.len);
+        })
     }
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// Takes back the operations appended after `len` (a batch that was
-    /// abandoned: never written to the files nor acknowledged, so it must not
-    /// be replayed).
-    pub fn truncate_to(&mut self, len: u64) -> io::Result<()> {
+    fn truncate_to(&mut self, len: u64) -> io::Result<()> {
         if len >= self.len {
             return Ok(());
         }
@@ -286,6 +327,8 @@ impl Journal {
         }
         self.len = 0;
         self.decided_len = 0;
+        self.generation += 1;
+        self.cut_back = None;
         Ok(())
     }
 }
@@ -517,10 +560,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path(), true).unwrap();
         j.append(&sample()[..1]).unwrap();
-        let mark = j.len();
+        let mark = j.mark();
         j.append(&sample()[1..]).unwrap();
-        j.truncate_to(mark).unwrap();
+        j.take_back(mark).unwrap();
         assert_eq!(ops_of(dir.path()), sample()[..1]);
+        // A mark from before the journal was emptied cuts nothing after.
+        let old = j.mark();
+        j.clear().unwrap();
+        j.append_decided(&sample()[2..3]).unwrap();
+        j.take_back(old).unwrap();
+        assert_eq!(ops_of(dir.path()), sample()[2..3]);
     }
 
     #[test]

@@ -76,10 +76,12 @@ fn journal_is_replayed_at_start_up_once_and_a_torn_line_ignored() {
         vec![],
         "user 1 has posts before the test wrote any"
     );
+    // The whole lines end with the mark that says the slave took them.
     let whole = format!(
         "A 4\n\
          F 4 1 {t_follow} + 77\n\
-         P 1 {t_post} 912 hello from the journal\n"
+         P 1 {t_post} 912 hello from the journal\n\
+         C\n"
     );
     let torn = format!("P 1 {t_torn} 913 torn line never acknowledged");
     append(&journal, &whole);
@@ -211,7 +213,7 @@ fn without_fsync_nothing_is_journaled_and_a_leftover_journal_is_replayed() {
     // A journal left by an earlier run with durability on: replayed, then
     // removed, even with durability off now.
     std::fs::create_dir_all(&dir1).expect("server dir");
-    append(&dir1.join(JOURNAL), "A 7\n");
+    append(&dir1.join(JOURNAL), "A 7\nC\n");
     sys.start_server_with(1, 1, NO_FSYNC);
     sys.wait_for_role(1, 1, Role::Master);
     wait_until("the leftover journal replayed and removed", || {

@@ -20,7 +20,7 @@ use super::snapshot::{Installer, manifest};
 use crate::error::Error;
 use crate::proto::tinysns::replica_client::ReplicaClient;
 use crate::proto::tinysns::{JoinRequest, SnapshotRequest};
-use crate::server::client_ids::ClientId;
+use crate::server::client_ids::{ClientId, ClientIds};
 use crate::server::node::{Node, shutting_down};
 use crate::server::role::{Following, Incarnation, Seq};
 use crate::storage;
@@ -148,6 +148,18 @@ impl Node {
                 }
                 // The master's client ids came with its files: a retry of
                 // a write we only know from the snapshot is recognised too.
+                // Ours go: some may be of writes the master abandoned,
+                // which its files do not hold (a retry must store them).
+                // Retries waiting here for writes of ours that will not be
+                // finished are told so.
+                st.ids = ClientIds::default();
+                for (_, waiting) in std::mem::take(&mut st.retries) {
+                    for w in waiting {
+                        let _ = w.send(Err(Error::Unavailable(
+                            "this server is a slave now; ask the coordinator for the master".into(),
+                        )));
+                    }
+                }
                 let known = crate::storage::ids::load(&n.dir).unwrap_or_else(|e| {
                     log::error!("{e}; the master's client ids are not known here");
                     Vec::new()
