@@ -148,9 +148,14 @@
 //! previous incarnation died, maybe with its directory deleted, possibly too
 //! fast for the failure window to notice. If an in-service slave is alive, it
 //! has every acknowledged write, so it is promoted at once (epoch + 1) and the
-//! restarted server becomes its slave (and resyncs). Otherwise the restarted
-//! server stays master at the same epoch: whatever it has is the best copy
-//! there is.
+//! restarted server becomes its slave (and resyncs). So it is, within the
+//! first failure window after a restart of the coordinator, when the
+//! recorded in-service slave has not heartbeated yet: not heard from is not
+//! down, and the restarted master waits as slave for it (found by `bench
+//! chaos`: a master killed with its directory deleted and the coordinator
+//! killed right after; kept master, the emptied server had its slave resync
+//! from nothing). Otherwise the restarted server stays master at the same
+//! epoch: whatever it has is the best copy there is.
 //!
 //! # Restart of the coordinator
 //!

@@ -533,7 +533,7 @@ impl Table {
         let role = if me_master || (!other_alive_master && st.master == Some(id)) {
             // The master of the cluster (in the table, or recorded before a
             // restart of the coordinator).
-            self.master_heartbeats(key, claimed, st.epoch)
+            self.master_heartbeats(key, claimed, st.epoch, now)
         } else if other_alive_master {
             Role::Slave
         } else {
@@ -562,10 +562,22 @@ impl Table {
     /// The role of the cluster's master when it heartbeats: master, unless it
     /// is a fresh process (NONE) and an alive in-service slave can take over
     /// (see *Restarted master*).
-    fn master_heartbeats(&mut self, key: Key, claimed: Role, epoch: u64) -> Role {
+    ///
+    /// A coordinator that has just restarted has not heard from anyone yet:
+    /// an in-service slave it has not heard from is not known to be down.
+    /// So within its start-up window a restarted master hands over to the
+    /// recorded in-service slave all the same, before that slave's first
+    /// heartbeat, and waits as slave for it: the restarted master may have
+    /// come back without its directory, and keeping it master would have
+    /// the slave resync from an empty directory (found by `bench chaos`: a
+    /// master killed with its directory deleted, the coordinator killed
+    /// right after). Should that slave be down too (two failures), the
+    /// cluster waits for it, as for any master that is down.
+    fn master_heartbeats(&mut self, key: Key, claimed: Role, epoch: u64, now: Instant) -> Role {
         let (_, cluster, id) = key;
         let heir = if claimed == Role::None {
             self.alive_in_service_slave(cluster)
+                .or_else(|| self.unheard_in_service_slave(cluster, now))
                 .filter(|&(_, _, s)| s != id)
         } else {
             None
@@ -614,6 +626,14 @@ impl Table {
         }
         self.make_master(key, claim_ok);
         Role::Master
+    }
+
+    /// The recorded in-service slave of a cluster while this coordinator is
+    /// in its start-up window and has not heard from it yet.
+    fn unheard_in_service_slave(&self, cluster: u32, now: Instant) -> Option<Key> {
+        let key = (Kind::Server, cluster, self.state(cluster).in_service?);
+        let heard = self.entries.get(&key).is_some_and(|e| e.alive);
+        (self.in_grace(now) && !heard).then_some(key)
     }
 
     /// The in-service slave of a cluster if it is alive (and a slave).
@@ -1214,6 +1234,38 @@ mod tests {
         t.check(t1 + HB * 2);
         let r = hb(&mut t, &server(1, 1, Role::None), 0, t1 + HB * 2);
         assert_eq!((role(&r), r.epoch), (Role::Slave, 2));
+    }
+
+    #[test]
+    fn a_restarted_master_waits_for_the_in_service_slave_a_restarted_coordinator_has_not_heard() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_before, _, t1) = pair(dir.path(), true);
+        // The master is killed (its directory deleted), then the
+        // coordinator; the master comes back first.
+        let t2 = t1 + HB * 10;
+        let t = &mut Table::load(3, HB, dir.path(), t2).expect("reload");
+        let r = hb(t, &server(1, 1, Role::None), 0, t2 + HB / 2);
+        assert_eq!(
+            (role(&r), r.epoch),
+            (Role::Slave, 2),
+            "it does not stay master"
+        );
+        assert!(r.peer.is_none(), "nobody to resync from yet");
+        assert_eq!(t.state(1), state(2, 2, 0));
+        // The slave with the data takes over as it heartbeats.
+        let r = hb(t, &server(1, 2, Role::Slave), 1, t2 + HB);
+        assert_eq!((role(&r), r.epoch), (Role::Master, 2));
+        let r = hb(t, &server(1, 1, Role::Slave), 2, t2 + HB * 3 / 2);
+        assert_eq!(role(&r), Role::Slave);
+        assert_eq!(r.peer.expect("its master").server_id, 2);
+        // Past the start-up window, an unheard slave is a dead one: a
+        // restarted master stays master (the rule below).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_t, _, t1) = pair(dir.path(), true);
+        let late = t1 + HB * 10;
+        let mut t = Table::load(3, HB, dir.path(), late).expect("reload");
+        let r = hb(&mut t, &server(1, 1, Role::None), 0, late + HB * 3);
+        assert_eq!((role(&r), r.epoch), (Role::Master, 1));
     }
 
     #[test]
