@@ -81,13 +81,7 @@ impl System {
             ports: HashMap::new(),
             procs: HashMap::new(),
         };
-        let port = sys.coord_port.to_string();
-        let clusters = sys.settings.clusters.to_string();
-        sys.spawn(
-            "coordinator",
-            "coordinator",
-            &["-p", &port, "--clusters", &clusters],
-        )?;
+        sys.start_coordinator()?;
         sys.wait_for("the coordinator", Duration::from_secs(10), |t| t.is_some())
             .await?;
         for c in 1..=sys.settings.clusters {
@@ -104,6 +98,18 @@ impl System {
         }
         sys.wait_ready(Duration::from_secs(120)).await?;
         Ok(sys)
+    }
+
+    /// Starts (or restarts, on the same port and with the same state file)
+    /// the coordinator.
+    pub fn start_coordinator(&mut self) -> Result<(), BoxError> {
+        let port = self.coord_port.to_string();
+        let clusters = self.settings.clusters.to_string();
+        self.spawn(
+            "coordinator",
+            "coordinator",
+            &["-p", &port, "--clusters", &clusters],
+        )
     }
 
     fn spawn(&mut self, name: &str, bin: &str, args: &[&str]) -> Result<(), BoxError> {
@@ -191,6 +197,26 @@ impl System {
         Ok(())
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) to a running process.
+    pub fn signal(&self, name: &str, signal: libc::c_int) -> Result<(), BoxError> {
+        let pid = self.pid(name).ok_or_else(|| format!("no process {name}"))?;
+        let pid = libc::pid_t::try_from(pid).map_err(|_| format!("bad pid {pid}"))?;
+        // SAFETY: kill(2) on a child we started and have not reaped.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(format!(
+                "signal {signal} to {name}: {}",
+                std::io::Error::last_os_error()
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Whether a process of that name was started and not killed since.
+    pub fn running(&self, name: &str) -> bool {
+        self.procs.contains_key(name)
+    }
+
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.logs.join(format!("{name}.log"))
     }
@@ -218,6 +244,15 @@ impl System {
     pub async fn table(&self) -> Option<ServerList> {
         let mut c = self.client.clone();
         c.get_table(Empty {}).await.ok().map(|r| r.into_inner())
+    }
+
+    /// The routing table, or `None` if the coordinator does not answer
+    /// within `limit` (it may be stopped).
+    pub async fn table_within(&self, limit: Duration) -> Option<ServerList> {
+        tokio::time::timeout(limit, self.table())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Polls the routing table until `ok`, or fails after `limit`.
