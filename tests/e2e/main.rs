@@ -21,6 +21,7 @@ mod course_sessions;
 mod disk_faults;
 mod durability;
 mod failover;
+mod network;
 mod peer_input;
 mod shutdown;
 mod slave_restart;

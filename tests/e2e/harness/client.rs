@@ -27,10 +27,12 @@ pub const TITLE: [&str; 8] = [
     TITLE_END,
 ];
 
-/// The client of `user`, its output to be read through a pipe.
-fn command(coord_port: u16, user: u64, env: &[(&str, &str)]) -> Command {
+/// The client of `user`, its output to be read through a pipe. It runs in
+/// the network namespace of the calling thread (a lab host the test
+/// entered, or the test's own).
+fn command(coord_host: &str, coord_port: u16, user: u64, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_client"));
-    cmd.args(["-h", "127.0.0.1", "-k", &coord_port.to_string()])
+    cmd.args(["-h", coord_host, "-k", &coord_port.to_string()])
         .args(["-u", &user.to_string()])
         .env_remove("SNS_TLS_CA")
         .envs(env.iter().copied())
@@ -60,7 +62,13 @@ pub struct Client {
 
 impl Client {
     pub fn start(coord_port: u16, user: u64, env: &[(&str, &str)]) -> Client {
-        let mut proc = Proc::spawn(command(coord_port, user, env), "the client");
+        Client::start_at("127.0.0.1", coord_port, user, env)
+    }
+
+    /// [`Client::start`] with the coordinator at `coord_host`.
+    pub fn start_at(coord_host: &str, coord_port: u16, user: u64, env: &[(&str, &str)]) -> Client {
+        let cmd = command(coord_host, coord_port, user, env);
+        let mut proc = Proc::spawn(cmd, "the client");
         let stdout = proc.child.stdout.take().expect("stdout");
         let stdin = proc.child.stdin.take();
         let (tx, rx) = mpsc::channel();
@@ -226,7 +234,8 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn start(coord_port: u16, user: u64) -> RawClient {
-        let mut proc = Proc::spawn(command(coord_port, user, &[]), "the client");
+        let cmd = command("127.0.0.1", coord_port, user, &[]);
+        let mut proc = Proc::spawn(cmd, "the client");
         let mut stdout = proc.child.stdout.take().expect("stdout");
         let out = Arc::new(Mutex::new(Vec::new()));
         let sink = out.clone();

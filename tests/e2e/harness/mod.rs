@@ -13,11 +13,13 @@
 //! | [`grpc`] | a server's client API called directly |
 //! | [`peer`] | peer services called directly, with or without the cluster key |
 //! | [`files`] | reading data files; snapshots that prove nothing was written |
+//! | [`hosts`] | a system spread over the hosts of a `netlab` lab (one network namespace per process), links to cut |
 
 pub mod client;
 pub mod course;
 pub mod files;
 pub mod grpc;
+pub mod hosts;
 pub mod peer;
 pub mod process;
 pub mod system;

@@ -22,6 +22,10 @@ pub struct System {
     pub ports: HashMap<String, u16>,
     /// With TLS: the CA and the certificate every process uses.
     pub tls: Option<tinysns::trust::tls::Made>,
+    /// In a lab ([`super::hosts`]): every process on a host of its own,
+    /// reached at that host's address. `None`: everything on loopback.
+    /// Dropped after the processes (fields drop after `Drop::drop`).
+    pub lab: Option<std::sync::Arc<netlab::Lab>>,
 }
 
 impl Drop for System {
@@ -69,6 +73,17 @@ impl System {
     }
 
     fn create(clusters: u32, heartbeat_ms: u64, sync_ms: u64, tls: bool) -> System {
+        System::create_in(clusters, heartbeat_ms, sync_ms, tls, None)
+    }
+
+    /// A coordinator alone, on `lab`'s host for it when there is a lab.
+    pub(super) fn create_in(
+        clusters: u32,
+        heartbeat_ms: u64,
+        sync_ms: u64,
+        tls: bool,
+        lab: Option<std::sync::Arc<netlab::Lab>>,
+    ) -> System {
         let dir = tempfile::tempdir().expect("tempdir");
         let tls = tls.then(|| {
             let hosts = ["localhost".to_string(), "127.0.0.1".to_string()];
@@ -83,6 +98,7 @@ impl System {
             procs: HashMap::new(),
             ports: HashMap::new(),
             tls,
+            lab,
         };
         s.start_coordinator();
         s
@@ -103,7 +119,7 @@ impl System {
     }
 
     /// Every cluster's pair and synchronizer, once the coordinator runs.
-    fn start_rest(&mut self) {
+    pub(super) fn start_rest(&mut self) {
         for c in 1..=self.clusters {
             self.start_pair(c);
         }
@@ -190,9 +206,29 @@ impl System {
         .any(|l| l.starts_with(&format!("+ {follower} ")))
     }
 
-    fn command(&self, bin: &str) -> Command {
-        let mut cmd = Command::new(bin);
-        cmd.env("SNS_HEARTBEAT_MS", self.heartbeat_ms.to_string())
+    /// The address process `name` listens at and hands out: its lab
+    /// host's, or loopback.
+    pub fn addr_of(&self, name: &str) -> String {
+        match &self.lab {
+            Some(lab) => lab.addr(&super::hosts::host_of(name)).to_string(),
+            None => "127.0.0.1".to_string(),
+        }
+    }
+
+    /// The coordinator's address (without the port).
+    pub fn coord_host(&self) -> String {
+        self.addr_of("coordinator")
+    }
+
+    /// `bin` to be run as process `name`: on its lab host, with `SNS_HOST`
+    /// its address, or here on loopback.
+    fn command(&self, name: &str, bin: &str) -> Command {
+        let mut cmd = match &self.lab {
+            Some(lab) => lab.command(&super::hosts::host_of(name), bin),
+            None => Command::new(bin),
+        };
+        cmd.env("SNS_HOST", self.addr_of(name))
+            .env("SNS_HEARTBEAT_MS", self.heartbeat_ms.to_string())
             .env("SNS_SYNC_INTERVAL_MS", self.sync_ms.to_string())
             .env("SNS_DATA_DIR", self.data_dir())
             // The system's own key and TLS settings, never the caller's.
@@ -220,13 +256,13 @@ impl System {
     }
 
     pub fn start_coordinator(&mut self) {
-        let mut cmd = self.command(env!("CARGO_BIN_EXE_coordinator"));
+        let mut cmd = self.command("coordinator", env!("CARGO_BIN_EXE_coordinator"));
         cmd.args(["-p", &self.coord_port.to_string()])
             .args(["--clusters", &self.clusters.to_string()]);
         self.spawn("coordinator", cmd);
-        let port = self.coord_port;
+        let addr = format!("{}:{}", self.coord_host(), self.coord_port);
         wait_until("the coordinator to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            std::net::TcpStream::connect(&addr).is_ok()
         });
     }
 
@@ -260,9 +296,9 @@ impl System {
     pub fn start_server_with(&mut self, c: u32, s: u32, env: &[(&str, &str)]) {
         let name = Self::server_name(c, s);
         let port = *self.ports.entry(name.clone()).or_insert_with(free_port);
-        let mut cmd = self.command(env!("CARGO_BIN_EXE_server"));
+        let mut cmd = self.command(&name, env!("CARGO_BIN_EXE_server"));
         cmd.args(["-c", &c.to_string(), "-s", &s.to_string()])
-            .args(["-h", "127.0.0.1", "-k", &self.coord_port.to_string()])
+            .args(["-h", &self.coord_host(), "-k", &self.coord_port.to_string()])
             .args(["-p", &port.to_string()])
             .envs(env.iter().copied());
         self.spawn(&name, cmd);
@@ -277,8 +313,8 @@ impl System {
     pub fn start_synchronizer_with(&mut self, id: u32, env: &[(&str, &str)]) {
         let name = Self::synchronizer_name(id);
         let port = *self.ports.entry(name.clone()).or_insert_with(free_port);
-        let mut cmd = self.command(env!("CARGO_BIN_EXE_synchronizer"));
-        cmd.args(["-h", "127.0.0.1", "-k", &self.coord_port.to_string()])
+        let mut cmd = self.command(&name, env!("CARGO_BIN_EXE_synchronizer"));
+        cmd.args(["-h", &self.coord_host(), "-k", &self.coord_port.to_string()])
             .args(["-p", &port.to_string(), "-i", &id.to_string()])
             .envs(env.iter().copied());
         self.spawn(&name, cmd);
@@ -286,10 +322,8 @@ impl System {
 
     /// The gRPC address of synchronizer `id`.
     pub fn synchronizer_url(&self, id: u32) -> String {
-        format!(
-            "http://127.0.0.1:{}",
-            self.ports[&Self::synchronizer_name(id)]
-        )
+        let name = Self::synchronizer_name(id);
+        format!("http://{}:{}", self.addr_of(&name), self.ports[&name])
     }
 
     /// SIGKILLs a process by name.
@@ -299,11 +333,12 @@ impl System {
 
     /// The gRPC address of server `s` of cluster `c`.
     pub fn server_url(&self, c: u32, s: u32) -> String {
-        format!("http://127.0.0.1:{}", self.ports[&Self::server_name(c, s)])
+        let name = Self::server_name(c, s);
+        format!("http://{}:{}", self.addr_of(&name), self.ports[&name])
     }
 
     pub fn table(&self) -> Option<ServerList> {
-        let addr = format!("127.0.0.1:{}", self.coord_port);
+        let addr = format!("{}:{}", self.coord_host(), self.coord_port);
         let tls = self
             .tls
             .as_ref()
