@@ -47,7 +47,7 @@ use super::Ctx;
 use super::audit::{self, Screen, Sent};
 use super::report::{Outcome, Row};
 use super::stats::Samples;
-use super::system::{Settings, System, in_service_slave, master_of};
+use super::system::{CLIENTS, Settings, System, host_of, in_service_slave, lab_hosts, master_of};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
@@ -606,6 +606,10 @@ enum FaultKind {
     PauseSynchronizer,
     KillCoordinator,
     PauseCoordinator,
+    CutMasterCoordinator,
+    CutMasterSlave,
+    IsolateSynchronizer,
+    CutMasterToCoordinatorOneWay,
 }
 
 use FaultKind as F;
@@ -621,6 +625,13 @@ const CLUSTER_FAULTS: [FaultKind; 8] = [
     F::PauseSynchronizer,
 ];
 const COORDINATOR_FAULTS: [FaultKind; 2] = [F::KillCoordinator, F::PauseCoordinator];
+/// Cluster faults that need a lab (every process on a host of its own).
+const PARTITIONS: [FaultKind; 4] = [
+    F::CutMasterCoordinator,
+    F::CutMasterSlave,
+    F::IsolateSynchronizer,
+    F::CutMasterToCoordinatorOneWay,
+];
 
 impl FaultKind {
     fn name(self) -> &'static str {
@@ -635,6 +646,10 @@ impl FaultKind {
             F::PauseSynchronizer => "SIGSTOP synchronizer, SIGCONT",
             F::KillCoordinator => "SIGKILL coordinator, restart",
             F::PauseCoordinator => "SIGSTOP coordinator, SIGCONT",
+            F::CutMasterCoordinator => "cut master from coordinator",
+            F::CutMasterSlave => "cut master from slave",
+            F::IsolateSynchronizer => "cut synchronizer from its peers",
+            F::CutMasterToCoordinatorOneWay => "cut master -> coordinator one way",
         }
     }
 
@@ -643,6 +658,11 @@ impl FaultKind {
             self,
             F::PauseMaster | F::PauseSlave | F::PauseSynchronizer | F::PauseCoordinator
         )
+    }
+
+    /// Whether the process lives on (a pause or a cut, not a kill).
+    fn keeps_process(self) -> bool {
+        self.pause() || PARTITIONS.contains(&self)
     }
 }
 
@@ -658,6 +678,8 @@ struct Fault {
     heal_at: Instant,
     healed: Option<Instant>,
     whole: Option<Instant>,
+    /// The lab links dropped (from, to), for partitions.
+    cuts: Vec<(String, String)>,
 }
 
 fn synchronizer_of(t: &ServerList, c: u32) -> Option<&tinysns::proto::tinysns::ServerInfo> {
@@ -681,7 +703,37 @@ fn inject(
     c: u32,
     heal_after: Duration,
 ) -> Result<Fault, BoxError> {
+    let mut cuts = Vec::new();
     let (proc, server, old_process, cluster) = match kind {
+        F::CutMasterCoordinator | F::CutMasterToCoordinatorOneWay | F::CutMasterSlave => {
+            let m = master_of(t, c).ok_or("no master")?;
+            let name = System::server_name(c, m.server_id);
+            let mh = host_of(&name);
+            match kind {
+                F::CutMasterSlave => {
+                    let s = in_service_slave(t, c).ok_or("no slave")?;
+                    let sh = host_of(&System::server_name(c, s.server_id));
+                    cuts.push((mh.clone(), sh.clone()));
+                    cuts.push((sh, mh));
+                }
+                F::CutMasterCoordinator => {
+                    cuts.push((mh.clone(), host_of("coordinator")));
+                    cuts.push((host_of("coordinator"), mh));
+                }
+                _ => cuts.push((mh, host_of("coordinator"))),
+            }
+            (name, Some((c, m.server_id)), m.process, Some(c))
+        }
+        F::IsolateSynchronizer => {
+            let e = synchronizer_of(t, c).ok_or("no synchronizer")?;
+            let me = host_of(&format!("synchronizer_{c}"));
+            for other in (1..=CLUSTERS).filter(|o| *o != c) {
+                let peer = host_of(&format!("synchronizer_{other}"));
+                cuts.push((me.clone(), peer.clone()));
+                cuts.push((peer, me.clone()));
+            }
+            (format!("synchronizer_{c}"), None, e.process, Some(c))
+        }
         F::KillMaster | F::KillMasterWipe | F::PauseMaster => {
             let e = master_of(t, c).ok_or("no master")?;
             (
@@ -706,7 +758,12 @@ fn inject(
         }
         F::KillCoordinator | F::PauseCoordinator => ("coordinator".to_string(), None, 0, None),
     };
-    if kind.pause() {
+    if !cuts.is_empty() {
+        let lab = sys.settings.lab.clone().ok_or("a partition needs a lab")?;
+        for (from, to) in &cuts {
+            lab.cut_one_way(from, to)?;
+        }
+    } else if kind.pause() {
         sys.signal(&proc, libc::SIGSTOP)?;
     } else {
         sys.kill(&proc)?;
@@ -727,6 +784,7 @@ fn inject(
         heal_at: now + heal_after,
         healed: None,
         whole: None,
+        cuts,
     })
 }
 
@@ -750,7 +808,12 @@ fn remove_dir(dir: &std::path::Path) -> Result<(), BoxError> {
 }
 
 fn heal(sys: &mut System, f: &mut Fault) -> Result<(), BoxError> {
-    if f.kind.pause() {
+    if !f.cuts.is_empty() {
+        let lab = sys.settings.lab.clone().ok_or("a partition needs a lab")?;
+        for (from, to) in &f.cuts {
+            lab.heal(from, to)?;
+        }
+    } else if f.kind.pause() {
         sys.signal(&f.proc, libc::SIGCONT)?;
     } else if let Some((c, s)) = f.server {
         sys.start_server(c, s)?;
@@ -785,7 +848,7 @@ fn recovered(t: &ServerList, f: &Fault, busy: &[u32]) -> bool {
     // heartbeats again. A server must be master or in service.
     let healed_ms = f.healed.map_or(0, |h| h.elapsed().as_millis() as u64);
     let back = e.alive
-        && (f.kind.pause()
+        && (f.kind.keeps_process()
             || (f.old_process != 0 && e.process != f.old_process)
             || (f.old_process == 0 && e.last_heartbeat_ms_ago < healed_ms));
     let serving = f.server.is_none()
@@ -797,6 +860,8 @@ fn recovered(t: &ServerList, f: &Fault, busy: &[u32]) -> bool {
 /// Faults injected so far, and the RNG that picks them.
 struct Injector {
     rng: StdRng,
+    /// The cluster faults to choose from (partitions only in a lab).
+    kinds: Vec<FaultKind>,
     rate_per_s: f64,
     next_at: Instant,
     active: Vec<Fault>,
@@ -808,12 +873,17 @@ struct Injector {
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(120);
 
 impl Injector {
-    fn new(seed: u64, rate_per_min: u64) -> Injector {
+    fn new(seed: u64, rate_per_min: u64, partitions: bool) -> Injector {
         let mut rng = StdRng::seed_from_u64(seed);
+        let mut kinds = CLUSTER_FAULTS.to_vec();
+        if partitions {
+            kinds.extend(PARTITIONS);
+        }
         let rate_per_s = rate_per_min as f64 / 60.0;
         let next_at = Instant::now() + exp(&mut rng, rate_per_s);
         Injector {
             rng,
+            kinds,
             rate_per_s,
             next_at,
             active: Vec::new(),
@@ -895,7 +965,7 @@ impl Injector {
         let kinds: &[FaultKind] = if target == 0 {
             &COORDINATOR_FAULTS
         } else {
-            &CLUSTER_FAULTS
+            &self.kinds
         };
         let kind = kinds[self.rng.random_range(0..kinds.len())];
         let heal_after = WINDOW.mul_f64(self.rng.random_range(0.5..3.0));
@@ -955,16 +1025,62 @@ fn first_ack_after(acks: &[(Instant, u32)], at: Instant, cluster: Option<u32>) -
         .min()
 }
 
+/// Prefix of the lab's namespaces (netlab adds this process's pid).
+const LAB_PREFIX: &str = "snc";
+
+/// Runs the scenario: as root in a lab of its own (every process on a host
+/// of its own, the posters on [`CLIENTS`], partitions among the faults);
+/// otherwise on loopback with process faults only.
 pub async fn chaos(ctx: &Ctx) -> Result<Outcome, BoxError> {
     let args = ctx.chaos.clone();
+    let root = ctx.scratch.join("chaos");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let mut out = run(root, args, None).await?;
+        out.notes.push(
+            "not root: every process on loopback, no network partitions (run as root for them)"
+                .into(),
+        );
+        return Ok(out);
+    }
+    let hosts = lab_hosts(CLUSTERS);
+    let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let lab = Arc::new(
+        netlab::Lab::with_prefix(LAB_PREFIX, &names)
+            .map_err(|e| format!("cannot build the network lab: {e}"))?,
+    );
+    let inside = lab.clone();
+    let thread = lab.spawn_in(CLIENTS, move || -> Result<Outcome, String> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(run(root, args, Some(inside)))
+            .map_err(|e| e.to_string())
+    })?;
+    let joined = tokio::task::spawn_blocking(move || thread.join()).await?;
+    let out = joined.map_err(|_| "the chaos thread panicked")??;
+    // The lab's namespaces go with the last reference, after every process
+    // (the thread's System killed them).
+    drop(lab);
+    Ok(out)
+}
+
+async fn run(
+    root: std::path::PathBuf,
+    args: super::ChaosArgs,
+    lab: Option<Arc<netlab::Lab>>,
+) -> Result<Outcome, BoxError> {
     let mut out = Outcome::new("chaos");
+    let partitions = lab.is_some();
     let mut sys = System::start(
-        &ctx.scratch.join("chaos"),
+        &root,
         Settings {
             clusters: CLUSTERS,
             heartbeat_ms: HEARTBEAT_MS,
             sync_interval_ms: SYNC_INTERVAL_MS,
             fsync: true,
+            lab,
         },
     )
     .await?;
@@ -1032,7 +1148,7 @@ pub async fn chaos(ctx: &Ctx) -> Result<Outcome, BoxError> {
             idle.clone(),
         )));
     }
-    let mut inj = Injector::new(args.seed, args.rate_per_min);
+    let mut inj = Injector::new(args.seed, args.rate_per_min, partitions);
     let run_until = start + args.duration;
     while Instant::now() < run_until {
         inj.step(&mut sys, true).await?;
@@ -1043,6 +1159,10 @@ pub async fn chaos(ctx: &Ctx) -> Result<Outcome, BoxError> {
     while !inj.active.is_empty() && Instant::now() < heal_deadline {
         inj.step(&mut sys, false).await?;
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(lab) = &sys.settings.lab {
+        // Nothing stays cut, whatever happened above.
+        lab.heal_all()?;
     }
     let _ = phase_tx.send(1);
     let finish_deadline = Instant::now() + Duration::from_secs(60);
@@ -1224,7 +1344,11 @@ pub async fn chaos(ctx: &Ctx) -> Result<Outcome, BoxError> {
         args.seed
     ));
     out.notes.push(
-        "single-failure model: at most one fault at a time per cluster plus one of the coordinator, each healed after 0.5-3 failure windows; a target takes no new fault until whole again (restarted process back, master with an in-service slave); partitions are not injected".into(),
+        format!("single-failure model: at most one fault at a time per cluster plus one of the coordinator, each healed after 0.5-3 failure windows; a target takes no new fault until whole again (restarted process back, master with an in-service slave); {}", if partitions {
+            "every process on a network namespace of its own, partitions are silent drops (nft)"
+        } else {
+            "partitions are not injected"
+        }),
     );
     out.notes.push(format!(
         "settled {} s after posting ended{}; recovery: fault (or heal) to the next acknowledged write in that cluster (any cluster for the coordinator), heal to the target whole again; ratio column is max/p50",
