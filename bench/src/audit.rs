@@ -364,7 +364,7 @@ pub fn audit(clusters: u32, dirs: &Dirs, sent: &Sent) -> Findings {
                 let key = (post.author, post.text.clone());
                 let why = if !sent.posts.contains_key(&key) {
                     Some("never sent")
-                } else if !since(following, post.author).is_some_and(|t| post.time > t) {
+                } else if since(following, post.author).is_none_or(|t| post.time <= t) {
                     Some("not followed at the post's time")
                 } else if !stored.get(&key).is_some_and(|ts| ts.contains(&post.time)) {
                     Some("not in its author's posts file with this time")

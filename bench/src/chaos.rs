@@ -7,16 +7,24 @@
 //! 1 s; a 1 s synchronizer cycle) and `--posters` simulated users, ids 1..=N
 //! (so spread over the clusters). Each poster does what this project's
 //! client does: asks the coordinator for its master, logs in with one
-//! session token, follows users (first one in its own cluster and one in
-//! another, then the others at random moments), and posts on its timeline
-//! stream with a `post_id`. After an error it asks the coordinator again and
-//! resends the same post with the same `post_id`, or the same FOLLOW with
-//! the same `request_id`; UNAVAILABLE (or a broken stream, or a deadline) is
-//! never fatal. Its channel has the client's keep-alive (half a lease), and
-//! a post unacknowledged for 5 failure windows counts as a broken stream.
-//! Its stream is opened with `resume_after` set before the run began, so
-//! its screen should get its whole timeline; every post it shows is kept
-//! (by author and time, as the client does).
+//! session token (refreshed every quarter lease, as the client's refresher
+//! does), follows users (first one in its own cluster and one in another,
+//! then the others at random times during the run), and posts on its
+//! timeline stream with a `post_id`. After an error it asks the coordinator
+//! again and resends the same post with the same `post_id`, or the same
+//! FOLLOW with the same `request_id`; UNAVAILABLE (or a broken stream, or a
+//! deadline) is never fatal. Its channel has the client's keep-alive (half a
+//! lease), and a post unacknowledged for 5 failure windows counts as a
+//! broken stream. Unlike the client, its first stream asks for everything
+//! since before the run (`resume_after`), so that its screen should get its
+//! whole timeline file; every post it shows is kept (by author and time, as
+//! the client does).
+//!
+//! As root, the run is in a [`netlab::Lab`] of its own (namespaces named
+//! `snc<pid>...`, removed at the end): the coordinator, each server and each
+//! synchronizer on a host of its own with its own address, the posters on
+//! one more host (`clients`). Without root everything is on loopback and
+//! the partitions below are left out (the report says so).
 //!
 //! # The faults
 //! Poisson arrivals at `--rate` a minute from a seeded RNG (`--seed`; the
@@ -25,15 +33,19 @@
 //! coordinator's table), or the coordinator; then a kind: SIGKILL of the
 //! master, slave or synchronizer, restarted (servers with their directory,
 //! or with it deleted); SIGSTOP, then SIGCONT; SIGKILL or SIGSTOP of the
-//! coordinator. Each is healed (restart, SIGCONT) after 0.5-3 failure
-//! windows, and the target takes no new fault until it is whole again (a
-//! restarted process is back with a new `process` number, the cluster has a
-//! master and an in-service slave). So at most one fault at a time hits a
-//! cluster, plus at most one the coordinator: the single-failure model of
-//! SPEC §4. What it does not cover (master and slave down together, a
-//! master killed while its slave is out of service) is never injected.
-//! Network partitions are not injected yet (they need every process in a
-//! namespace of its own).
+//! coordinator; and in a lab, silent drops (nft, no RST): the master cut
+//! from the coordinator only, master and slave cut from each other, the
+//! synchronizer cut from the other synchronizers, and packets from the
+//! master to the coordinator dropped (the other way open). Each is healed
+//! (restart, SIGCONT, the drops removed) after 0.5-3 failure windows, and
+//! the target takes no new fault until it is whole again (a restarted
+//! process is back, the cluster has a master and an in-service slave, and
+//! a server hit is one of them). So at most one fault at a time hits a
+//! cluster, plus at most one the coordinator, and no cluster fault starts
+//! while the coordinator has one (its table says what is whole): the
+//! single-failure model of SPEC §4. What it does not cover (master and
+//! slave down together, a master killed while its slave is out of service)
+//! is never injected.
 //!
 //! # The end
 //! Everything is healed; posters finish the operation in flight (they keep
@@ -859,6 +871,9 @@ fn recovered(t: &ServerList, f: &Fault, busy: &[u32]) -> bool {
 
 /// Faults injected so far, and the RNG that picks them.
 struct Injector {
+    /// `faults.log` in the run's directory: each injection, heal and
+    /// recovery with the wall-clock time, to read beside the processes' logs.
+    log: Option<std::fs::File>,
     rng: StdRng,
     /// The cluster faults to choose from (partitions only in a lab).
     kinds: Vec<FaultKind>,
@@ -873,7 +888,15 @@ struct Injector {
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(120);
 
 impl Injector {
-    fn new(seed: u64, rate_per_min: u64, partitions: bool) -> Injector {
+    fn note(&mut self, what: String) {
+        use std::io::Write;
+        log::info!("chaos: {what}");
+        if let Some(f) = self.log.as_mut() {
+            let _ = writeln!(f, "{} {what}", timefmt::to_rfc3339(timefmt::now()));
+        }
+    }
+
+    fn new(seed: u64, rate_per_min: u64, partitions: bool, log: Option<std::fs::File>) -> Injector {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut kinds = CLUSTER_FAULTS.to_vec();
         if partitions {
@@ -882,6 +905,7 @@ impl Injector {
         let rate_per_s = rate_per_min as f64 / 60.0;
         let next_at = Instant::now() + exp(&mut rng, rate_per_s);
         Injector {
+            log,
             rng,
             kinds,
             rate_per_s,
@@ -903,10 +927,15 @@ impl Injector {
     /// One step: heals what is due, notes what recovered, injects when due.
     async fn step(&mut self, sys: &mut System, injecting: bool) -> Result<(), BoxError> {
         let now = Instant::now();
+        let mut notes = Vec::new();
         for f in &mut self.active {
             if f.healed.is_none() && (f.heal_at <= now || !injecting) {
                 heal(sys, f)?;
+                notes.push(format!("healed: {} ({})", f.kind.name(), f.proc));
             }
+        }
+        for n in notes {
+            self.note(n);
         }
         let table = sys.table_within(Duration::from_millis(300)).await;
         if let Some(t) = &table {
@@ -922,7 +951,9 @@ impl Injector {
                 if f.healed.is_some() && recovered(t, f, &others) {
                     let mut f = self.active.remove(i);
                     f.whole = Some(Instant::now());
+                    let what = format!("whole again: {} ({})", f.kind.name(), f.proc);
                     self.done.push(f);
+                    self.note(what);
                 } else {
                     i += 1;
                 }
@@ -970,12 +1001,12 @@ impl Injector {
         let kind = kinds[self.rng.random_range(0..kinds.len())];
         let heal_after = WINDOW.mul_f64(self.rng.random_range(0.5..3.0));
         let f = inject(sys, t, kind, target, heal_after)?;
-        log::info!(
-            "chaos: {} ({}), healed in {} ms",
+        self.note(format!(
+            "injected: {} ({}), to be healed in {} ms",
             kind.name(),
             f.proc,
             heal_after.as_millis()
-        );
+        ));
         self.active.push(f);
         self.next_at = Instant::now() + exp(&mut self.rng, self.rate_per_s);
         Ok(())
@@ -1148,7 +1179,8 @@ async fn run(
             idle.clone(),
         )));
     }
-    let mut inj = Injector::new(args.seed, args.rate_per_min, partitions);
+    let fault_log = std::fs::File::create(root.join("faults.log")).ok();
+    let mut inj = Injector::new(args.seed, args.rate_per_min, partitions, fault_log);
     let run_until = start + args.duration;
     while Instant::now() < run_until {
         inj.step(&mut sys, true).await?;
@@ -1226,7 +1258,7 @@ async fn run(
     }
     let h = match Arc::try_unwrap(hist) {
         Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
-        Err(shared) => with(&shared, |h| std::mem::take(h)),
+        Err(shared) => with(&shared, std::mem::take),
     };
     // The figures.
     let posts_acked = h.posts.iter().filter(|p| p.acked).count();
