@@ -88,6 +88,7 @@ pub async fn failover(ctx: &Ctx) -> Result<Outcome, BoxError> {
             heartbeat_ms: 100,
             sync_interval_ms: 30_000,
             fsync: true,
+            lab: None,
         },
     )
     .await?;

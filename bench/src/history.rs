@@ -143,6 +143,7 @@ async fn start(
             heartbeat_ms,
             sync_interval_ms: sync_ms,
             fsync: true,
+            lab: None,
         },
     )
     .await

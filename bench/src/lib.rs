@@ -15,6 +15,11 @@
 //! | `failover` | SIGKILL of the master to the next acknowledged post; acknowledged posts lost | the failure window |
 //! | `resync` | a deleted ~100 MB directory rebuilt from the peer | `cp -r` of it |
 //! | `quiet-cycle` | synchronizer CPU in one quiet cycle on 1,000,000 posts | the same on 100 |
+//! | `chaos` | randomized faults under posting load: every acknowledged post and follow exactly once where it belongs, replicas equal; recovery times | the failure window |
+//!
+//! `chaos` is a check, not a measurement: it is not part of the default run
+//! (it runs for `--duration` seconds) and fails (exit 1) if anything was
+//! lost, doubled, unexpected or divergent.
 //!
 //! `--quick` runs each scenario briefly (CI does, so that the tool never
 //! rots); its figures mean little. `--json` writes every figure and the
@@ -22,7 +27,8 @@
 //!
 //! Modules: [`system`] starts and kills processes, [`user`] is a simulated
 //! user, [`echo`] the baseline server, [`load`], [`history`] and
-//! [`failover`] the scenarios, [`stats`] and [`report`] the figures, and
+//! [`failover`] the scenarios, [`chaos`] (with [`audit`], its check of the
+//! files) the fault run, [`stats`] and [`report`] the figures, and
 //! [`plot`] the charts.
 
 /// The echo baseline's generated gRPC code.
@@ -30,6 +36,8 @@ pub mod proto {
     tonic::include_proto!("tinysns.bench");
 }
 
+pub mod audit;
+pub mod chaos;
 pub mod echo;
 pub mod failover;
 pub mod history;
@@ -55,6 +63,7 @@ pub enum Scenario {
     Failover,
     Resync,
     QuietCycle,
+    Chaos,
 }
 
 impl Scenario {
@@ -77,6 +86,7 @@ impl Scenario {
             Scenario::Failover => "failover",
             Scenario::Resync => "resync",
             Scenario::QuietCycle => "quiet-cycle",
+            Scenario::Chaos => "chaos",
         }
     }
 
@@ -102,12 +112,17 @@ impl Scenario {
                  the next acknowledged post, acknowledged posts missing
   resync         a deleted ~100 MB directory rebuilt from the peer, beside cp -r
   quiet-cycle    synchronizer CPU in one quiet 30 s cycle on 1,000,000 posts, beside 100
+  chaos          (not in the default run) --posters across 3 clusters for --duration s
+                 while seeded random faults (SIGKILL, SIGSTOP, restarts with and without
+                 the directory) hit masters, slaves, synchronizers and the coordinator,
+                 one at a time per cluster; then checks every file: acknowledged posts
+                 and follows exactly once where they belong, replicas equal (exit 1 if not)
 
 Systems are started from the binaries beside this one (build them with
 cargo build --release) in a scratch directory, with every process's log."
 )]
 pub struct Args {
-    /// Scenarios to run (default: all), in this order.
+    /// Scenarios to run (default: all but chaos), in this order.
     #[arg(value_enum)]
     pub scenarios: Vec<Scenario>,
     /// Run every scenario briefly: a check that each runs, not a measurement.
@@ -138,6 +153,27 @@ pub struct Args {
     /// Keep the scratch directory (data and every process's log).
     #[arg(long)]
     pub keep: bool,
+    /// chaos: how long faults are injected, in seconds (--quick: 20).
+    #[arg(long, value_name = "S", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration: u64,
+    /// chaos: simulated users posting (spread over the 3 clusters).
+    #[arg(long, value_name = "N", default_value_t = 6,
+          value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub posters: u64,
+    /// chaos: seed of the fault schedule (default: random; the report
+    /// prints it so that a run can be repeated).
+    #[arg(long, value_name = "X")]
+    pub seed: Option<u64>,
+    /// chaos: faults injected per minute (at most one at a time per
+    /// cluster, plus one of the coordinator).
+    #[arg(long, value_name = "N", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=6000))]
+    pub rate: u64,
+    /// chaos: each poster's pause between two operations, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub interval_ms: u64,
     /// Internal: serve the echo baseline and print its port.
     #[arg(long, hide = true)]
     pub serve_echo: bool,
@@ -153,6 +189,17 @@ pub struct Ctx {
     /// The coordinator attached to, if any.
     pub attach: Option<String>,
     pub levels: Vec<usize>,
+    pub chaos: ChaosArgs,
+}
+
+/// What `chaos` is told on the command line.
+#[derive(Debug, Clone)]
+pub struct ChaosArgs {
+    pub duration: Duration,
+    pub posters: u64,
+    pub seed: u64,
+    pub rate_per_min: u64,
+    pub interval: Duration,
 }
 
 impl Ctx {
@@ -192,6 +239,7 @@ async fn run_one(s: Scenario, ctx: &Ctx) -> Result<Outcome, BoxError> {
         Scenario::Failover => failover::failover(ctx).await,
         Scenario::Resync => history::resync(ctx).await,
         Scenario::QuietCycle => history::quiet_cycle(ctx).await,
+        Scenario::Chaos => chaos::chaos(ctx).await,
     }
 }
 
@@ -223,6 +271,16 @@ pub async fn run(args: Args) -> i32 {
         scratch: scratch.clone(),
         attach,
         levels: args.levels.iter().map(|&l| l as usize).collect(),
+        chaos: ChaosArgs {
+            duration: Duration::from_secs(if args.quick { 20 } else { args.duration }),
+            posters: args.posters,
+            // Small enough to read, type and print exactly.
+            seed: args
+                .seed
+                .unwrap_or_else(|| rand::random_range(1..1_000_000)),
+            rate_per_min: args.rate,
+            interval: Duration::from_millis(args.interval_ms),
+        },
     };
     let mut outcomes = Vec::new();
     for s in scenarios {

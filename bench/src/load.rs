@@ -165,6 +165,7 @@ pub async fn system_for(ctx: &Ctx, name: &str, fsync: bool) -> Result<Option<Sys
             heartbeat_ms: 1000,
             sync_interval_ms: 30_000,
             fsync,
+            lab: None,
         },
     )
     .await?;

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tinysns::proto::tinysns::coordinator_client::CoordinatorClient;
 use tinysns::proto::tinysns::{Empty, Role, ServerInfo, ServerList};
@@ -20,6 +21,43 @@ pub struct Settings {
     pub heartbeat_ms: u64,
     pub sync_interval_ms: u64,
     pub fsync: bool,
+    /// Every process on a host of its own in this lab (see [`host_of`]),
+    /// started through [`netlab::Lab::command`] with `SNS_HOST` and every
+    /// address it is given its host's; the bench must then run on a host
+    /// of the lab too ([`CLIENTS`]).
+    pub lab: Option<Arc<netlab::Lab>>,
+}
+
+/// The lab host the bench and its simulated users run on.
+pub const CLIENTS: &str = "clients";
+
+/// The lab host of process `name`: `coord`, `c<c>s<s>` for a server,
+/// `c<c>sync` for a synchronizer (the names the e2e harness uses).
+pub fn host_of(name: &str) -> String {
+    if name == "coordinator" {
+        return "coord".into();
+    }
+    if let Some(rest) = name.strip_prefix("server_")
+        && let Some((c, s)) = rest.split_once('_')
+    {
+        return format!("c{c}s{s}");
+    }
+    if let Some(c) = name.strip_prefix("synchronizer_") {
+        return format!("c{c}sync");
+    }
+    CLIENTS.into()
+}
+
+/// Every host of a lab system of `clusters` clusters, the bench's last.
+pub fn lab_hosts(clusters: u32) -> Vec<String> {
+    let mut h = vec![host_of("coordinator")];
+    for c in 1..=clusters {
+        h.push(host_of(&System::server_name(c, 1)));
+        h.push(host_of(&System::server_name(c, 2)));
+        h.push(host_of(&format!("synchronizer_{c}")));
+    }
+    h.push(CLIENTS.into());
+    h
 }
 
 pub struct System {
@@ -71,8 +109,12 @@ impl System {
             }
         }
         let coord_port = free_port()?;
+        let coord_host = match &settings.lab {
+            Some(lab) => lab.addr(&host_of("coordinator")).to_string(),
+            None => "127.0.0.1".to_string(),
+        };
         let mut sys = System {
-            client: coordinator_client(&format!("127.0.0.1:{coord_port}"))?,
+            client: coordinator_client(&format!("{coord_host}:{coord_port}"))?,
             settings,
             data,
             logs,
@@ -81,13 +123,7 @@ impl System {
             ports: HashMap::new(),
             procs: HashMap::new(),
         };
-        let port = sys.coord_port.to_string();
-        let clusters = sys.settings.clusters.to_string();
-        sys.spawn(
-            "coordinator",
-            "coordinator",
-            &["-p", &port, "--clusters", &clusters],
-        )?;
+        sys.start_coordinator()?;
         sys.wait_for("the coordinator", Duration::from_secs(10), |t| t.is_some())
             .await?;
         for c in 1..=sys.settings.clusters {
@@ -106,13 +142,33 @@ impl System {
         Ok(sys)
     }
 
+    /// Starts (or restarts, on the same port and with the same state file)
+    /// the coordinator.
+    pub fn start_coordinator(&mut self) -> Result<(), BoxError> {
+        let port = self.coord_port.to_string();
+        let clusters = self.settings.clusters.to_string();
+        self.spawn(
+            "coordinator",
+            "coordinator",
+            &["-p", &port, "--clusters", &clusters],
+        )
+    }
+
     fn spawn(&mut self, name: &str, bin: &str, args: &[&str]) -> Result<(), BoxError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.logs.join(format!("{name}.log")))?;
         let s = &self.settings;
-        let child = Command::new(self.bin.join(bin))
+        let mut cmd = match &s.lab {
+            Some(lab) => {
+                let mut cmd = lab.command(&host_of(name), self.bin.join(bin));
+                cmd.env("SNS_HOST", self.host_addr(name));
+                cmd
+            }
+            None => Command::new(self.bin.join(bin)),
+        };
+        let child = cmd
             .args(args)
             .env("SNS_HEARTBEAT_MS", s.heartbeat_ms.to_string())
             .env("SNS_SYNC_INTERVAL_MS", s.sync_interval_ms.to_string())
@@ -129,6 +185,14 @@ impl System {
             .map_err(|e| format!("cannot start {bin}: {e}"))?;
         self.procs.insert(name.to_string(), child);
         Ok(())
+    }
+
+    /// The address process `name` listens at and hands out.
+    pub fn host_addr(&self, name: &str) -> String {
+        match &self.settings.lab {
+            Some(lab) => lab.addr(&host_of(name)).to_string(),
+            None => "127.0.0.1".to_string(),
+        }
     }
 
     fn port(&mut self, name: &str) -> Result<u16, BoxError> {
@@ -149,6 +213,7 @@ impl System {
         let name = Self::server_name(c, s);
         let port = self.port(&name)?.to_string();
         let coord = self.coord_port.to_string();
+        let coord_host = self.host_addr("coordinator");
         let (c, s) = (c.to_string(), s.to_string());
         self.spawn(
             &name,
@@ -159,7 +224,7 @@ impl System {
                 "-s",
                 &s,
                 "-h",
-                "127.0.0.1",
+                &coord_host,
                 "-k",
                 &coord,
                 "-p",
@@ -172,11 +237,12 @@ impl System {
         let name = format!("synchronizer_{c}");
         let port = self.port(&name)?.to_string();
         let coord = self.coord_port.to_string();
+        let coord_host = self.host_addr("coordinator");
         let id = c.to_string();
         self.spawn(
             &name,
             "synchronizer",
-            &["-h", "127.0.0.1", "-k", &coord, "-p", &port, "-i", &id],
+            &["-h", &coord_host, "-k", &coord, "-p", &port, "-i", &id],
         )
     }
 
@@ -189,6 +255,26 @@ impl System {
         child.kill()?;
         child.wait()?;
         Ok(())
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) to a running process.
+    pub fn signal(&self, name: &str, signal: libc::c_int) -> Result<(), BoxError> {
+        let pid = self.pid(name).ok_or_else(|| format!("no process {name}"))?;
+        let pid = libc::pid_t::try_from(pid).map_err(|_| format!("bad pid {pid}"))?;
+        // SAFETY: kill(2) on a child we started and have not reaped.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(format!(
+                "signal {signal} to {name}: {}",
+                std::io::Error::last_os_error()
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Whether a process of that name was started and not killed since.
+    pub fn running(&self, name: &str) -> bool {
+        self.procs.contains_key(name)
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {
@@ -212,12 +298,21 @@ impl System {
     }
 
     pub fn coordinator(&self) -> String {
-        format!("127.0.0.1:{}", self.coord_port)
+        format!("{}:{}", self.host_addr("coordinator"), self.coord_port)
     }
 
     pub async fn table(&self) -> Option<ServerList> {
         let mut c = self.client.clone();
         c.get_table(Empty {}).await.ok().map(|r| r.into_inner())
+    }
+
+    /// The routing table, or `None` if the coordinator does not answer
+    /// within `limit` (it may be stopped).
+    pub async fn table_within(&self, limit: Duration) -> Option<ServerList> {
+        tokio::time::timeout(limit, self.table())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Polls the routing table until `ok`, or fails after `limit`.

@@ -2,6 +2,9 @@
 //! end, writes its JSON report and draws its charts. Its figures mean little
 //! with `--quick`, so nothing here looks at a timing or at whether a target
 //! was met; only at whether each scenario ran and produced what it should.
+//! `bench chaos --quick` (not part of the default run) is a check of data:
+//! 20 s of seeded faults, then nothing lost, doubled, unexpected or
+//! divergent.
 
 use std::io::Read;
 use std::path::Path;
@@ -18,6 +21,9 @@ const SCENARIOS: [&str; 7] = [
     "resync",
     "quiet-cycle",
 ];
+
+/// The scenarios outside the default run, as `--help` lists them after it.
+const EXTRA_SCENARIOS: [&str; 1] = ["chaos"];
 
 /// How long a whole `--quick` run may take before it counts as hung: it
 /// takes well under a minute, but debug binaries on a busy 2-core machine
@@ -166,6 +172,66 @@ fn quick_run_completes_every_scenario_with_json_and_charts() {
     assert!(charts > 0, "the report names no chart at all{context}");
 }
 
+/// A row's value in a scenario of the JSON report.
+fn row(outcome: &serde_json::Value, what: &str) -> Option<f64> {
+    outcome["rows"]
+        .as_array()?
+        .iter()
+        .find(|r| r["what"].as_str() == Some(what))?["value"]
+        .as_f64()
+}
+
+#[test]
+fn quick_chaos_run_loses_and_doubles_nothing() {
+    let tmp = Scratch(Some(tempfile::tempdir().expect("tempdir")));
+    let json_path = tmp.path().join("chaos.json");
+    let scratch = tmp.path().join("scratch");
+    let path_arg = |p: &Path| p.to_str().expect("utf-8 temp path").to_string();
+    let (json_arg, scratch_arg) = (path_arg(&json_path), path_arg(&scratch));
+    // A fixed seed: the same fault schedule every time (what the system
+    // makes of it still varies; the checks are about data only).
+    let out = bench(&[
+        "chaos",
+        "--quick",
+        "--seed",
+        "11",
+        "--json",
+        &json_arg,
+        "--scratch",
+        &scratch_arg,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let context = format!("\n--- bench stdout ---\n{stdout}\n--- bench stderr ---\n{stderr}");
+    let text = std::fs::read_to_string(&json_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}{context}", json_path.display()));
+    let report: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}{context}", json_path.display()));
+    let o = &report["outcomes"][0];
+    assert_eq!(o["scenario"].as_str(), Some("chaos"), "{context}");
+    assert!(
+        o["error"].is_null(),
+        "chaos failed: {}{context}",
+        o["error"]
+    );
+    assert!(
+        out.status.success(),
+        "bench chaos --quick exited with {}{context}",
+        out.status
+    );
+    for what in ["lost", "doubled", "unexpected", "divergent"] {
+        assert_eq!(row(o, what), Some(0.0), "row {what:?}{context}");
+    }
+    assert!(
+        row(o, "posts acknowledged").is_some_and(|n| n > 0.0),
+        "no post was acknowledged{context}"
+    );
+    assert!(
+        row(o, "faults").is_some_and(|n| n > 0.0),
+        "no fault was injected{context}"
+    );
+}
+
 #[test]
 fn help_names_every_scenario() {
     let out = bench(&["--help"]);
@@ -184,10 +250,8 @@ fn help_names_every_scenario() {
         .and_then(|(_, rest)| rest.split_once(']'))
         .map(|(values, _)| values.split(", ").collect())
         .unwrap_or_default();
-    assert_eq!(
-        listed, SCENARIOS,
-        "the scenarios bench --help lists:\n{help}"
-    );
+    let all: Vec<&str> = SCENARIOS.iter().chain(&EXTRA_SCENARIOS).copied().collect();
+    assert_eq!(listed, all, "the scenarios bench --help lists:\n{help}");
 }
 
 #[test]
