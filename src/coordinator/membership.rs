@@ -39,15 +39,19 @@ pub fn info(kind: Kind, cluster: u32, id: u32, host: &str, port: u16) -> ServerI
 
 /// Sends heartbeats until the coordinator answers one, backing off up to a
 /// heartbeat period between tries. A refusal (bad arguments) is final.
+/// `empty_directory`: a server that comes back without its data says so
+/// (see the field in `coordinator.proto`).
 pub async fn register(
     coordinator: &mut CoordinatorClient<PeerChannel>,
     info: &ServerInfo,
     heartbeat: Duration,
+    empty_directory: bool,
 ) -> Result<HeartbeatReply, Error> {
     let mut backoff = Duration::from_millis(50);
     loop {
         let req = HeartbeatRequest {
             info: Some(info.clone()),
+            empty_directory,
             ..Default::default()
         };
         match coordinator.heartbeat(req).await.map_err(Error::from) {

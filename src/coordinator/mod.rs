@@ -154,8 +154,12 @@
 //! down, and the restarted master waits as slave for it (found by `bench
 //! chaos`: a master killed with its directory deleted and the coordinator
 //! killed right after; kept master, the emptied server had its slave resync
-//! from nothing). Otherwise the restarted server stays master at the same
-//! epoch: whatever it has is the best copy there is.
+//! from nothing). A restarted master that says it came back with an empty
+//! directory (`empty_directory`: it was reset) hands over to any alive
+//! slave, in service or not: what that slave may lack (writes the master
+//! acknowledged alone) went with the directory anyway, and it has all the
+//! rest. Otherwise the restarted server stays master at the same epoch:
+//! whatever it has is the best copy there is.
 //!
 //! # Restart of the coordinator
 //!
@@ -330,7 +334,7 @@ mod tests {
         // A client that stays connected does not hold the shutdown up.
         let mut coordinator = membership::client(&addr, heartbeat, &trust).expect("client");
         let info = membership::info(Kind::Server, 1, 1, "127.0.0.1", 4000);
-        let reply = membership::register(&mut coordinator, &info, heartbeat)
+        let reply = membership::register(&mut coordinator, &info, heartbeat, false)
             .await
             .expect("registered");
         assert_eq!((reply.role, reply.epoch), (Role::Master as i32, 1));

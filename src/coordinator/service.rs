@@ -85,11 +85,12 @@ impl Service {
         let work = tokio::spawn(async move {
             let _running = running;
             let mut table = table.lock().await;
-            let reply = table.heartbeat(
+            let reply = table.heartbeat_of(
                 &info,
                 req.epoch,
                 in_service_slave,
                 in_service_process,
+                req.empty_directory,
                 Instant::now(),
             )?;
             if let Err(e) = persist(&mut table).await {

@@ -60,6 +60,8 @@ struct Beat<'a> {
     in_service_slave: Option<ServerId>,
     /// ...and the run of that slave which joined.
     in_service_process: Option<RunId>,
+    /// A registering server without its data.
+    empty: bool,
 }
 
 /// What the table knew of a process before its heartbeat.
@@ -215,13 +217,35 @@ impl Table {
         in_service_process: Option<RunId>,
         now: Instant,
     ) -> Result<HeartbeatReply, Error> {
-        let beat = self.validate(info, epoch, in_service_slave, in_service_process)?;
+        self.heartbeat_of(
+            info,
+            epoch,
+            in_service_slave,
+            in_service_process,
+            false,
+            now,
+        )
+    }
+
+    /// [`Table::heartbeat`] from a server that may say it came back with
+    /// an empty directory (`empty`, only heard while it claims NONE).
+    pub fn heartbeat_of(
+        &mut self,
+        info: &ServerInfo,
+        epoch: u64,
+        in_service_slave: Option<ServerId>,
+        in_service_process: Option<RunId>,
+        empty: bool,
+        now: Instant,
+    ) -> Result<HeartbeatReply, Error> {
+        let mut beat = self.validate(info, epoch, in_service_slave, in_service_process)?;
+        beat.empty = empty && beat.claimed == Role::None;
         let seen = self.record(&beat, now);
         if beat.key.0 == Kind::Synchronizer {
             return Ok(self.synchronizer_heartbeat(&beat, &seen));
         }
         self.forget_restarted_in_service(&beat, &seen);
-        let role = self.decide_role(beat.key, beat.claimed, beat.epoch, now);
+        let role = self.decide_role(beat.key, beat.claimed, beat.epoch, beat.empty, now);
         self.take_in_service_report(&beat, role);
         self.log_server_heartbeat(&beat, &seen, role);
         Ok(self.reply(beat.key, role))
@@ -284,6 +308,7 @@ impl Table {
             epoch,
             in_service_slave,
             in_service_process,
+            empty: false,
         };
         match kind {
             Kind::Synchronizer => Self::validate_synchronizer(&beat)?,
@@ -520,7 +545,14 @@ impl Table {
 
     /// Applies the role rules of the module docs to the server `key`, which
     /// has just heartbeated (its entry is already alive).
-    fn decide_role(&mut self, key: Key, claimed: Role, claimed_epoch: u64, now: Instant) -> Role {
+    fn decide_role(
+        &mut self,
+        key: Key,
+        claimed: Role,
+        claimed_epoch: u64,
+        empty: bool,
+        now: Instant,
+    ) -> Role {
         let (_, cluster, id) = key;
         let st = self.state(cluster);
         let me_master = self
@@ -533,7 +565,7 @@ impl Table {
         let role = if me_master || (!other_alive_master && st.master == Some(id)) {
             // The master of the cluster (in the table, or recorded before a
             // restart of the coordinator).
-            self.master_heartbeats(key, claimed, st.epoch, now)
+            self.master_heartbeats(key, claimed, st.epoch, empty, now)
         } else if other_alive_master {
             Role::Slave
         } else {
@@ -573,11 +605,27 @@ impl Table {
     /// master killed with its directory deleted, the coordinator killed
     /// right after). Should that slave be down too (two failures), the
     /// cluster waits for it, as for any master that is down.
-    fn master_heartbeats(&mut self, key: Key, claimed: Role, epoch: u64, now: Instant) -> Role {
+    ///
+    /// A restarted master that comes back with an empty directory (it was
+    /// reset) never stays master over an alive slave, in service or not:
+    /// the slave may lack what the master acknowledged alone since it left
+    /// service, but that is gone with the directory either way, and the
+    /// slave has everything before (found by `bench chaos`: the slave went
+    /// out of service after a coordinator pause, the master was killed with
+    /// its directory deleted, and the slave resynced from the empty one).
+    fn master_heartbeats(
+        &mut self,
+        key: Key,
+        claimed: Role,
+        epoch: u64,
+        empty: bool,
+        now: Instant,
+    ) -> Role {
         let (_, cluster, id) = key;
         let heir = if claimed == Role::None {
             self.alive_in_service_slave(cluster)
                 .or_else(|| self.unheard_in_service_slave(cluster, now))
+                .or_else(|| empty.then(|| self.alive_slave(cluster, id)).flatten())
                 .filter(|&(_, _, s)| s != id)
         } else {
             None
@@ -626,6 +674,13 @@ impl Table {
         }
         self.make_master(key, claim_ok);
         Role::Master
+    }
+
+    /// An alive server of the cluster other than `me`, in service or not.
+    fn alive_slave(&self, cluster: u32, me: ServerId) -> Option<Key> {
+        self.servers_of(cluster)
+            .find(|(k, e)| k.2 != me && e.alive)
+            .map(|(k, _)| k)
     }
 
     /// The recorded in-service slave of a cluster while this coordinator is
@@ -1265,6 +1320,33 @@ mod tests {
         let late = t1 + HB * 10;
         let mut t = Table::load(3, HB, dir.path(), late).expect("reload");
         let r = hb(&mut t, &server(1, 1, Role::None), 0, late + HB * 3);
+        assert_eq!((role(&r), r.epoch), (Role::Master, 1));
+    }
+
+    #[test]
+    fn a_restarted_master_without_its_directory_never_stays_master_over_an_alive_slave() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The slave left service (say the master's batch was abandoned),
+        // then the master is killed and its directory deleted.
+        let (mut t, _, t1) = pair(dir.path(), false);
+        let back = t1 + HB;
+        let r = t
+            .heartbeat_of(&server(1, 1, Role::None), 0, None, None, true, back)
+            .expect("valid heartbeat");
+        t.save().expect("save");
+        assert_eq!((role(&r), r.epoch), (Role::Slave, 2), "the slave has more");
+        assert_eq!(r.peer.expect("its master").server_id, 2);
+        let r = hb(&mut t, &server(1, 2, Role::Slave), 1, back);
+        assert_eq!((role(&r), r.epoch), (Role::Master, 2));
+        // With its directory, it stays master as before (next test); and
+        // with nobody alive to take over, an empty master is all there is.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut t, _, t1) = pair(dir.path(), false);
+        hb(&mut t, &server(1, 1, Role::Master), 1, t1 + HB * 2);
+        t.check(t1 + HB * 2 + HB / 2);
+        let r = t
+            .heartbeat_of(&server(1, 1, Role::None), 0, None, None, true, t1 + HB * 3)
+            .expect("valid heartbeat");
         assert_eq!((role(&r), r.epoch), (Role::Master, 1));
     }
 

@@ -127,6 +127,7 @@ impl Node {
                 epoch: report.epoch,
                 in_service_slave: reported_slave.map_or(0, |s| s.0),
                 in_service_process: report.in_service.and_then(|(_, r)| r).map_or(0, |r| r.0),
+                empty_directory: false,
             };
             let sent = Instant::now();
             let answer = tokio::select! {

@@ -356,12 +356,15 @@ async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started
     // Tells this run from earlier ones: a master's report that it took in
     // an earlier run of us does not make us in service.
     info.process = run.0;
+    let dir = crate::config::server_dir(&opts.data_dir, opts.cluster, opts.server_id);
+    // A reset server (its directory deleted) must not stay master over a
+    // slave that has the data (see `empty_directory` in coordinator.proto).
+    let empty = !storage::users_file(&dir).exists();
     let sent = Instant::now();
     let first = tokio::select! {
         _ = stop.cancelled() => return Ok(None),
-        r = membership::register(&mut coordinator, &info, opts.heartbeat) => r?,
+        r = membership::register(&mut coordinator, &info, opts.heartbeat, empty) => r?,
     };
-    let dir = crate::config::server_dir(&opts.data_dir, opts.cluster, opts.server_id);
     let (open_opts, open_path, clusters) = (opts.clone(), dir.clone(), first.clusters);
     let as_master = first.role == crate::proto::tinysns::Role::Master as i32;
     let OpenedDir {

@@ -186,7 +186,7 @@ pub async fn run(
     let mut coordinator = membership::client(&opts.coordinator, opts.heartbeat, &opts.trust)?;
     let info = membership::info(Kind::Synchronizer, opts.id, opts.id, &opts.host, opts.port);
     let registered = tokio::select! {
-        r = membership::register(&mut coordinator, &info, opts.heartbeat) => r,
+        r = membership::register(&mut coordinator, &info, opts.heartbeat, false) => r,
         _ = shutdown.cancelled() => return Ok(()),
     };
     let clusters = registered?.clusters;

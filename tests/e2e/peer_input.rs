@@ -467,6 +467,7 @@ fn replica_calls_and_heartbeats_no_server_sends_are_refused() {
         epoch,
         in_service_slave,
         in_service_process: slave.process,
+        empty_directory: false,
     };
     let heartbeats = [
         (

@@ -102,6 +102,7 @@ fn forged_heartbeat(
         epoch,
         in_service_slave: 0,
         in_service_process: 0,
+        empty_directory: false,
     }
 }
 
