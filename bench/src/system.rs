@@ -28,25 +28,7 @@ pub struct Settings {
     pub lab: Option<Arc<netlab::Lab>>,
 }
 
-/// The lab host the bench and its simulated users run on.
-pub const CLIENTS: &str = "clients";
-
-/// The lab host of process `name`: `coord`, `c<c>s<s>` for a server,
-/// `c<c>sync` for a synchronizer (the names the e2e harness uses).
-pub fn host_of(name: &str) -> String {
-    if name == "coordinator" {
-        return "coord".into();
-    }
-    if let Some(rest) = name.strip_prefix("server_")
-        && let Some((c, s)) = rest.split_once('_')
-    {
-        return format!("c{c}s{s}");
-    }
-    if let Some(c) = name.strip_prefix("synchronizer_") {
-        return format!("c{c}sync");
-    }
-    CLIENTS.into()
-}
+pub use netlab::sns::{CLIENTS, host_of};
 
 /// Every host of a lab system of `clusters` clusters, the bench's last.
 pub fn lab_hosts(clusters: u32) -> Vec<String> {
@@ -73,10 +55,27 @@ pub struct System {
 }
 
 /// A port that was free a moment ago (the OS picks it).
+///
+/// Not one the kernel picks (port 0 gives one of the ephemeral range, which
+/// the outgoing connections of every process on the machine draw from too:
+/// a daemon started a moment later found its port taken, when a chaos run
+/// beside it made connections). So ports come from below that range
+/// (20,000–32,000), from a base that differs by process, each tried once.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = (std::process::id() % 1_000) * 12;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = u16::try_from((base + n) % 12_000 + 20_000).unwrap_or(20_000);
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free port between 20000 and 32000",
+    ))
 }
 
 /// The directory of the running executable: the other binaries of the same

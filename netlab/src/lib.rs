@@ -810,3 +810,30 @@ mod tests {
         assert!(names.iter().all(|n| !left.contains(n)), "{left:?}");
     }
 }
+
+/// The host names of a Tiny SNS system in a lab, shared by the e2e harness
+/// and the bench so that both lay a system out the same way: `coord`,
+/// `c<c>s<s>` for server `s` of cluster `c`, `c<c>sync` for a cluster's
+/// synchronizer, and [`sns::CLIENTS`] for everything else. Only names: the
+/// lab itself knows nothing of the system.
+pub mod sns {
+    /// The host the clients (and the test or bench driving them) run on.
+    pub const CLIENTS: &str = "clients";
+
+    /// The lab host of a process by the name the harness and the bench give
+    /// it (`coordinator`, `server_<c>_<s>`, `synchronizer_<c>`).
+    pub fn host_of(name: &str) -> String {
+        if name == "coordinator" {
+            return "coord".into();
+        }
+        if let Some(rest) = name.strip_prefix("server_")
+            && let Some((c, s)) = rest.split_once('_')
+        {
+            return format!("c{c}s{s}");
+        }
+        if let Some(c) = name.strip_prefix("synchronizer_") {
+            return format!("c{c}sync");
+        }
+        CLIENTS.into()
+    }
+}

@@ -46,9 +46,10 @@
 //! ([`crate::storage::read_at_most`]); nothing stops at it.
 //!
 //! **Which directory.** Only the directory of the master of the current
-//! epoch is read: before each push round the pusher asks the coordinator
+//! epoch is read: before a push round the pusher asks the coordinator
 //! which server is master (one `GetServer`, only for a round with something
-//! dirty) and switches to its directory if it changed; with no answer it
+//! dirty, and at most once per quarter heartbeat: `Pusher::confirm_master`)
+//! and switches to its directory if it changed; with no answer it
 //! pushes nothing that round and tries again at the next heartbeat. So a
 //! server that is no longer master (deposed, or a master restarted and made
 //! a slave, which may replay into its files a batch nobody acknowledged:
@@ -56,8 +57,9 @@
 //! A restarted server learns its role at registration, before it opens and
 //! replays into its directory, so a round confirmed before the replay cannot
 //! see it (the replay itself is fixed on the server's side). The cost is a
-//! coordinator round trip per round, and no pushes while the coordinator is
-//! out of reach (no failover can happen then either).
+//! coordinator round trip per quarter heartbeat of pushing, and no pushes
+//! while the coordinator is out of reach (no failover can happen then
+//! either).
 //!
 //! **Stalled peers.** The channels to the coordinator and to the peers get
 //! keep-alive, a connect timeout of a heartbeat and per-call deadlines

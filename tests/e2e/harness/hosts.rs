@@ -20,26 +20,7 @@ use super::system::System;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-/// The host the test and its clients run on.
-pub const CLIENTS: &str = "clients";
-
-/// The lab host of the harness's process `name` (see [`System`]'s names):
-/// `coord`, `c<c>s<s>` for a server, `c<c>sync` for a synchronizer, and
-/// [`CLIENTS`] for anything else.
-pub fn host_of(name: &str) -> String {
-    if name == "coordinator" {
-        return "coord".into();
-    }
-    if let Some(rest) = name.strip_prefix("server_")
-        && let Some((c, s)) = rest.split_once('_')
-    {
-        return format!("c{c}s{s}");
-    }
-    if let Some(c) = name.strip_prefix("synchronizer_") {
-        return format!("c{c}sync");
-    }
-    CLIENTS.into()
-}
+pub use netlab::sns::{CLIENTS, host_of};
 
 /// Server `s` of cluster `c`'s host.
 pub fn server_host(c: u32, s: u32) -> String {
