@@ -4,7 +4,7 @@
 //! `msg`, SPEC §6) and changes no file of the cluster (master's nor slave's); every process given bad flags exits
 //! with status 2 and a one-line reason.
 
-use crate::harness::grpc::{connect, expect_code, login, login_ok, request};
+use crate::harness::grpc::{connect, expect_code, login, login_ok, open_timeline, request};
 use crate::harness::*;
 
 use std::path::{Path, PathBuf};
@@ -134,24 +134,6 @@ async fn as_user_1(
             r => return r,
         }
     }
-}
-
-/// Opens a timeline stream whose first message names the user.
-async fn open_timeline(
-    c: &mut SnsServiceClient<Channel>,
-    user: &str,
-    session: &str,
-) -> Result<(mpsc::Sender<Message>, Streaming<Message>), Status> {
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(Message {
-        username: user.to_string(),
-        session: session.to_string(),
-        ..Default::default()
-    })
-    .await
-    .expect("queue the first message");
-    let stream = c.timeline(ReceiverStream::new(rx)).await?.into_inner();
-    Ok((tx, stream))
 }
 
 /// What ended a timeline stream (the first error), or the ack of `post_id`.

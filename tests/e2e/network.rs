@@ -30,7 +30,7 @@ use tinysns::proto::csce438::Message;
 use tinysns::proto::csce438::sns_service_client::SnsServiceClient;
 use tinysns::proto::tinysns::UserRequest;
 use tinysns::proto::tinysns::coordinator_client::CoordinatorClient;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 const HB: u64 = 500;
 const SYNC: u64 = 1000;
@@ -107,30 +107,26 @@ fn timed<T, E: std::fmt::Display>(
     }
 }
 
+/// A channel to `addr`, connected within `limit`.
+async fn connect_within(addr: &str, limit: Duration, what: &str) -> Result<Channel, String> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(limit);
+    timed(tokio::time::timeout(limit, ep.connect()).await, what)
+}
+
 /// Asks the coordinator for `user`'s master, logs in there and opens a
 /// timeline stream: what the client does after a failure.
 async fn open_stream(coord: &str, user: u64, session: &str) -> Result<Stream, String> {
     let limit = Duration::from_secs(2);
-    let ep = Endpoint::from_shared(format!("http://{coord}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(limit);
-    let mut cc = CoordinatorClient::new(timed(
-        tokio::time::timeout(limit, ep.connect()).await,
-        "coordinator",
-    )?);
+    let mut cc = CoordinatorClient::new(connect_within(coord, limit, "coordinator").await?);
     let info = timed(
         tokio::time::timeout(limit, cc.get_server(UserRequest { user_id: user })).await,
         "GetServer",
     )?
     .into_inner();
     let server = format!("{}:{}", info.hostname, info.port);
-    let ep = Endpoint::from_shared(format!("http://{server}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(limit);
-    let mut c = SnsServiceClient::new(timed(
-        tokio::time::timeout(limit, ep.connect()).await,
-        "server",
-    )?);
+    let mut c = SnsServiceClient::new(connect_within(&server, limit, "server").await?);
     let msg = timed(
         tokio::time::timeout(limit, grpc::login(&mut c, &user.to_string(), session)).await,
         "login",
