@@ -418,12 +418,15 @@ async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started
 }
 
 /// Watches the directory so that timelines see what the synchronizer
-/// appends. The watch lives as long as the returned value.
+/// appends (told when it closes the file: our own appends, through files we
+/// keep open, tell us nothing; [`storage::watch::Appends`]). The watch lives
+/// as long as the returned value.
 fn watch_directory(node: &Arc<Node>) -> Result<storage::watch::DirWatch, Error> {
     let node = node.clone();
     let dir = node.dir.clone();
     Ok(storage::watch::watch_dir(
         &dir,
+        storage::watch::Appends::Closed,
         move |change| match change {
             storage::watch::Change::Files(paths) => {
                 let users: Vec<u64> = paths

@@ -103,7 +103,7 @@ pub mod ids;
 pub mod journal;
 mod record;
 pub mod store;
-mod tail;
+pub mod tail;
 pub mod watch;
 
 #[cfg(test)]
@@ -119,4 +119,6 @@ pub use record::{
     Scanner, USERS_FILE, followers_file, following_file, posts_file, split_records, timeline_file,
     users_file,
 };
-pub use tail::{Appended, AuthorClock, Fold, FollowLog, Follower, READ_CHUNK, Tail, UserSet};
+pub use tail::{
+    Appended, AuthorClock, Fold, FollowLog, Follower, Handles, READ_CHUNK, Tail, UserSet,
+};

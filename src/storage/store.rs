@@ -47,9 +47,10 @@
 use crate::config::cluster_of;
 use crate::model::UserId;
 use crate::proto::tinysns::{FollowOp, PostOp, WriteOp, write_op};
+use crate::storage::tail;
 use crate::storage::{
-    self, AuthorClock, FileKind, FollowEvent, FollowLog, Post, Tail, UserSet, followers_file,
-    following_file, posts_file, timeline_file, users_file,
+    self, AuthorClock, FileKind, FollowEvent, FollowLog, Handles, Post, Tail, UserSet,
+    followers_file, following_file, posts_file, timeline_file, users_file,
 };
 use crate::timefmt::Nanos;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -67,14 +68,18 @@ pub struct Store {
     timelines: HashMap<u64, Tail<AuthorClock>>,
     /// Files written since [`Store::take_dirty`] was last called.
     dirty: HashSet<FileKind>,
+    /// Open files the views may keep ([`tail::APPEND_HANDLES`]).
+    handles: Handles,
 }
 
-fn view<S: storage::Fold>(
-    map: &mut HashMap<u64, Tail<S>>,
+fn view<'a, S: storage::Fold>(
+    map: &'a mut HashMap<u64, Tail<S>>,
+    handles: &Handles,
     user: u64,
     path: impl FnOnce() -> PathBuf,
-) -> &mut Tail<S> {
-    map.entry(user).or_insert_with(|| Tail::new(path()))
+) -> &'a mut Tail<S> {
+    map.entry(user)
+        .or_insert_with(|| Tail::with_handles(path(), handles))
 }
 
 impl Store {
@@ -93,17 +98,29 @@ impl Store {
                 f.display()
             );
         }
+        let handles = Handles::new(tail::APPEND_HANDLES);
         Ok(Store {
             dir: dir.to_path_buf(),
             cluster,
             clusters,
-            users: Tail::new(users_file(dir)),
+            users: Tail::with_handles(users_file(dir), &handles),
             following: HashMap::new(),
             followers: HashMap::new(),
             posts: HashMap::new(),
             timelines: HashMap::new(),
             dirty: HashSet::new(),
+            handles,
         })
+    }
+
+    /// A store whose views open and close their file around every append,
+    /// keeping none open: the synchronizer's, so that a server watching its
+    /// directory sees each of its appends when it closes the file
+    /// ([`storage::watch::Appends::Closed`]).
+    pub fn closing_each_file(mut self) -> Store {
+        self.handles = Handles::new(0);
+        self.reset();
+        self
     }
 
     /// Whether `user` lives in this store's cluster.
@@ -125,7 +142,9 @@ impl Store {
     /// [`Store::followers`], for a user id read from an operation.
     fn followers_of(&mut self, user: u64) -> io::Result<&FollowLog> {
         let dir = &self.dir;
-        let t = view(&mut self.followers, user, || followers_file(dir, user));
+        let t = view(&mut self.followers, &self.handles, user, || {
+            followers_file(dir, user)
+        });
         t.refresh()?;
         Ok(&t.state)
     }
@@ -134,7 +153,9 @@ impl Store {
     pub fn following(&mut self, user: UserId) -> io::Result<&FollowLog> {
         let user = user.get();
         let dir = &self.dir;
-        let t = view(&mut self.following, user, || following_file(dir, user));
+        let t = view(&mut self.following, &self.handles, user, || {
+            following_file(dir, user)
+        });
         t.refresh()?;
         Ok(&t.state)
     }
@@ -254,7 +275,7 @@ impl Store {
     /// Forgets every view (and anything staged): they are read again from
     /// the files when next needed.
     pub fn reset(&mut self) {
-        self.users = Tail::new(users_file(&self.dir));
+        self.users = Tail::with_handles(users_file(&self.dir), &self.handles);
         self.following.clear();
         self.followers.clear();
         self.posts.clear();
@@ -359,19 +380,25 @@ impl Store {
 
     fn tail_following(&mut self, u: u64) -> &mut Tail<FollowLog> {
         let dir = &self.dir;
-        view(&mut self.following, u, || following_file(dir, u))
+        view(&mut self.following, &self.handles, u, || {
+            following_file(dir, u)
+        })
     }
     fn tail_followers(&mut self, u: u64) -> &mut Tail<FollowLog> {
         let dir = &self.dir;
-        view(&mut self.followers, u, || followers_file(dir, u))
+        view(&mut self.followers, &self.handles, u, || {
+            followers_file(dir, u)
+        })
     }
     fn tail_posts(&mut self, u: u64) -> &mut Tail<AuthorClock> {
         let dir = &self.dir;
-        view(&mut self.posts, u, || posts_file(dir, u))
+        view(&mut self.posts, &self.handles, u, || posts_file(dir, u))
     }
     fn tail_timeline(&mut self, u: u64) -> &mut Tail<AuthorClock> {
         let dir = &self.dir;
-        view(&mut self.timelines, u, || timeline_file(dir, u))
+        view(&mut self.timelines, &self.handles, u, || {
+            timeline_file(dir, u)
+        })
     }
 
     /// The latest time of any post of `author` stored here (0 if none).

@@ -19,6 +19,59 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// How many files the views of one store keep open between appends.
+///
+/// Opening and closing a file around every append, and looking its path up
+/// again before every read, were half the syscalls of a post, and their
+/// path walks the largest of them (`bench post`, `perf`). A view keeps its
+/// file open instead and checks it by inode before each use, since a resync
+/// or a person may put a new file in its place: the open file's link count
+/// (one `fstat`, no path walk, under the lock when appending) is zero once
+/// another file was renamed over it or it was removed, and then the path is
+/// opened again. (A file *moved away* under a running server keeps its
+/// links and would go on getting the appends: data files are replaced or
+/// removed, never moved while a server runs.) A resync also forgets every
+/// view ([`crate::storage::store::Store::reset`]). Past this many files,
+/// views open and close as before: the number of descriptors a server holds
+/// stays bounded however many users it has.
+pub const APPEND_HANDLES: usize = 512;
+
+/// The open files left to the views of one store ([`APPEND_HANDLES`]).
+#[derive(Debug, Clone)]
+pub struct Handles(Arc<AtomicUsize>);
+
+impl Handles {
+    pub fn new(max: usize) -> Handles {
+        Handles(Arc::new(AtomicUsize::new(max)))
+    }
+
+    fn take(&self) -> Option<Slot> {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+}
+
+/// One of [`Handles`], given back when the file is closed.
+#[derive(Debug)]
+struct Slot(Handles);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A view's file kept open, read and append.
+#[derive(Debug)]
+struct Handle {
+    file: File,
+    _slot: Slot,
+}
 
 /// How much a forward read takes from a file at a time.
 pub const READ_CHUNK: usize = 64 << 10;
@@ -35,7 +88,7 @@ pub trait Fold: Default {
 /// with the offset and bytes of each record of a valid length, and logs
 /// each record too long to be valid.
 pub(super) fn scan_file(
-    f: &mut File,
+    f: &mut (impl Read + Seek),
     scan: &mut Scanner,
     len: u64,
     budget: u64,
@@ -95,6 +148,9 @@ pub struct Tail<S> {
     ino: Option<u64>,
     pending: VecDeque<String>,
     pub state: S,
+    /// Where to get an open file from, if this view may keep one.
+    handles: Option<Handles>,
+    handle: Option<Handle>,
 }
 
 impl<S: Fold> Tail<S> {
@@ -107,6 +163,44 @@ impl<S: Fold> Tail<S> {
             ino: None,
             pending: VecDeque::new(),
             state: S::default(),
+            handles: None,
+            handle: None,
+        }
+    }
+
+    /// A view that keeps its file open between appends while `handles`
+    /// has room ([`APPEND_HANDLES`]).
+    pub fn with_handles(path: PathBuf, handles: &Handles) -> Self {
+        Tail {
+            handles: Some(handles.clone()),
+            ..Tail::new(path)
+        }
+    }
+
+    /// The file, open for appending and exclusively locked: the kept one if
+    /// it still has a name (checked under the lock, so that nobody can
+    /// rename a new file into place between the check and the append), or
+    /// the one at our path, never following a link.
+    fn open_locked(&mut self) -> io::Result<(File, Option<Slot>, std::fs::Metadata)> {
+        if let Some(h) = self.handle.take() {
+            h.file.lock()?;
+            let meta = h.file.metadata()?;
+            if meta.nlink() > 0 {
+                return Ok((h.file, Some(h._slot), meta));
+            }
+            // Replaced or removed since: closing it lets go of its lock.
+        }
+        let f = open_append(&self.path)?;
+        f.lock()?;
+        let meta = f.metadata()?;
+        Ok((f, None, meta))
+    }
+
+    /// Keeps `file` open for the next use, if there is room.
+    fn keep_handle(&mut self, file: File, slot: Option<Slot>) {
+        let slot = slot.or_else(|| self.handles.as_ref().and_then(Handles::take));
+        if let Some(_slot) = slot {
+            self.handle = Some(Handle { file, _slot });
         }
     }
 
@@ -117,6 +211,25 @@ impl<S: Fold> Tail<S> {
 
     /// Reads what was appended since the last call.
     pub fn refresh(&mut self) -> io::Result<()> {
+        // A kept file tells its length without a walk of its path; one
+        // with no links left was replaced (a resync renames a new file into
+        // place) or removed, and the path is looked at instead.
+        if let Some(m) = self.kept_metadata()? {
+            if self.replaced(m.len(), m.ino()) {
+                self.reset();
+            }
+            if m.len() == self.scan.position() {
+                return Ok(());
+            }
+            if let Some(h) = self.handle.take() {
+                h.file.lock_shared()?;
+                let read = self.read_locked(&h.file);
+                let unlocked = h.file.unlock();
+                self.handle = Some(h);
+                read?;
+                return unlocked;
+            }
+        }
         // Not following a link: what is not a regular file is damaged.
         let (len, ino) = match data_metadata(&self.path)? {
             Some(m) => (m.len(), m.ino()),
@@ -128,22 +241,40 @@ impl<S: Fold> Tail<S> {
         if len == self.scan.position() {
             return Ok(());
         }
-        let Some(mut f) = open_shared(&self.path)? else {
+        let Some(f) = open_shared(&self.path)? else {
             return Ok(());
         };
+        self.read_locked(&f)
+    }
+
+    /// The kept file's metadata, if it is kept and still has a name; a kept
+    /// file that has none is closed.
+    fn kept_metadata(&mut self) -> io::Result<Option<std::fs::Metadata>> {
+        let Some(h) = &self.handle else {
+            return Ok(None);
+        };
+        let m = h.file.metadata()?;
+        if m.nlink() == 0 {
+            self.handle = None;
+            return Ok(None);
+        }
+        Ok(Some(m))
+    }
+
+    /// Reads what was appended to `f`, locked shared or exclusive.
+    fn read_locked(&mut self, mut f: &File) -> io::Result<()> {
         let meta = f.metadata()?;
         if self.replaced(meta.len(), meta.ino()) {
             self.reset();
         }
         self.ino = Some(meta.ino());
-        self.read_rest(&mut f, meta.len(), false)?;
-        Ok(())
+        self.read_rest(&mut f, meta.len(), false)
     }
 
     /// Reads what follows the scanner's position up to `len` from `f` and
     /// folds its complete records; with `all`, the caller holds the
     /// exclusive lock and the range is whole.
-    fn read_rest(&mut self, f: &mut File, len: u64, all: bool) -> io::Result<()> {
+    fn read_rest(&mut self, f: &mut (impl Read + Seek), len: u64, all: bool) -> io::Result<()> {
         if !self.scan.truncate(len) {
             self.reset();
         }
@@ -239,10 +370,8 @@ impl<S: Fold> Tail<S> {
         &mut self,
         body: impl FnOnce(&mut Self, &mut File) -> io::Result<T>,
     ) -> io::Result<T> {
-        let mut f = open_append(&self.path)?;
-        f.lock()?;
+        let (mut f, slot, meta) = self.open_locked()?;
         let result = (|| {
-            let meta = f.metadata()?;
             // The common case: the file is the one we know and ends where we
             // last read or wrote, at a record boundary. Otherwise someone
             // else appended (or a writer crashed), and since nobody else can
@@ -263,6 +392,7 @@ impl<S: Fold> Tail<S> {
             body(self, &mut f)
         })();
         let unlocked = f.unlock();
+        self.keep_handle(f, slot);
         let value = result?;
         unlocked?;
         Ok(value)

@@ -6,12 +6,23 @@
 //! appeared*: they read them from a saved offset anyway, so an event is a
 //! hint and never carries data.
 //!
-//! The watch asks the operating system for exactly those events
-//! (`EVENTS`): a write, a file made or renamed into place (as a resync
-//! does), a file removed or renamed away, and the directory itself going
-//! away. It does not ask for opens and closes, which `notify` asks for by
-//! default: every append opens and closes its file, and so does every
-//! reader, so those events were two in three of all events and the largest
+//! The watch asks the operating system for exactly those events: a file
+//! made or renamed into place (as a resync does), a file removed or renamed
+//! away, the directory itself going away, and appends, in one of two ways
+//! ([`Appends`]):
+//!
+//! * **every write** (`Appends::Each`), for a synchronizer: a server appends
+//!   through files it keeps open ([`crate::storage::tail::APPEND_HANDLES`]),
+//!   so a write is all there is to see;
+//! * **a file closed after writing** (`Appends::Closed`), for a server: the
+//!   synchronizer opens, appends and closes, as `echo >>` does, so its
+//!   appends are seen when it closes, and the server's own appends, through
+//!   files it keeps open, queue nothing for it. Asked for every write, a
+//!   server was told of each of its own appends, and its watch thread cost
+//!   it a tenth of its CPU per post (`bench post`, `perf`).
+//!
+//! Opens and reads are never asked for: every reader opens and closes its
+//! file, and those events were two in three of all events and the largest
 //! cost of a post on a loaded machine (`bench post` measured it). On Linux
 //! `notify` turns the mask into the inotify watch mask, so the kernel never
 //! queues what we do not want; elsewhere it filters what its backend
@@ -44,7 +55,7 @@
 //! returns), and notify's thread, with nothing left to do per event,
 //! drains the queue and ends.
 
-use notify::event::{EventKind, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{Config, EventKindMask, RecommendedWatcher, RecursiveMode, Watcher};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -61,14 +72,34 @@ pub enum Change {
     Rescan,
 }
 
+/// What a watch is told of (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appends {
+    /// Every write: what a synchronizer needs to see a server's appends,
+    /// made through files the server keeps open.
+    Each,
+    /// Only a file closed after writing: what a server needs to see the
+    /// synchronizer's appends (it opens, appends and closes), without an
+    /// event for each of the server's own appends.
+    Closed,
+}
+
 /// The events asked for. `CREATE` covers files renamed into place, but
 /// notify reports those as renames, hence `MODIFY_NAME`, which also brings
-/// the directory's own move. Opens, closes and metadata changes are left out
+/// the directory's own move. Opens, reads and metadata changes are left out
 /// (see the module doc).
-const EVENTS: EventKindMask = EventKindMask::CREATE
+const NAMES: EventKindMask = EventKindMask::CREATE
     .union(EventKindMask::REMOVE)
-    .union(EventKindMask::MODIFY_DATA)
     .union(EventKindMask::MODIFY_NAME);
+
+impl Appends {
+    fn mask(self) -> EventKindMask {
+        match self {
+            Appends::Each => NAMES.union(EventKindMask::MODIFY_DATA),
+            Appends::Closed => NAMES.union(EventKindMask::ACCESS_CLOSE),
+        }
+    }
+}
 
 type Callback = Box<dyn FnMut(Change) + Send>;
 
@@ -122,6 +153,7 @@ impl Drop for DirWatch {
 /// thread of its own with each change.
 pub fn watch_dir(
     dir: &Path,
+    appends: Appends,
     on_change: impl FnMut(Change) + Send + 'static,
 ) -> io::Result<DirWatch> {
     let ended = Arc::new(AtomicBool::new(false));
@@ -134,7 +166,7 @@ pub fn watch_dir(
         ended: ended.clone(),
         stop: stop.clone(),
     };
-    let config = Config::default().with_event_kinds(EVENTS);
+    let config = Config::default().with_event_kinds(appends.mask());
     let mut watcher = RecommendedWatcher::new(handler, config).map_err(to_io)?;
     watcher
         .watch(dir, RecursiveMode::NonRecursive)
@@ -232,7 +264,10 @@ fn classify(dir: &Path, ev: notify::Event) -> Option<Outcome> {
         EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) if about_dir => {
             Some(Outcome::Ended)
         }
-        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) => {
+        EventKind::Create(_)
+        | EventKind::Remove(_)
+        | EventKind::Modify(_)
+        | EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
             let mut files: Vec<PathBuf> = Vec::new();
             for p in ev.paths {
                 if p.parent() == Some(dir) && !files.contains(&p) {
@@ -270,11 +305,48 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_is_asked_for_no_opens_or_closes() {
+    fn the_kernel_is_asked_for_no_opens_or_reads() {
         // What makes reads free: `classify` would drop them too, but only
         // the mask keeps them from being queued and delivered at all.
-        assert!(!EVENTS.intersects(EventKindMask::ALL_ACCESS));
-        assert!(EVENTS.contains(EventKindMask::MODIFY_DATA | EventKindMask::CREATE));
+        let each = Appends::Each.mask();
+        assert!(!each.intersects(EventKindMask::ALL_ACCESS));
+        assert!(each.contains(EventKindMask::MODIFY_DATA | EventKindMask::CREATE));
+        // A server is told of closes after writing, never of each write.
+        let closed = Appends::Closed.mask();
+        assert!(!closed.intersects(
+            EventKindMask::MODIFY_DATA
+                | EventKindMask::ACCESS_OPEN
+                | EventKindMask::ACCESS_CLOSE_NOWRITE
+        ));
+        assert!(closed.contains(EventKindMask::ACCESS_CLOSE | EventKindMask::CREATE));
+    }
+
+    #[test]
+    fn a_server_watch_sees_closes_after_writing_not_writes_through_a_kept_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = dir.path().join("u1_timeline.txt");
+        let other = dir.path().join("u2_timeline.txt");
+        std::fs::write(&kept, "").unwrap();
+        std::fs::write(&other, "").unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&kept)
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let _w = watch_dir(dir.path(), Appends::Closed, move |c| {
+            let _ = tx.send(c);
+        })
+        .unwrap();
+        f.write_all(b"x\n").unwrap();
+        // Another writer's append, closed: the first event is about it, so
+        // the write through the kept file queued nothing.
+        let mut g = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&other)
+            .unwrap();
+        g.write_all(b"y\n").unwrap();
+        drop(g);
+        assert_eq!(next(&rx), Change::Files(vec![other.clone()]));
     }
 
     #[test]
@@ -283,7 +355,7 @@ mod tests {
         let file = dir.path().join("u1_timeline.txt");
         std::fs::write(&file, "").unwrap();
         let (tx, rx) = mpsc::channel();
-        let w = watch_dir(dir.path(), move |c| {
+        let w = watch_dir(dir.path(), Appends::Each, move |c| {
             let _ = tx.send(c);
         })
         .unwrap();
@@ -315,7 +387,7 @@ mod tests {
         let sub = dir.path().join("server_1");
         std::fs::create_dir(&sub).unwrap();
         let (tx, rx) = mpsc::channel();
-        let w = watch_dir(&sub, move |c| {
+        let w = watch_dir(&sub, Appends::Each, move |c| {
             let _ = tx.send(c);
         })
         .unwrap();
@@ -374,7 +446,7 @@ mod tests {
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let held = Held(released.clone());
         let t = thread.clone();
-        let w = watch_dir(dir.path(), move |_| {
+        let w = watch_dir(dir.path(), Appends::Each, move |_| {
             let _ = &held;
             // SAFETY: gettid has no preconditions and cannot fail.
             let me = i64::from(unsafe { libc::gettid() });

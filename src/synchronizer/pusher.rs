@@ -145,7 +145,7 @@ fn watch_source(
     part: Partition,
     tx: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<DirWatch> {
-    crate::storage::watch::watch_dir(dir, move |change| {
+    crate::storage::watch::watch_dir(dir, crate::storage::watch::Appends::Each, move |change| {
         let msg = match change {
             Change::Files(paths) => {
                 // Only files we send from wake the pusher: the master's own

@@ -93,8 +93,11 @@ impl Receiver {
                 Err(e) => return Err(Error::Storage(format!("{}: {e}", dir.display()))),
             };
             if !stores.contains_key(&dir) {
+                // Closing each file, so that the servers watching the
+                // directory see what we append (crate::storage::watch).
                 let s = Store::open(&dir, self.partition.me.0, self.partition.clusters)
-                    .map_err(|e| Error::Storage(format!("{}: {e}", dir.display())))?;
+                    .map_err(|e| Error::Storage(format!("{}: {e}", dir.display())))?
+                    .closing_each_file();
                 stores.insert(dir.clone(), s);
             }
             let result = stores.get_mut(&dir).map(|s| -> std::io::Result<()> {
