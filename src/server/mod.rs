@@ -27,17 +27,18 @@
 //! # When the disk fails
 //! A write is whole or absent (SPEC §5). A batch that fails before our
 //! files (the journal has no room, the slave or the lease fails) writes
-//! nothing here and is taken back out of the journal. A batch whose files
-//! fail after the journal and the slave took it is *owed*: its clients get
-//! an error saying it is kept, the views show it whole at once (so a follow
+//! nothing here and is taken back out of the journal. Once the journal and
+//! the slave took a batch and the lease held, its clients are answered yes,
+//! before our files are written. A batch whose files then fail is *owed*:
+//! the views show it whole at once (so a follow
 //! is "already following" and listed together), and the mirror task
 //! finishes it, each record once, with the next write or at the next
 //! heartbeat, before anything else; the journal keeps it until then, so a
 //! restart finishes it in its replay ([`replication::mirror`]). A start-up
 //! replay that fails (a full disk) stops at the failing operation and the
 //! server starts anyway; the rest is owed and finished once it is master.
-//! A full disk never stops the daemon; writes fail with `INTERNAL` until
-//! there is room.
+//! A full disk never stops the daemon; writes the journal cannot take fail
+//! with `INTERNAL` until there is room.
 //!
 //! A damaged file (not a regular file, a link, not ours to open) is its
 //! user's problem: the server starts over it and names it in its log, and

@@ -2,8 +2,9 @@
 //! to our files, in that order of safety, or is abandoned.
 //!
 //! One task takes what has queued up as one batch, journals it (one
-//! `fdatasync`) while the slave stores it, then writes the staged records to
-//! our files if the lease still holds, and answers the writers. Writes that
+//! `fdatasync`) while the slave stores it, then, if the lease still holds,
+//! decides it, answers the writers and writes the staged records to our
+//! files. Writes that
 //! arrive meanwhile form the next batch: concurrent writers share round
 //! trips and flushes (group commit). A batch that fails before our files
 //! (the slave, the journal, the lease) is never written: it is taken back
@@ -15,9 +16,9 @@
 //! files fails (disk full, an I/O error), it is not undone but *owed*, and
 //! finished in order, each record once:
 //!
-//! * Its writers get the error (`INTERNAL`, saying the write is kept and
-//!   will be finished); their client ids stay known, so a retry is answered
-//!   as done and not stored twice.
+//! * Its writers have had their answer, a yes: the write is kept (the
+//!   journal, the slave) and will be finished. Their client ids stay known,
+//!   so a retry is answered as done and not stored twice.
 //! * It stays in the journal (no checkpoint empties the journal while
 //!   anything is owed), so a restart finishes it in its replay.
 //! * Its records stay staged, and it goes back to the front of the queue
@@ -72,15 +73,6 @@ impl SlaveChannel {
     }
 }
 
-/// How a batch failed.
-enum Failed {
-    /// Before our files: nothing of it was written here.
-    Before(Error),
-    /// Writing our files: it is owed (see the module doc), and these files
-    /// are left to write.
-    Files(Error, Vec<FileKind>),
-}
-
 impl Node {
     /// The mirror task: sends batches to the slave, then commits them, until
     /// shutdown. A batch in hand is finished; what is queued after it is
@@ -133,7 +125,7 @@ impl Node {
     /// Mirrors, journals and writes one batch; says whether it went through.
     async fn mirror_batch(
         self: &Arc<Self>,
-        batch: Vec<Pending>,
+        mut batch: Vec<Pending>,
         channel: &mut SlaveChannel,
     ) -> bool {
         // The journal is flushed while the slave stores the batch: the two
@@ -146,39 +138,48 @@ impl Node {
         let mark = self.journal().mark();
         let journaled = self.blocking(move |n| Ok(n.journal().append(&ops)?));
         let (replicated, journaled) = tokio::join!(self.replicate(&batch, channel), journaled);
-        let result = match (replicated, journaled) {
-            (Ok(()), Ok(())) => self.commit(&batch).await,
-            (Err(e), _) | (_, Err(e)) => Err(Failed::Before(e)),
+        let decided = match (replicated, journaled) {
+            (Ok(()), Ok(())) => self.decide().await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
-        match result {
+        if let Err(e) = decided {
+            // Not written, not acknowledged: not to be replayed. (Owed
+            // writes in it were journaled before `mark` too.)
+            if let Err(e) = self.journal().take_back(mark) {
+                log::error!(
+                    "cannot take an abandoned batch out of the journal ({e}); \
+                     it is cut off before anything else is appended"
+                );
+            }
+            self.abandon(batch, e);
+            return false;
+        }
+        // Promised: the journal and the slave have it and the lease held, so
+        // a restart or a failover brings it back whatever happens to our
+        // files now. The writers are answered before our files are written:
+        // waiting for them would add their appends to every answer, and
+        // what a reader asks meanwhile is answered from the views, which
+        // hold the staged records.
+        let fresh: Vec<bool> = batch.iter().map(|p| p.done.is_some()).collect();
+        self.settle(&batch, &Ok(()), true);
+        for p in batch.iter_mut() {
+            if let Some(done) = p.done.take() {
+                let _ = done.send(Ok(()));
+            }
+        }
+        match self.write_files(&batch) {
             Ok(()) => {
-                let owed = batch.iter().filter(|p| p.done.is_none()).count();
+                let owed = fresh.iter().filter(|f| !**f).count();
                 if owed > 0 {
                     let mut st = self.state();
                     st.owed_staged = st.owed_staged.saturating_sub(owed);
                     drop(st);
                     log::info!("finished {owed} owed write(s)");
                 }
-                self.settle(&batch, &Ok(()), true);
-                for done in batch.into_iter().filter_map(|p| p.done) {
-                    let _ = done.send(Ok(()));
-                }
                 true
             }
-            Err(Failed::Before(e)) => {
-                // Not written, not acknowledged: not to be replayed. (Owed
-                // writes in it were journaled before `mark` too.)
-                if let Err(e) = self.journal().take_back(mark) {
-                    log::error!(
-                        "cannot take an abandoned batch out of the journal ({e}); \
-                         it is cut off before anything else is appended"
-                    );
-                }
-                self.abandon(batch, e);
-                false
-            }
-            Err(Failed::Files(e, left)) => {
-                self.owe(batch, e, left);
+            Err((e, left)) => {
+                self.owe(batch, &fresh, e, left);
                 false
             }
         }
@@ -295,23 +296,24 @@ impl Node {
         }
     }
 
-    /// Writes a replicated batch to our own files, if our lease still holds.
-    async fn commit(&self, batch: &[Pending]) -> Result<(), Failed> {
-        self.ensure_lease().await.map_err(Failed::Before)?;
-        // Decided: the slave has it and the lease held, so a restart or a
-        // failover brings it back whatever happens to our files now. Only
-        // decided operations are replayed by a server that comes back as
-        // slave ([`crate::storage::journal`]).
-        if let Err(e) = self.journal().decide() {
-            return Err(Failed::Before(e.into()));
-        }
+    /// Decides a replicated batch, if our lease still holds: only decided
+    /// operations are replayed by a server that comes back as slave
+    /// ([`crate::storage::journal`]).
+    async fn decide(&self) -> Result<(), Error> {
+        self.ensure_lease().await?;
+        Ok(self.journal().decide()?)
+    }
+
+    /// Writes a decided batch to our own files; on failure, says why and
+    /// which files are left to write.
+    fn write_files(&self, batch: &[Pending]) -> Result<(), (Error, Vec<FileKind>)> {
         let files: Vec<FileKind> = batch.iter().flat_map(|p| p.files.iter().copied()).collect();
         let changed = {
             let mut st = self.state();
             let changed = st
                 .store
                 .flush(&files)
-                .map_err(|u| Failed::Files(u.error.into(), u.left))?;
+                .map_err(|u| (Error::from(u.error), u.left))?;
             self.persist_ids(&mut st, batch.iter().map(|p| &p.op));
             if let Some(last) = batch.last() {
                 st.replica.committed(last.seq);
@@ -322,36 +324,31 @@ impl Node {
         Ok(())
     }
 
-    /// A batch whose files failed, after the journal and the slave took it:
-    /// owed (see the module doc). Its writers get the error; it goes back to
-    /// the front of the queue, still staged, with the files `left` to write.
-    fn owe(&self, batch: Vec<Pending>, e: Error, left: Vec<FileKind>) {
+    /// A batch whose files failed, after the journal and the slave took it
+    /// and its writers were answered: owed (see the module doc). It goes
+    /// back to the front of the queue, still staged, with the files `left`
+    /// to write. `fresh` says which of its writes had a client (the others
+    /// were owed already).
+    fn owe(&self, batch: Vec<Pending>, fresh: &[bool], e: Error, left: Vec<FileKind>) {
         log::error!(
             "writing {} operation(s) to the files failed: {}; they stay in the \
              journal and are finished once the disk takes them",
             batch.len(),
             e.message()
         );
-        let fresh: Vec<WriteOp> = batch
+        let fresh_ops: Vec<WriteOp> = batch
             .iter()
-            .filter(|p| p.done.is_some())
-            .map(|p| p.op.clone())
+            .zip(fresh)
+            .filter(|(_, f)| **f)
+            .map(|(p, _)| p.op.clone())
             .collect();
         // With durability off the journal only holds what is owed.
-        if let Err(e) = self.journal().owe(&fresh) {
+        if let Err(e) = self.journal().owe(&fresh_ops) {
             log::error!("cannot journal the owed operations: {e}");
         }
-        let e = Error::Storage(format!(
-            "{}; the write is kept and will be finished when the disk takes it",
-            e.message()
-        ));
-        // Promised: a retry is answered as done from now on.
-        self.settle(&batch, &Err(e.clone()), true);
-        let mut waiting = Vec::new();
         let mut owed: Vec<Pending> = batch
             .into_iter()
             .map(|mut p| {
-                waiting.extend(p.done.take());
                 p.files = Vec::new();
                 p
             })
@@ -359,16 +356,11 @@ impl Node {
         if let Some(first) = owed.first_mut() {
             first.files = left;
         }
-        {
-            let mut st = self.state();
-            st.owed_staged += waiting.len();
-            // Ahead of what was staged after it, as its records are.
-            owed.append(&mut st.queue);
-            st.queue = owed;
-        }
-        for done in waiting {
-            let _ = done.send(Err(e.clone()));
-        }
+        let mut st = self.state();
+        st.owed_staged += fresh_ops.len();
+        // Ahead of what was staged after it, as its records are.
+        owed.append(&mut st.queue);
+        st.queue = owed;
     }
 
     /// Fails a batch and everything queued after it: nothing of it was
@@ -707,11 +699,10 @@ mod tests {
         write(&node, add_user(4)).await.unwrap();
         // The disk is full once 4's side of the follow is written.
         faults::fail_appends(&followers_file(&d, 1), 0, 3, 1);
-        let e = write(&node, follow(4, 1, 100, 77)).await.unwrap_err();
-        assert!(
-            matches!(&e, Error::Storage(m) if m.contains("kept")),
-            "{e:?}"
-        );
+        // Answered yes: the journal has it (alone, the master has no slave
+        // to wait for). The mirror task writes the files after the answer,
+        // on this test's one thread, before the test goes on.
+        write(&node, follow(4, 1, 100, 77)).await.unwrap();
         // Half in the files for now, whole in the views and the journal.
         assert_eq!(lines(&following_file(&d, 4)), 1);
         assert_eq!(lines(&followers_file(&d, 1)), 0);
@@ -747,7 +738,8 @@ mod tests {
         faults::fail_appends(&followers_file(&d, 1), 0, 0, 1);
         // The journal takes the follow and its mark, then not the next write.
         faults::fail_appends(&d.join("journal.txt"), 2, 0, 1);
-        assert!(write(&node, follow(4, 1, 100, 0)).await.is_err());
+        // Answered yes, kept: its files fail after the answer.
+        write(&node, follow(4, 1, 100, 0)).await.unwrap();
         let e = write(&node, add_user(7)).await.unwrap_err();
         assert!(!e.message().contains("kept"), "{e:?}");
         {
@@ -776,7 +768,7 @@ mod tests {
         write(&node, add_user(4)).await.unwrap();
         // The disk stays full for three more tries.
         faults::fail_appends(&followers_file(&d, 1), 0, 0, 4);
-        assert!(write(&node, follow(4, 1, 100, 0)).await.is_err());
+        write(&node, follow(4, 1, 100, 0)).await.unwrap();
         let start = Instant::now();
         while node.state().owing() {
             assert!(start.elapsed() < Duration::from_secs(30), "never finished");
