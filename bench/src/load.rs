@@ -237,9 +237,13 @@ pub async fn post(ctx: &Ctx) -> Result<Outcome, BoxError> {
         let max = ctx.levels.iter().copied().max().unwrap_or(1) as u64;
         let posters: Vec<u64> = (1..=max).map(|i| base + i).collect();
         let mut poster_users = login_all(&coord, posters.iter().copied()).await?;
-        for u in login_all(&coord, posters.iter().map(|p| p + 3 * max)).await? {
-            let mut u = u;
-            u.follow(u.id - 3 * max).await?;
+        // Each follows right after its login: logged in all first, the
+        // first ones' sessions (a lease of two heartbeats, 2 s) ran out
+        // before their follows when four quick runs shared two cores.
+        for p in &posters {
+            let mut u = User::new(&coord, p + 3 * max)?;
+            u.login().await?;
+            u.follow(*p).await?;
         }
         for c in ctx.levels.clone() {
             let (echo_rate, _) = echo_at(&echo, c, ctx).await?;
