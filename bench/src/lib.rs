@@ -15,11 +15,13 @@
 //! | `failover` | SIGKILL of the master to the next acknowledged post; acknowledged posts lost | the failure window |
 //! | `resync` | a deleted ~100 MB directory rebuilt from the peer | `cp -r` of it |
 //! | `quiet-cycle` | synchronizer CPU in one quiet cycle on 1,000,000 posts | the same on 100 |
+//! | `scale` | Login and Follow rates, masters' RSS, LIST and timeline open with 100,000 users and 1,000,000 follows; LIST at 1,000,000 users | the same with 100 users |
 //! | `chaos` | randomized faults under posting load: every acknowledged post and follow exactly once where it belongs, replicas equal; recovery times | the failure window |
 //!
 //! `chaos` is a check, not a measurement: it is not part of the default run
 //! (it runs for `--duration` seconds) and fails (exit 1) if anything was
-//! lost, doubled, unexpected or divergent.
+//! lost, doubled, unexpected or divergent. `scale` is not part of it either:
+//! it takes minutes.
 //!
 //! `--quick` runs each scenario briefly (CI does, so that the tool never
 //! rots); its figures mean little. `--json` writes every figure and the
@@ -43,7 +45,9 @@ pub mod failover;
 pub mod history;
 pub mod load;
 pub mod plot;
+pub mod redis;
 pub mod report;
+pub mod scale;
 pub mod stats;
 pub mod system;
 pub mod user;
@@ -64,6 +68,7 @@ pub enum Scenario {
     Resync,
     QuietCycle,
     Chaos,
+    Scale,
 }
 
 impl Scenario {
@@ -87,6 +92,7 @@ impl Scenario {
             Scenario::Resync => "resync",
             Scenario::QuietCycle => "quiet-cycle",
             Scenario::Chaos => "chaos",
+            Scenario::Scale => "scale",
         }
     }
 
@@ -117,6 +123,10 @@ impl Scenario {
                  the directory) hit masters, slaves, synchronizers and the coordinator,
                  one at a time per cluster; then checks every file: acknowledged posts
                  and follows exactly once where they belong, replicas equal (exit 1 if not)
+  scale          (not in the default run: minutes) 100,000 users and 1,000,000 follows
+                 through the API: Login and Follow rates, masters' RSS growth, LIST at
+                 100,000 and 1,000,000 users (SNS_MAX_USERS) with this project's client,
+                 timeline open for a user who follows 1,000; each beside 100 users
 
 Systems are started from the binaries beside this one (build them with
 cargo build --release) in a scratch directory, with every process's log."
@@ -240,6 +250,7 @@ async fn run_one(s: Scenario, ctx: &Ctx) -> Result<Outcome, BoxError> {
         Scenario::Resync => history::resync(ctx).await,
         Scenario::QuietCycle => history::quiet_cycle(ctx).await,
         Scenario::Chaos => chaos::chaos(ctx).await,
+        Scenario::Scale => scale::scale(ctx).await,
     }
 }
 

@@ -172,9 +172,48 @@ pub async fn system_for(ctx: &Ctx, name: &str, fsync: bool) -> Result<Option<Sys
     Ok(Some(sys))
 }
 
+/// The Redis pair of `post`'s baseline row, or why there is none.
+async fn redis_pair(ctx: &Ctx) -> Result<super::redis::Pair, String> {
+    if !super::redis::installed() {
+        return Err(super::redis::NOT_INSTALLED.into());
+    }
+    super::redis::Pair::start(&ctx.scratch.join("redis"))
+        .await
+        .map_err(|e| format!("redis: not measured ({e})"))
+}
+
+/// LPUSH and `WAIT 1 0` at concurrency `c`, one connection per worker.
+async fn redis_at(
+    pair: &super::redis::Pair,
+    c: usize,
+    ctx: &Ctx,
+) -> Result<(f64, Samples), BoxError> {
+    let mut conns = Vec::new();
+    for i in 0..c {
+        conns.push((i as u64, super::redis::Resp::connect(pair.port).await?));
+    }
+    closed_loop(
+        conns,
+        ctx.warmup(),
+        ctx.measure(),
+        |(i, mut conn): (u64, super::redis::Resp), n| async move {
+            let key = format!("u{i}_timeline");
+            let r = conn
+                .push_and_wait(key.as_bytes(), text(i, n).as_bytes())
+                .await;
+            ((i, conn), r)
+        },
+    )
+    .await
+}
+
 pub async fn post(ctx: &Ctx) -> Result<Outcome, BoxError> {
     let mut out = Outcome::new("post");
     let echo = EchoProcess::start()?;
+    let redis = redis_pair(ctx).await;
+    if let Err(why) = &redis {
+        out.notes.push(why.clone());
+    }
     let mut series = Vec::new();
     let mut bars = Vec::new();
     let settings: &[bool] = if ctx.attach.is_some() {
@@ -198,9 +237,13 @@ pub async fn post(ctx: &Ctx) -> Result<Outcome, BoxError> {
         let max = ctx.levels.iter().copied().max().unwrap_or(1) as u64;
         let posters: Vec<u64> = (1..=max).map(|i| base + i).collect();
         let mut poster_users = login_all(&coord, posters.iter().copied()).await?;
-        for u in login_all(&coord, posters.iter().map(|p| p + 3 * max)).await? {
-            let mut u = u;
-            u.follow(u.id - 3 * max).await?;
+        // Each follows right after its login: logged in all first, the
+        // first ones' sessions (a lease of two heartbeats, 2 s) ran out
+        // before their follows when four quick runs shared two cores.
+        for p in &posters {
+            let mut u = User::new(&coord, p + 3 * max)?;
+            u.login().await?;
+            u.follow(*p).await?;
         }
         for c in ctx.levels.clone() {
             let (echo_rate, _) = echo_at(&echo, c, ctx).await?;
@@ -241,6 +284,21 @@ pub async fn post(ctx: &Ctx) -> Result<Outcome, BoxError> {
                 .push(Row::new(format!("C={c} p99 ({label})"), s.p99, "ms"));
             out.rows
                 .push(Row::new(format!("C={c} p99.9 ({label})"), s.p999, "ms"));
+            if let (true, Ok(pair)) = (fsync, &redis) {
+                let (r_rate, r_samples) = redis_at(pair, c, ctx).await?;
+                let r = r_samples.summary();
+                out.rows.push(
+                    Row::new(format!("C={c} redis LPUSH+WAIT/s"), r_rate, "/s")
+                        .beside(format!("post C={c} ({label})"), rate),
+                );
+                out.rows.push(
+                    Row::new(format!("C={c} redis p50"), r.p50, "ms")
+                        .beside(format!("post C={c} ({label})"), s.p50),
+                );
+                out.summaries.push((format!("C={c} redis"), r));
+                series.push((format!("C={c} redis"), r_samples.thinned(5_000)));
+                bars.push((format!("redis C={c}"), r_rate));
+            }
             series.push((format!("C={c} {label}"), samples.thinned(5_000)));
             bars.push((format!("echo C={c}"), echo_rate));
             bars.push((format!("post C={c} {label}"), rate));
@@ -258,6 +316,12 @@ pub async fn post(ctx: &Ctx) -> Result<Outcome, BoxError> {
         "each poster has one follower in its cluster; echo is measured right before each post level"
             .into(),
     );
+    if redis.is_ok() {
+        out.notes.push(
+            "redis: redis-server master and replica (--appendonly yes --appendfsync always --save \"\"), LPUSH then WAIT 1 0 per write (sent together), one connection per worker, right after the fsync-on post level"
+                .into(),
+        );
+    }
     Ok(out)
 }
 

@@ -4,7 +4,8 @@
 //! was met; only at whether each scenario ran and produced what it should.
 //! `bench chaos --quick` (not part of the default run) is a check of data:
 //! 20 s of seeded faults, then nothing lost, doubled, unexpected or
-//! divergent.
+//! divergent. `bench scale --quick` (not part of it either) builds its
+//! systems with 1,000 users instead of 100,000.
 
 use std::io::Read;
 use std::path::Path;
@@ -23,7 +24,7 @@ const SCENARIOS: [&str; 7] = [
 ];
 
 /// The scenarios outside the default run, as `--help` lists them after it.
-const EXTRA_SCENARIOS: [&str; 1] = ["chaos"];
+const EXTRA_SCENARIOS: [&str; 2] = ["chaos", "scale"];
 
 /// How long a whole `--quick` run may take before it counts as hung: it
 /// takes well under a minute, but debug binaries on a busy 2-core machine
@@ -229,6 +230,66 @@ fn quick_chaos_run_loses_and_doubles_nothing() {
     assert!(
         row(o, "faults").is_some_and(|n| n > 0.0),
         "no fault was injected{context}"
+    );
+}
+
+#[test]
+fn quick_scale_run_reports_every_figure() {
+    let tmp = Scratch(Some(tempfile::tempdir().expect("tempdir")));
+    let json_path = tmp.path().join("scale.json");
+    let scratch = tmp.path().join("scratch");
+    let path_arg = |p: &Path| p.to_str().expect("utf-8 temp path").to_string();
+    let (json_arg, scratch_arg) = (path_arg(&json_path), path_arg(&scratch));
+    let out = bench(&[
+        "scale",
+        "--quick",
+        "--json",
+        &json_arg,
+        "--scratch",
+        &scratch_arg,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let context = format!("\n--- bench stdout ---\n{stdout}\n--- bench stderr ---\n{stderr}");
+    let text = std::fs::read_to_string(&json_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}{context}", json_path.display()));
+    let report: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}{context}", json_path.display()));
+    let o = &report["outcomes"][0];
+    assert_eq!(o["scenario"].as_str(), Some("scale"), "{context}");
+    assert!(
+        o["error"].is_null(),
+        "scale failed: {}{context}",
+        o["error"]
+    );
+    assert!(
+        out.status.success(),
+        "bench scale --quick exited with {}{context}",
+        out.status
+    );
+    // Each figure is there, beside its baseline (what it is, not how fast).
+    for what in [
+        "Login/s, 1,000 users",
+        "master RSS growth, 1,000 users",
+        "LIST p50, 1,000 users",
+        "LIST p50, 10,000 users",
+        "timeline open p50, follows 200",
+    ] {
+        let r = o["rows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["what"].as_str() == Some(what)));
+        assert!(
+            r.is_some_and(|r| r["value"].is_number() && r["baseline"]["value"].is_number()),
+            "row {what:?} with a baseline{context}"
+        );
+    }
+    assert!(
+        o["rows"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r["what"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("Follow/s")))),
+        "no Follow/s row{context}"
     );
 }
 
