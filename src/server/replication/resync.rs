@@ -10,7 +10,9 @@
 //!    reaches back that far, it takes another (now small) snapshot.
 //!
 //! The disk work runs on the blocking pool, so heartbeats go on during a
-//! long resync. A resync stops where it stands at shutdown, once the disk
+//! long resync. The snapshot's pieces are written by one job fed through a
+//! queue of `PIECES_QUEUED`, so receiving overlaps writing (issue 12; the
+//! figures are in [`super::snapshot`]'s "Speed"). A resync stops where it stands at shutdown, once the disk
 //! job in hand has ended (the directory stays closed until then): what it
 //! wrote is whole pieces of files that are not in service yet (a torn last
 //! record is cut at the next start), and the next start resyncs again.
