@@ -29,13 +29,18 @@
 //!   ([`super::resync`]; it was one job per piece, each awaited before
 //!   the next was read).
 //!
-//! Measured in the same session (2 shared cores, other agents building and
-//! benchmarking beside it; see the commit for the runs): the master's CPU
-//! for a 93 MB resync went from 66 to 78 ms to 41 to 65 ms; the slave's
-//! (its start-up included) stayed near 90 ms. What remains per byte is
-//! six copies (file to buffer, buffer to tonic, tonic to socket on the
-//! master; socket to h2, h2 to tonic, tonic to the file on the slave),
-//! the page cache writes the largest (45 to 60 ms for 93 MB, in one
+//! Measured with `bench resync`, 14 runs of each build alternating in one
+//! session (2 shared cores, with other agents building and benchmarking
+//! beside it: load averages of 4 to 20, `cp -r` anywhere from 27 ms to
+//! 3 s): the ratio to `cp -r` in the same run went from a median of 4.9x
+//! to 3.2x; the CPU both servers spent (the bench's new row) from 185 to
+//! 149 ms (master 70 to 56, slave with its start-up 107 to 93). On the
+//! quietest runs: 117 to 129 ms before (`cp -r` 27 to 36 ms), 115 ms
+//! after (`cp -r` 34 ms, 3.4x): the 3x target is still missed. What
+//! remains per byte is six copies (file to buffer, buffer to tonic, tonic
+//! to socket on the master; socket to h2, h2 to tonic, tonic to the file
+//! on the slave), two processes' worth of them on two cores; the page
+//! cache writes are the largest (45 to 60 ms for 93 MB, in one
 //! thread: ext4 serialises writes to one file). `cp -r` makes one copy
 //! inside the kernel. Halving the copies needs another transport for the
 //! bytes (sendfile on the master, splice on the slave) beside gRPC.
