@@ -29,12 +29,12 @@
 //!   ([`super::resync`]; it was one job per piece, each awaited before
 //!   the next was read).
 //!
-//! Measured with `bench resync`, 14 runs of each build alternating in one
+//! Measured with `bench resync`, 17 runs of each build alternating in one
 //! session (2 shared cores, with other agents building and benchmarking
 //! beside it: load averages of 4 to 20, `cp -r` anywhere from 27 ms to
-//! 3 s): the ratio to `cp -r` in the same run went from a median of 4.9x
-//! to 3.2x; the CPU both servers spent (the bench's new row) from 185 to
-//! 149 ms (master 70 to 56, slave with its start-up 107 to 93). On the
+//! 3 s): the ratio to `cp -r` in the same run went from a median of 5.1x
+//! to 3.4x; the CPU both servers spent (the bench's new row) from 169 to
+//! 151 ms (master 69 to 57, slave with its start-up 100 to 93). On the
 //! quietest runs: 117 to 129 ms before (`cp -r` 27 to 36 ms), 115 ms
 //! after (`cp -r` 34 ms, 3.4x): the 3x target is still missed. What
 //! remains per byte is six copies (file to buffer, buffer to tonic, tonic
