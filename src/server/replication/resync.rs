@@ -10,7 +10,9 @@
 //!    reaches back that far, it takes another (now small) snapshot.
 //!
 //! The disk work runs on the blocking pool, so heartbeats go on during a
-//! long resync. A resync stops where it stands at shutdown, once the disk
+//! long resync. The snapshot's pieces are written by one job fed through a
+//! queue of `PIECES_QUEUED`, so receiving overlaps writing (issue 12; the
+//! figures are in [`super::snapshot`]'s "Speed"). A resync stops where it stands at shutdown, once the disk
 //! job in hand has ended (the directory stays closed until then): what it
 //! wrote is whole pieces of files that are not in service yet (a torn last
 //! record is cut at the next start), and the next start resyncs again.
@@ -19,7 +21,7 @@ use super::replica_client;
 use super::snapshot::{Installer, manifest};
 use crate::error::Error;
 use crate::proto::tinysns::replica_client::ReplicaClient;
-use crate::proto::tinysns::{JoinRequest, SnapshotRequest};
+use crate::proto::tinysns::{JoinRequest, SnapshotChunk, SnapshotRequest};
 use crate::server::client_ids::{ClientId, ClientIds};
 use crate::server::node::{Node, shutting_down};
 use crate::server::role::{Following, Incarnation, Seq};
@@ -27,9 +29,13 @@ use crate::storage;
 use crate::trust::PeerChannel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// How many snapshots a resync takes before it gives up for this round.
 const ATTEMPTS: usize = 5;
+
+/// Pieces received and not yet written (a piece is up to a megabyte).
+const PIECES_QUEUED: usize = 4;
 
 impl Node {
     /// As a slave: brings the directory to the master's state, then joins.
@@ -103,28 +109,58 @@ impl Node {
         // a call, as before; a connection that stops answering meanwhile is
         // the keep-alive's to close, within a failure window.
         let limit = 10 * self.failure_window.max(Duration::from_secs(1));
+        let asked = Instant::now();
         let mut stream = client
             .snapshot(crate::trust::with_deadline(req, limit))
             .await
             .map_err(Error::from)?
             .into_inner();
+        // One disk job writes every piece, fed through a short queue: the
+        // next pieces are received and decoded while this one is written
+        // (a job per piece waited for each write before reading on).
+        let (pieces, mut queue) = mpsc::channel::<SnapshotChunk>(PIECES_QUEUED);
         let mut installer = Installer::new(self.dir.clone(), self.opts.fsync);
-        let mut done = loop {
-            match stream.message().await.map_err(Error::from)? {
-                Some(c) if c.done => break c,
+        let writer_gate = gate.clone();
+        let writer = self.tasks.spawn_blocking(move || {
+            let _gate = writer_gate;
+            while let Some(c) = queue.blocking_recv() {
+                installer.write(&c)?;
+            }
+            Ok::<_, Error>(installer)
+        });
+        let mut first = None;
+        let received = loop {
+            let message = match stream.message().await {
+                Ok(m) => m,
+                Err(e) => break Err(Error::from(e)),
+            };
+            first.get_or_insert_with(Instant::now);
+            match message {
+                Some(c) if c.done => break Ok(c),
                 Some(c) => {
-                    let gate = gate.clone();
-                    installer = self
-                        .blocking(move |_| {
-                            let _gate = gate;
-                            installer.write(&c)?;
-                            Ok(installer)
-                        })
-                        .await?;
+                    super::snapshot::keep_freed_memory();
+                    if pieces.send(c).await.is_err() {
+                        // The writer stopped on an error: its result says which.
+                        break Err(Error::Internal("the snapshot writer stopped".into()));
+                    }
                 }
-                None => return Err(Error::Unavailable("the snapshot ended early".into())),
+                None => break Err(Error::Unavailable("the snapshot ended early".into())),
             }
         };
+        drop(pieces);
+        let written = writer.await.map_err(Error::from)?;
+        // A writer's error says more than the "stopped" it left the stream.
+        let installer = written?;
+        let mut done = received?;
+        log::debug!(
+            "snapshot: first piece {:?} after asking, all {} bytes {:?} after; \
+             writing {:?}, starting writeback {:?}",
+            first.map(|t| t - asked),
+            installer.bytes,
+            asked.elapsed(),
+            installer.writing,
+            installer.writeback,
+        );
         let bytes = installer.bytes;
         let received = Instant::now();
         let files = std::mem::take(&mut done.files);
