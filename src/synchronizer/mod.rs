@@ -87,6 +87,11 @@
 //! than that count (otherwise one arrived, late, and was not handled before
 //! the restart: the posts since the peer's earliest follow go again), so no
 //! unhandled follow is ever taken as handled ([`plan::Rewinds`]).
+//! Each batch of posts is planned with the followers file as the rewind
+//! last saw it ([`plan::Rewinds::next_posts`]): a receiver skips a post of
+//! an author older than the latest of theirs a timeline holds, so a later
+//! post that reached a new follower before the rewind's re-send would cost
+//! them every post in between (chaos seed 11).
 //!
 //! **Damage.** Nothing on disk stops the synchronizer. A line of
 //! `positions.txt` that cannot be read (malformed, or bytes that are not

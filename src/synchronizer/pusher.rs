@@ -9,7 +9,7 @@
 //! and every other file still goes to that peer in the same round.
 
 use super::cursors::{Absorbed, Cursors, LocalUsers, TimeCursor};
-use super::plan::{self, Partition, Rewind, Rewinds, Source};
+use super::plan::{self, Partition, Rewinds, Source};
 use crate::error::{Error, Result};
 use crate::model::{ClusterId, UserId};
 use crate::proto::tinysns::coordinator_client::CoordinatorClient;
@@ -673,53 +673,71 @@ impl Pusher {
         Ok(&followers.state)
     }
 
+    /// Pushes the author's posts that `peer` needs, batch by batch. Before
+    /// each batch the followers file is read again and taken into account
+    /// ([`plan::Rewinds::next_posts`]), from it and a saved mark, so that
+    /// neither a restart nor the order of events can lose a rewind, and no
+    /// batch goes to a follower whose rewind is still to come.
     async fn push_posts(&mut self, author: UserId, peer: ClusterId) -> Result<()> {
-        if self.source.is_none() {
-            return Ok(());
-        }
-        let p = self.partition();
-        // Decided here, from the followers file and a saved mark, so that
-        // neither a restart nor the order of events can lose a rewind.
-        self.followers_of(author)?;
-        let Some(followers) = self.followers.get(&author).map(|t| &t.state) else {
+        let Some(path) = self.source_path(FileKind::Posts(author.get())) else {
             return Ok(());
         };
-        let cursor = self.cursors.posts(author, peer);
-        let before = *cursor;
-        match self.rewinds.apply(author, peer, followers, p, cursor) {
-            Some(Rewind::Resend { since }) => {
-                log::debug!("re-sending posts of {author} since {since} to cluster {peer}");
+        let p = self.partition();
+        loop {
+            self.followers_of(author)?;
+            let Some(followers) = self.followers.get(&author).map(|t| &t.state) else {
+                return Ok(());
+            };
+            let cursor = self.cursors.posts(author, peer);
+            let before = *cursor;
+            let next = self
+                .rewinds
+                .next_posts(author, peer, followers, p, cursor, |at| {
+                    let Some((records, next)) = next_records(at, &path, storage::offset_after)?
+                    else {
+                        return Ok(None);
+                    };
+                    let batch = records.iter().filter_map(|r| Post::decode(r)).collect();
+                    Ok::<_, Error>(Some((batch, next)))
+                });
+            if cursor.at.last < before.at.last {
+                log::debug!(
+                    "re-sending posts of {author} since {:?} to cluster {peer}",
+                    cursor.at.last
+                );
             }
-            Some(Rewind::SkipTo { .. }) | None => {}
-        }
-        // A rewind moves the cursor back without touching its follows mark:
-        // it must be saved too, or a restart would take the rewound posts as
-        // sent.
-        if *cursor != before {
+            // A rewind moves the cursor back without touching its follows
+            // mark: it must be saved too, or a restart would take the
+            // rewound posts as sent.
+            if *cursor != before {
+                self.unsaved = true;
+            }
+            let Some((plan, next)) = next? else {
+                return Ok(());
+            };
+            if let Some(push) = Push::posts(p.me, plan.items) {
+                self.send(peer, push).await?;
+            }
+            self.cursors
+                .posts(author, peer)
+                .at
+                .advance(plan.through, next);
             self.unsaved = true;
         }
-        // Nobody in the peer's cluster has ever followed the author: there
-        // is nothing to send, so nothing to read. The cursor stays; when
-        // someone there follows, the rewind above moves it up to the follow.
-        if !plan::followed_from(followers, peer, p) {
-            return Ok(());
-        }
-        self.push_records(Source::Posts(author), peer).await
     }
 
-    /// The time cursor of `peer` in a follows or posts file, and how to
-    /// find its offset again.
+    /// The time cursor of `peer` in a follows file, and how to find its
+    /// offset again. Posts have their own loop ([`Pusher::push_posts`]).
     fn time_cursor(&mut self, src: Source, peer: ClusterId) -> Option<(&mut TimeCursor, Finder)> {
         match src {
-            Source::Users => None,
+            Source::Users | Source::Posts(_) => None,
             Source::Following(u) => Some((self.cursors.following(u, peer), follow_offset_after)),
-            Source::Posts(a) => Some((&mut self.cursors.posts(a, peer).at, storage::offset_after)),
         }
     }
 
-    /// Reads a follows or posts file from `peer`'s cursor and pushes what
-    /// the plan says the peer needs, batch by batch; the cursor moves past
-    /// each batch once the peer has it.
+    /// Reads a follows file from `peer`'s cursor and pushes what the plan
+    /// says the peer needs, batch by batch; the cursor moves past each batch
+    /// once the peer has it.
     async fn push_records(&mut self, src: Source, peer: ClusterId) -> Result<()> {
         let Some(path) = self.source_path(src.file()) else {
             return Ok(());
@@ -733,7 +751,7 @@ impl Pusher {
                 return Ok(());
             };
             let (push, through) = match src {
-                Source::Users => return Ok(()),
+                Source::Users | Source::Posts(_) => return Ok(()),
                 Source::Following(user) => {
                     let events: Vec<FollowEvent> = records
                         .iter()
@@ -741,12 +759,6 @@ impl Pusher {
                         .collect();
                     let plan = plan::follows(user, peer, &events, p);
                     (Push::follows(p.me, plan.items), plan.through)
-                }
-                Source::Posts(author) => {
-                    let batch: Vec<Post> = records.iter().filter_map(|r| Post::decode(r)).collect();
-                    let followers = self.followers_of(author)?;
-                    let plan = plan::posts(author, peer, batch, followers, p);
-                    (Push::posts(p.me, plan.items), plan.through)
                 }
             };
             if let Some(push) = push {
