@@ -952,7 +952,7 @@ mod tests {
             let e = Event {
                 user: 1 + (x >> 60) % 9,
                 time: ((x >> 20) % 40) as Nanos,
-                follow: (x >> 33) % 3 != 0,
+                follow: !(x >> 33).is_multiple_of(3),
             };
             small.fold(e);
             large.fold(e);
