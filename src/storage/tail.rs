@@ -340,6 +340,12 @@ impl<S: Fold> Tail<S> {
         Ok(true)
     }
 
+    /// Whether records are staged: a view that has none holds nothing its
+    /// file does not, and may be dropped and read again later.
+    pub fn has_staged(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Takes back the last staged record (the operation that staged it
     /// failed before it was queued). The view is read again from the file
     /// when next needed, since a fold cannot be undone.
@@ -487,9 +493,36 @@ impl Fold for UserSet {
 
 /// A `_following` or `_followers` file: every event per other user, in time
 /// order.
+///
+/// A store holds one of these per local user and file it has looked at,
+/// and nearly every one holds a few events (`bench scale`: ten), so a
+/// small log is one sorted `Vec` of 24-byte events, grown by an eighth at a
+/// time: a map and its spare room cost several times that. Past
+/// [`FollowLog::SMALL`] events (a popular user's followers), inserting
+/// into the middle of one `Vec` would cost its length per event, and the
+/// log becomes a map per other user instead.
 #[derive(Debug, Default, Clone)]
-pub struct FollowLog {
-    events: HashMap<u64, Events>,
+pub struct FollowLog(Log);
+
+#[derive(Debug, Clone)]
+enum Log {
+    /// Sorted by (user, time); events of equal (user, time) in the order
+    /// they were folded.
+    Small(Vec<Event>),
+    Large(HashMap<u64, Events>),
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log::Small(Vec::new())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Event {
+    user: u64,
+    time: Nanos,
+    follow: bool,
 }
 
 /// One other user's events in one file, in time order. Nearly every user
@@ -522,20 +555,17 @@ impl Events {
             Events::Many(v) => v.insert(pos, e),
         }
     }
-}
 
-impl Fold for FollowLog {
-    fn apply(&mut self, record: &[u8]) -> Result<(), String> {
+    /// Folds `e` in: events arrive in time order per user, but a late one
+    /// (from another cluster) is put in its place, and a repeat of the
+    /// event just before its place is dropped.
+    fn fold(map: &mut HashMap<u64, Events>, e: Event) {
         use std::collections::hash_map::Entry;
-        let e = FollowEvent::parse(record)?;
-        match self.events.entry(e.user) {
+        match map.entry(e.user) {
             Entry::Vacant(v) => {
                 v.insert(Events::One([(e.time, e.follow)]));
             }
             Entry::Occupied(mut o) => {
-                // Events arrive in time order per user; keep it sorted
-                // anyway so that a late one (from another cluster) folds
-                // correctly.
                 let v = o.get().as_slice();
                 let pos = v.partition_point(|(t, _)| *t <= e.time);
                 if pos == 0 || v[pos - 1] != (e.time, e.follow) {
@@ -543,18 +573,80 @@ impl Fold for FollowLog {
                 }
             }
         }
+    }
+}
+
+impl Fold for FollowLog {
+    fn apply(&mut self, record: &[u8]) -> Result<(), String> {
+        let e = FollowEvent::parse(record)?;
+        self.fold(Event {
+            user: e.user,
+            time: e.time,
+            follow: e.follow,
+        });
         Ok(())
     }
 }
 
 impl FollowLog {
+    /// The most events a log keeps in one sorted `Vec`.
+    pub const SMALL: usize = 128;
+
+    fn fold(&mut self, e: Event) {
+        match &mut self.0 {
+            Log::Small(v) => {
+                // The same rule as a large log's (`Events::fold`): after
+                // every event of this user not later than it, unless it
+                // repeats the one before.
+                let pos = v.partition_point(|x| (x.user, x.time) <= (e.user, e.time));
+                if pos > 0 && v[pos - 1] == e {
+                    return;
+                }
+                if v.len() < Self::SMALL {
+                    if v.len() == v.capacity() {
+                        v.reserve_exact(v.len() / 8 + 1);
+                    }
+                    v.insert(pos, e);
+                    return;
+                }
+                let mut map: HashMap<u64, Events> = HashMap::new();
+                for &x in v.iter() {
+                    Events::fold(&mut map, x);
+                }
+                Events::fold(&mut map, e);
+                self.0 = Log::Large(map);
+            }
+            Log::Large(map) => Events::fold(map, e),
+        }
+    }
+
+    /// A small log's events of `user`.
+    fn of(v: &[Event], user: u64) -> &[Event] {
+        let from = v.partition_point(|x| x.user < user);
+        let to = from + v[from..].partition_point(|x| x.user == user);
+        &v[from..to]
+    }
+
+    /// The last event of every user, ascending by user in a small log.
+    fn lasts(&self) -> impl Iterator<Item = (u64, Nanos, bool)> + '_ {
+        let (small, large) = match &self.0 {
+            Log::Small(v) => (Some(v), None),
+            Log::Large(m) => (None, Some(m)),
+        };
+        let small = small.into_iter().flat_map(|v| {
+            v.chunk_by(|a, b| a.user == b.user)
+                .filter_map(|c| c.last().map(|e| (e.user, e.time, e.follow)))
+        });
+        let large = large.into_iter().flat_map(|m| {
+            m.iter()
+                .filter_map(|(u, v)| v.as_slice().last().map(|(t, f)| (*u, *t, *f)))
+        });
+        small.chain(large)
+    }
+
     /// The users currently in the relation, ascending.
     pub fn current(&self) -> BTreeSet<u64> {
-        self.events
-            .iter()
-            .filter(|(_, v)| v.as_slice().last().is_some_and(|(_, f)| *f))
-            .map(|(u, _)| *u)
-            .collect()
+        self.lasts().filter(|e| e.2).map(|e| e.0).collect()
     }
 
     pub fn contains(&self, user: u64) -> bool {
@@ -563,47 +655,68 @@ impl FollowLog {
 
     /// When the current follow of `user` started, if it is current.
     pub fn since(&self, user: u64) -> Option<Nanos> {
-        match self.events.get(&user)?.as_slice().last()? {
-            (t, true) => Some(*t),
+        let last = match &self.0 {
+            Log::Small(v) => Self::of(v, user).last().map(|e| (e.time, e.follow)),
+            Log::Large(m) => m.get(&user)?.as_slice().last().copied(),
+        };
+        match last? {
+            (t, true) => Some(t),
             _ => None,
         }
     }
 
     /// Whether `user` was in the relation at time `t`.
     pub fn at(&self, user: u64, t: Nanos) -> bool {
-        let Some(v) = self.events.get(&user).map(Events::as_slice) else {
-            return false;
-        };
-        let pos = v.partition_point(|(et, _)| *et < t);
-        pos > 0 && v[pos - 1].1
+        match &self.0 {
+            Log::Small(v) => {
+                let v = Self::of(v, user);
+                let pos = v.partition_point(|e| e.time < t);
+                pos > 0 && v[pos - 1].follow
+            }
+            Log::Large(m) => {
+                let Some(v) = m.get(&user).map(Events::as_slice) else {
+                    return false;
+                };
+                let pos = v.partition_point(|(et, _)| *et < t);
+                pos > 0 && v[pos - 1].1
+            }
+        }
     }
 
     /// Whether this exact event is already recorded.
     pub fn has(&self, user: u64, time: Nanos) -> bool {
-        self.events
-            .get(&user)
-            .is_some_and(|v| v.as_slice().iter().any(|(t, _)| *t == time))
+        match &self.0 {
+            Log::Small(v) => Self::of(v, user).iter().any(|e| e.time == time),
+            Log::Large(m) => m
+                .get(&user)
+                .is_some_and(|v| v.as_slice().iter().any(|(t, _)| *t == time)),
+        }
     }
 
     /// Every event: `(user, time, follow)`.
     pub fn events(&self) -> impl Iterator<Item = (u64, Nanos, bool)> + '_ {
-        self.events
-            .iter()
-            .flat_map(|(u, v)| v.as_slice().iter().map(move |(t, f)| (*u, *t, *f)))
+        let (small, large) = match &self.0 {
+            Log::Small(v) => (Some(v), None),
+            Log::Large(m) => (None, Some(m)),
+        };
+        let small = small
+            .into_iter()
+            .flat_map(|v| v.iter().map(|e| (e.user, e.time, e.follow)));
+        let large = large.into_iter().flat_map(|m| {
+            m.iter()
+                .flat_map(|(u, v)| v.as_slice().iter().map(move |(t, f)| (*u, *t, *f)))
+        });
+        small.chain(large)
     }
 
     /// Every user with at least one event.
     pub fn users(&self) -> impl Iterator<Item = u64> + '_ {
-        self.events.keys().copied()
+        self.lasts().map(|e| e.0)
     }
 
     /// The latest event time, over all users.
     pub fn max_time(&self) -> Nanos {
-        self.events
-            .values()
-            .filter_map(|v| v.as_slice().last().map(|(t, _)| *t))
-            .max()
-            .unwrap_or(0)
+        self.lasts().map(|e| e.1).max().unwrap_or(0)
     }
 }
 
@@ -821,6 +934,58 @@ mod tests {
         let mut t: Tail<UserSet> = Tail::new(path.clone());
         t.refresh().unwrap();
         assert_eq!(t.state.0.iter().copied().collect::<Vec<_>>(), vec![1, 6]);
+    }
+
+    /// The same events folded into a small log and into one made large
+    /// from the start answer every question alike.
+    #[test]
+    fn small_and_large_follow_logs_agree() {
+        let mut small = FollowLog::default();
+        let mut large = FollowLog(Log::Large(HashMap::new()));
+        // A deterministic shuffle of users 1..=9 and times, with repeats,
+        // late events and the same time twice.
+        let mut x: u64 = 7;
+        for _ in 0..60 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let e = Event {
+                user: 1 + (x >> 60) % 9,
+                time: ((x >> 20) % 40) as Nanos,
+                follow: !(x >> 33).is_multiple_of(3),
+            };
+            small.fold(e);
+            large.fold(e);
+        }
+        assert!(matches!(small.0, Log::Small(_)));
+        let sorted = |l: &FollowLog| {
+            let mut v: Vec<_> = l.events().collect();
+            v.sort_by_key(|e| (e.0, e.1));
+            v
+        };
+        assert_eq!(sorted(&small), sorted(&large));
+        assert_eq!(small.current(), large.current());
+        assert_eq!(small.max_time(), large.max_time());
+        let users = |l: &FollowLog| l.users().collect::<BTreeSet<_>>();
+        assert_eq!(users(&small), users(&large));
+        for u in 0..11 {
+            assert_eq!(small.since(u), large.since(u), "user {u}");
+            for t in -1..42 {
+                assert_eq!(small.at(u, t), large.at(u, t), "user {u} at {t}");
+                assert_eq!(small.has(u, t), large.has(u, t), "user {u} has {t}");
+            }
+        }
+        // Past SMALL events a log becomes a map, and keeps them all.
+        let mut log = FollowLog::default();
+        for u in 0..(FollowLog::SMALL as u64 + 10) {
+            log.fold(Event {
+                user: u,
+                time: 1,
+                follow: true,
+            });
+        }
+        assert!(matches!(log.0, Log::Large(_)));
+        assert_eq!(log.current().len(), FollowLog::SMALL + 10);
     }
 
     #[test]
