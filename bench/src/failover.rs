@@ -120,6 +120,15 @@ pub async fn failover(ctx: &Ctx) -> Result<Outcome, BoxError> {
     let mut marks = Vec::new();
     for k in 1..=kills {
         tokio::time::sleep(steady).await;
+        // One failure at a time: a slave out of service (a mirror call
+        // missed on a loaded machine, then resyncing) must not be promoted,
+        // so killing the master then would be a second failure.
+        sys.wait_for(
+            "cluster 1's slave in service before the kill",
+            Duration::from_secs(60),
+            |t| t.is_some_and(|t| in_service_slave(t, 1).is_some()),
+        )
+        .await?;
         let table = sys.table().await.ok_or("no routing table")?;
         let master = master_of(&table, 1)
             .ok_or("cluster 1 has no master")?
