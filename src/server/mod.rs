@@ -29,7 +29,8 @@
 //! files (the journal has no room, the slave or the lease fails) writes
 //! nothing here and is taken back out of the journal. Once the journal and
 //! the slave took a batch and the lease held, its clients are answered yes,
-//! before our files are written. A batch whose files then fail is *owed*:
+//! before our files are written (with `SNS_FSYNC=0` the journal holds
+//! nothing, and they are answered after). A batch whose files then fail is *owed*:
 //! the views show it whole at once (so a follow
 //! is "already following" and listed together), and the mirror task
 //! finishes it, each record once, with the next write or at the next

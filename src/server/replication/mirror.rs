@@ -54,6 +54,7 @@ use crate::server::role::SlaveLink;
 use crate::storage::{self, FileKind};
 use crate::trust::PeerChannel;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// The mirror task's connection to the slave, made again when the slave
 /// changes.
@@ -159,15 +160,17 @@ impl Node {
         // files now. The writers are answered before our files are written:
         // waiting for them would add their appends to every answer, and
         // what a reader asks meanwhile is answered from the views, which
-        // hold the staged records.
+        // hold the staged records. Without durability (`SNS_FSYNC=0`) the
+        // journal holds nothing, and the files are what a restart of this
+        // process finds: they are written first.
         let fresh: Vec<bool> = batch.iter().map(|p| p.done.is_some()).collect();
         self.settle(&batch, &Ok(()), true);
-        for p in batch.iter_mut() {
-            if let Some(done) = p.done.take() {
-                let _ = done.send(Ok(()));
-            }
+        let mut answers: Vec<_> = batch.iter_mut().filter_map(|p| p.done.take()).collect();
+        let durable = self.journal().enabled();
+        if durable {
+            answer(&mut answers);
         }
-        match self.write_files(&batch) {
+        let through = match self.write_files(&batch) {
             Ok(()) => {
                 let owed = fresh.iter().filter(|f| !**f).count();
                 if owed > 0 {
@@ -179,10 +182,13 @@ impl Node {
                 true
             }
             Err((e, left)) => {
+                // Without durability, owing journals them, unflushed.
                 self.owe(batch, &fresh, e, left);
                 false
             }
-        }
+        };
+        answer(&mut answers);
+        through
     }
 
     /// Flushes every data file written since the last checkpoint, then
@@ -488,6 +494,13 @@ impl Node {
     /// whether it was.
     pub(crate) fn drop_slave(&self, server: ServerId) -> bool {
         self.state().replica.drop_slave(server)
+    }
+}
+
+/// Tells the writers of a decided batch yes.
+fn answer(answers: &mut Vec<oneshot::Sender<Result<(), Error>>>) {
+    for done in answers.drain(..) {
+        let _ = done.send(Ok(()));
     }
 }
 
