@@ -269,17 +269,33 @@ fn sync_fs(dir: &Path) -> io::Result<()> {
 /// file is made anew, never written through whatever is in its place (a
 /// link). On failure `path` is as it was.
 pub fn replace_whole(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_whole_with(path, |w| w.write_all(bytes))
+}
+
+/// [`replace_whole`], the new contents written by `write` through a buffer.
+pub fn replace_whole_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     match std::fs::remove_file(&tmp) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
-    f.write_all(bytes)?;
+    let mut w = io::BufWriter::with_capacity(64 << 10, f);
+    let written = write(&mut w).and_then(|()| w.flush());
+    let f = match written.and_then(|()| w.into_inner().map_err(|e| e.into_error())) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;

@@ -28,7 +28,7 @@
 //! off. A damaged file (not a regular file) is reported and costs only the
 //! ids it held: the server starts without them.
 
-use super::file::{append_whole, open_append, open_read, replace_whole};
+use super::file::{append_whole, open_append, open_read, replace_whole_with};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -156,12 +156,19 @@ pub fn len(dir: &Path) -> io::Result<u64> {
 /// Replaces the file with `ids`: written beside it, flushed, renamed into
 /// place and the directory flushed, so a crash leaves the old file or the
 /// new one.
+///
+/// The lines are written as they come, not gathered first: at the bound
+/// the whole text was 3.5 MB (heaptrack, `bench scale`).
 pub fn rewrite(dir: &Path, ids: impl Iterator<Item = IdLine>) -> io::Result<()> {
-    let mut text = String::new();
-    for id in ids {
-        id.encode(&mut text);
-    }
-    replace_whole(&ids_file(dir), text.as_bytes())
+    replace_whole_with(&ids_file(dir), |w| {
+        let mut line = String::new();
+        for id in ids {
+            line.clear();
+            id.encode(&mut line);
+            w.write_all(line.as_bytes())?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
