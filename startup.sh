@@ -93,8 +93,10 @@ fi
 start coordinator "$BIN/coordinator" -p "$COORD_PORT" --clusters "$CLUSTERS"
 for c in $(seq 1 "$CLUSTERS"); do
   # The first server of a cluster to register is its master: start it first.
+  # On a restart the coordinator's table decides (the last stop may have
+  # promoted server 2 when server 1 went first): it is slave then.
   start "server_${c}_1" "$BIN/server" -c "$c" -s 1 -h localhost -k "$COORD_PORT" -p "90${c}1"
-  wait_for_log "$RUN/logs/server_${c}_1.log" "is now master"
+  wait_for_log "$RUN/logs/server_${c}_1.log" "is now \(master\|slave\)"
   start "server_${c}_2" "$BIN/server" -c "$c" -s 2 -h localhost -k "$COORD_PORT" -p "90${c}2"
 done
 for c in $(seq 1 "$CLUSTERS"); do
