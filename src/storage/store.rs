@@ -50,8 +50,10 @@
 //!
 //! Measured (`bench scale`, 100,000 users and 1,000,990 follows, the
 //! largest master's RSS growth per 100,000 users less the 100-user
-//! system's): 108 MB before, 57.7 MB after (08:10 UTC 2026-12-02;
-//! the rest is mostly outside the store: sessions and connections).
+//! system's): 108 MB before, 57.7 MB after (08:10 UTC 2026-12-02), and
+//! 42.1 MB once the tails were boxed in the maps and the operation log,
+//! the ids file's rewrite and the sessions were slimmed (a heap profile:
+//! docs/bench/README.md, "After a heap profile").
 //! `bench post --levels 64`, fsync on: servers' CPU per post 170 µs
 //! before, 172 µs after (one run each, noisy machine).
 //!
