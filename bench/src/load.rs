@@ -472,10 +472,19 @@ pub async fn delivery(ctx: &Ctx) -> Result<Outcome, BoxError> {
             }
         }
         if Instant::now() > warm_deadline {
+            let missing: Vec<String> = followers
+                .iter()
+                .filter(|(_, p, local)| !warm.contains(&(*local, p.to_string())))
+                .map(|(f, p, local)| {
+                    let how = if *local { "in its cluster" } else { "across" };
+                    format!("{f} following {p} ({how})")
+                })
+                .collect();
             return Err(format!(
-                "only {} of {} followers got a first post within 90 s",
+                "only {} of {} followers got a first post within 90 s; none reached {}",
                 warm.len(),
-                followers.len()
+                followers.len(),
+                missing.join(", ")
             )
             .into());
         }

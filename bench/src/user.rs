@@ -6,6 +6,7 @@
 
 use super::system::coordinator_client;
 use std::time::Duration;
+use tinysns::course::{Outcome, Rpc};
 use tinysns::proto::csce438::sns_service_client::SnsServiceClient;
 use tinysns::proto::csce438::{Message, Request};
 use tinysns::proto::tinysns::UserRequest;
@@ -87,10 +88,20 @@ impl User {
         }
     }
 
+    /// Follows `target`. A refusal is an OK reply in the course's
+    /// convention (SPEC §6), told by its message: taken as done, a follow
+    /// of a user not yet carried here was lost without a word, and the
+    /// `delivery` warm-up waited 90 s for posts that could never come.
     pub async fn follow(&mut self, target: u64) -> Result<(), BoxError> {
         let req = self.request(vec![target.to_string()]);
-        call(self.server_mut()?.follow(req)).await?;
-        Ok(())
+        let reply = call(self.server_mut()?.follow(req)).await?;
+        match Outcome::from_msg(Rpc::Follow, &reply.msg) {
+            Some(Outcome::Followed | Outcome::AlreadyFollowing) => Ok(()),
+            Some(Outcome::UnknownFollowee) => {
+                Err(format!("NotFound: user {target} is not known here (yet)").into())
+            }
+            _ => Err(format!("follow of {target} refused: {}", reply.msg).into()),
+        }
     }
 
     /// Follows a user who may live in another cluster and may have just been
