@@ -369,15 +369,19 @@ impl Sessions {
     /// quarter full keeps the cost of a reallocation below that of the
     /// removals that led to it.
     fn shrink(&mut self) {
-        fn half<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
-            if m.capacity() > 64 && m.len() < m.capacity() / 4 {
-                m.shrink_to(m.len() * 2);
-            }
+        /// The room to shrink to, if a table of `cap` slots holding `len`
+        /// is worth shrinking.
+        fn room(len: usize, cap: usize) -> Option<usize> {
+            (cap > 64 && len < cap / 4).then_some(len * 2)
         }
-        half(&mut self.by_user);
-        half(&mut self.by_conn);
-        if self.watched.capacity() > 64 && self.watched.len() < self.watched.capacity() / 4 {
-            self.watched.shrink_to(self.watched.len() * 2);
+        if let Some(n) = room(self.by_user.len(), self.by_user.capacity()) {
+            self.by_user.shrink_to(n);
+        }
+        if let Some(n) = room(self.by_conn.len(), self.by_conn.capacity()) {
+            self.by_conn.shrink_to(n);
+        }
+        if let Some(n) = room(self.watched.len(), self.watched.capacity()) {
+            self.watched.shrink_to(n);
         }
     }
 
