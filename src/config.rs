@@ -43,6 +43,12 @@ pub struct Knobs {
     #[arg(long = "fsync", env = "SNS_FSYNC", default_value = "true",
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub fsync: bool,
+    /// Port of the HTTP endpoint (`/metrics`, `/healthz`; the coordinator's
+    /// also serves the dashboard at `/` and `/api/table`), on all
+    /// interfaces. Off when unset.
+    #[arg(long = "http-port", env = "SNS_HTTP_PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub http_port: Option<u16>,
     #[command(flatten)]
     pub trust: crate::trust::TrustArgs,
 }

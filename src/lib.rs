@@ -32,6 +32,7 @@ pub mod coordinator;
 pub mod course;
 pub mod error;
 pub mod model;
+pub mod ops;
 pub mod server;
 pub mod storage;
 pub mod synchronizer;
@@ -48,4 +49,7 @@ pub mod proto {
     pub mod tinysns {
         tonic::include_proto!("tinysns");
     }
+    /// Every file above as an encoded `FileDescriptorSet`, for server
+    /// reflection.
+    pub const DESCRIPTORS: &[u8] = tonic::include_file_descriptor_set!("descriptors");
 }

@@ -38,6 +38,7 @@ async fn main() -> ExitCode {
         heartbeat: cli.knobs.heartbeat(),
         state_dir: cli.knobs.data_dir.join("coordinator"),
         trust,
+        http_port: cli.knobs.http_port,
     };
     config::run_daemon("coordinator", cli.port, |listener, shutdown| {
         coordinator::run(listener, opts, shutdown)

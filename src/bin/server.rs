@@ -42,6 +42,7 @@ async fn main() -> ExitCode {
         data_dir: p.knobs.data_dir,
         trust,
         limits: p.limits,
+        http_port: p.knobs.http_port,
     };
     config::run_daemon("server", opts.port, |listener, shutdown| {
         tinysns::server::run(listener, opts, shutdown)

@@ -36,6 +36,7 @@ async fn main() -> ExitCode {
         heartbeat: p.knobs.heartbeat(),
         sync_interval: p.knobs.sync_interval(),
         fsync: p.knobs.fsync,
+        http_port: p.knobs.http_port,
         data_dir: p.knobs.data_dir,
         trust,
         limits: p.limits,

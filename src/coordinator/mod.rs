@@ -199,10 +199,12 @@
 //! | `state_file.rs` | `epochs.txt`: [`ClusterState`], loading, and [`StateSnapshot`], written atomically |
 //! | `service.rs` | the gRPC adapter (a lock around the table; the state persisted before replying) and the failure checker |
 //! | `course.rs` | `csce438.CoordService`: the course's `GetServer` (same table, same rule, the course's wire form), for course clients |
+//! | `dashboard.rs`, `dashboard.html` | the HTTP port's pages: the live dashboard (`/`), `/api/table`, and the table's gauges in `/metrics` |
 //! | `membership.rs` | the other side: how servers and synchronizers reach the coordinator and register |
 //! | `mod.rs` | [`Options`] and [`run`], which wires them together |
 
 mod course;
+mod dashboard;
 pub mod membership;
 mod service;
 mod state_file;
@@ -232,6 +234,8 @@ pub struct Options {
     /// Where the state is persisted (`<data_dir>/coordinator`).
     pub state_dir: PathBuf,
     pub trust: crate::trust::Trust,
+    /// The HTTP port: metrics, the dashboard, `/api/table`.
+    pub http_port: Option<u16>,
 }
 
 /// Serves the coordinator on `listener` until `shutdown` is cancelled, and
@@ -278,28 +282,47 @@ pub async fn run(
     let (updates, mut updates_done) = mpsc::channel::<()>(1);
     let service = service::Service::new(table, &updates);
     let table = service.table();
+    // The coordinator can always do its job: answer with the table it has.
+    let health = crate::ops::Health::new(true);
+    let standard = crate::ops::Standard::new(
+        health.clone(),
+        &["tinysns.Coordinator", "csce438.CoordService"],
+    )
+    .await;
+    let http = crate::ops::start_http(
+        opts.http_port,
+        health,
+        Some(dashboard::pages(table.clone())),
+        shutdown.clone(),
+    )
+    .await?;
     let checker = tokio::spawn(service::failure_checker(
         table.clone(),
         opts.heartbeat,
         shutdown.clone(),
     ));
-    let server = opts
+    let router = opts
         .trust
         .server()?
         .add_service(CoordinatorServer::new(service))
         .add_service(CoordServiceServer::new(course::CourseService::new(
             table.clone(),
-        )))
-        .serve_with_incoming_shutdown(
-            crate::config::incoming(listener),
-            shutdown.clone().cancelled_owned(),
-        );
+        )));
+    let server = standard.add_to(router)?.serve_with_incoming_shutdown(
+        crate::config::incoming(listener),
+        shutdown.clone().cancelled_owned(),
+    );
     let served = crate::config::serve_until(server, &shutdown).await;
     shutdown.cancel();
     drop(updates);
     let _ = updates_done.recv().await;
     if let Err(e) = checker.await {
         log::error!("the failure checker failed: {e}");
+    }
+    if let Some(http) = http
+        && let Err(e) = http.await
+    {
+        log::error!("the HTTP server failed: {e}");
     }
     if let Err(e) = service::persist(&mut *table.lock().await).await {
         log::error!("{e}");
@@ -328,6 +351,7 @@ mod tests {
             heartbeat,
             state_dir: dir.path().join("coordinator"),
             trust: trust.clone(),
+            http_port: None,
         };
         let shutdown = CancellationToken::new();
         let running = tokio::spawn(run(listener, opts, shutdown.clone()));

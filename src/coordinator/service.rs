@@ -132,8 +132,22 @@ impl Service {
         ServerList {
             servers: servers(&table),
             clusters: table.clusters(),
+            ..ServerList::default()
         }
     }
+}
+
+/// The whole table as `GetTable`, `/api/table` and the dashboard show it,
+/// with the events' wall-clock times.
+pub(super) async fn view(table: &Mutex<Table>) -> ServerList {
+    let mut list = table.lock().await.view(Instant::now());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    for e in &mut list.events {
+        e.unix_ms = now_ms.saturating_sub(e.ago_ms);
+    }
+    list
 }
 
 /// The tonic boundary: where the coordinator's errors become statuses.
@@ -172,7 +186,7 @@ impl Coordinator for Service {
     }
 
     async fn get_table(&self, _request: Request<Empty>) -> Result<Response<ServerList>, Status> {
-        answer(Ok(self.list(|t| t.all(Instant::now())).await))
+        answer(Ok(view(&self.table).await))
     }
 }
 

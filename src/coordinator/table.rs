@@ -4,7 +4,7 @@
 //! the unit tests below drive it without a network or a clock. Its only I/O
 //! is loading and saving the state file, for which the service asks it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use super::state_file::{self, ClusterState, StateSnapshot, States};
 use crate::error::Error;
 use crate::model::{RunId, ServerId};
-use crate::proto::tinysns::{HeartbeatReply, Kind, Role, ServerInfo};
+use crate::proto::tinysns::{
+    ClusterEpoch, HeartbeatReply, Kind, Role, ServerInfo, ServerList, TableEvent,
+};
 
 /// Longest hostname accepted from a heartbeat (the DNS limit).
 const MAX_HOSTNAME: usize = 253;
@@ -43,6 +45,12 @@ struct Entry {
     last: Instant,
     /// A synchronizer's full cycles, as its last heartbeat said.
     full_cycles: u64,
+    /// What its last heartbeat said of itself: the epoch it holds, a
+    /// synchronizer's backlog, its HTTP port. Shown, never acted on.
+    epoch: u64,
+    behind: u64,
+    lag_ms: u64,
+    http_port: u32,
 }
 
 /// A heartbeat whose fields have been checked.
@@ -52,6 +60,9 @@ struct Beat<'a> {
     port: u32,
     process: Option<RunId>,
     full_cycles: u64,
+    behind: u64,
+    lag_ms: u64,
+    http_port: u32,
     /// The role the process believes it has.
     claimed: Role,
     /// The epoch the process holds.
@@ -107,6 +118,26 @@ pub struct Table {
     /// Clusters for which "no master, nobody to promote" was already logged
     /// (one warning per outage, not one per check).
     waiting: BTreeSet<u32>,
+    /// What happened lately, oldest first, at most [`MAX_EVENTS`]: for the
+    /// dashboard and `snsctl`, never read by the rules.
+    events: VecDeque<Event>,
+    /// The latest `now` a method was given: the time of events noticed
+    /// deep inside a step.
+    last_now: Instant,
+}
+
+/// Most events the table keeps.
+pub const MAX_EVENTS: usize = 200;
+
+/// Something the table saw happen.
+#[derive(Debug, Clone)]
+struct Event {
+    at: Instant,
+    cluster: u32,
+    /// 0: the cluster, or its synchronizer.
+    server: u32,
+    kind: &'static str,
+    text: String,
 }
 
 impl Table {
@@ -129,6 +160,8 @@ impl Table {
             states,
             dirty: false,
             waiting: BTreeSet::new(),
+            events: VecDeque::new(),
+            last_now: now,
         })
     }
 
@@ -166,11 +199,38 @@ impl Table {
         }
         if let Some(old) = old {
             log::info!("cluster {cluster}: server {old} is out of service ({why})");
+            self.event(
+                cluster,
+                old.0,
+                "out_of_service",
+                format!("server {old} out of service ({why})"),
+            );
         }
         if let Some(slave) = slave {
             log::info!("cluster {cluster}: server {slave} is in service ({why})");
+            self.event(
+                cluster,
+                slave.0,
+                "in_service",
+                format!("server {slave} in service: it holds every write ({why})"),
+            );
         }
         self.update(cluster, |st| st.in_service = slave);
+    }
+
+    /// Keeps an event, forgetting the oldest beyond [`MAX_EVENTS`]. Its
+    /// time is the latest `now` the table was given.
+    fn event(&mut self, cluster: u32, server: u32, kind: &'static str, text: String) {
+        if self.events.len() == MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event {
+            at: self.last_now,
+            cluster,
+            server,
+            kind,
+            text,
+        });
     }
 
     /// The states to write if they changed since the last successful write.
@@ -240,7 +300,26 @@ impl Table {
     ) -> Result<HeartbeatReply, Error> {
         let mut beat = self.validate(info, epoch, in_service_slave, in_service_process)?;
         beat.empty = empty && beat.claimed == Role::None;
+        self.last_now = self.last_now.max(now);
         let seen = self.record(&beat, now);
+        if let Some(news) = seen.news() {
+            let (kind, cluster, ServerId(id)) = beat.key;
+            let (server, what) = match kind {
+                Kind::Server => (id, format!("server {id}")),
+                Kind::Synchronizer => (0, "synchronizer".to_string()),
+            };
+            let kind = if news == "is back" {
+                "back"
+            } else {
+                "registered"
+            };
+            self.event(
+                cluster,
+                server,
+                kind,
+                format!("{what} {news} at {}:{}", beat.hostname, beat.port),
+            );
+        }
         if beat.key.0 == Kind::Synchronizer {
             return Ok(self.synchronizer_heartbeat(&beat, &seen));
         }
@@ -286,6 +365,12 @@ impl Table {
                 info.port
             )));
         }
+        if info.http_port > u32::from(u16::MAX) {
+            return Err(Error::Invalid(format!(
+                "http_port must be in 0..=65535, got {}",
+                info.http_port
+            )));
+        }
         let hostname = info.hostname.trim();
         if hostname.is_empty()
             || hostname.len() > MAX_HOSTNAME
@@ -304,6 +389,9 @@ impl Table {
             port: info.port,
             process: RunId::from_wire(info.process),
             full_cycles: info.full_cycles,
+            behind: info.behind,
+            lag_ms: info.lag_ms,
+            http_port: info.http_port,
             claimed,
             epoch,
             in_service_slave,
@@ -407,6 +495,10 @@ impl Table {
                 alive: true,
                 last: now,
                 full_cycles: beat.full_cycles,
+                epoch: beat.epoch,
+                behind: beat.behind,
+                lag_ms: beat.lag_ms,
+                http_port: beat.http_port,
             },
         );
         seen
@@ -753,6 +845,19 @@ impl Table {
             e.role = Role::Master;
         }
         if old != Some(id) {
+            let epoch = self.epoch(cluster);
+            self.event(
+                cluster,
+                id.0,
+                "promoted",
+                match old {
+                    Some(old) => {
+                        format!("server {id} takes over from server {old}: master, epoch {epoch}")
+                    }
+                    None => format!("server {id} is master, epoch {epoch}"),
+                },
+            );
+            crate::ops::metrics::metrics().promotions.inc();
             // A new master has no in-service slave until it reports one (the
             // promoted slave was the in-service one; the old master is not).
             self.update(cluster, |st| {
@@ -767,11 +872,26 @@ impl Table {
     /// in-service slave in every cluster left without an alive master. The
     /// caller must persist [`Table::unsaved`] afterwards.
     pub fn check(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        let mut failed = Vec::new();
         for (&key, e) in self.entries.iter_mut() {
             if e.alive && now.saturating_duration_since(e.last) > self.window {
                 e.alive = false;
                 log::info!("{} declared failed", describe(key));
+                failed.push(key);
             }
+        }
+        for (kind, cluster, ServerId(id)) in failed {
+            let (server, what) = match kind {
+                Kind::Server => (id, format!("server {id}")),
+                Kind::Synchronizer => (0, "synchronizer".to_string()),
+            };
+            self.event(
+                cluster,
+                server,
+                "failed",
+                format!("{what} declared failed: no heartbeat for two periods"),
+            );
         }
         if self.in_grace(now) {
             // Masters of a just-restarted coordinator may not have
@@ -890,6 +1010,10 @@ impl Table {
             in_service: self.is_in_service(key),
             process: e.process.map_or(0, |RunId(run)| run),
             full_cycles: e.full_cycles,
+            epoch: e.epoch,
+            behind: e.behind,
+            lag_ms: e.lag_ms,
+            http_port: e.http_port,
         }
     }
 
@@ -942,6 +1066,41 @@ impl Table {
             .iter()
             .map(|(k, e)| self.info_of(*k, e, Some(now)))
             .collect()
+    }
+
+    /// Everything `GetTable` tells: every entry, each cluster's recorded
+    /// state, the events (their `unix_ms` left to the caller, who has a
+    /// clock) and the heartbeat period.
+    pub fn view(&self, now: Instant) -> ServerList {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        ServerList {
+            servers: self.all(now),
+            clusters: self.clusters,
+            epochs: (1..=self.clusters)
+                .map(|c| {
+                    let st = self.state(c);
+                    ClusterEpoch {
+                        cluster_id: c,
+                        epoch: st.epoch,
+                        master_id: st.master.map_or(0, |m| m.0),
+                        in_service_id: st.in_service.map_or(0, |s| s.0),
+                    }
+                })
+                .collect(),
+            events: self
+                .events
+                .iter()
+                .map(|e| TableEvent {
+                    unix_ms: 0,
+                    ago_ms: ms(now.saturating_duration_since(e.at)),
+                    cluster_id: e.cluster,
+                    server_id: e.server,
+                    kind: e.kind.to_string(),
+                    text: e.text.clone(),
+                })
+                .collect(),
+            heartbeat_ms: ms(self.window / 2),
+        }
     }
 }
 

@@ -59,8 +59,10 @@ impl Node {
             if r.became_master {
                 st.sessions.promoted(Instant::now());
             }
+            self.publish_status(&st.replica, reply.in_service);
             (r, st.replica.epoch, st.replica.is_master())
         };
+        crate::ops::metrics::note_heartbeat_answered();
         let (server, cluster) = (self.opts.server_id, self.opts.cluster);
         if reaction.stepped_down {
             log::warn!(
@@ -79,6 +81,26 @@ impl Node {
             self.tasks.spawn(self.clone().resync(from));
         }
         master
+    }
+
+    /// Health and the role gauges after a heartbeat reply (SPEC §7): a
+    /// master is SERVING, a slave only while the coordinator counts it in
+    /// service and it is not resyncing.
+    fn publish_status(&self, replica: &role::Replica, slave_in_service: bool) {
+        let m = crate::ops::metrics::metrics();
+        let (role, serving, in_service) = match &replica.role {
+            role::Role::Master(master) => ("master", true, master.slave.is_some()),
+            role::Role::Slave(_) => {
+                let ok = slave_in_service && !replica.resyncing;
+                ("slave", ok, ok)
+            }
+            role::Role::Starting => ("starting", false, false),
+        };
+        m.set_role(role);
+        m.epoch
+            .set(i64::try_from(replica.epoch).unwrap_or(i64::MAX));
+        m.in_service.set(i64::from(in_service));
+        self.health.set(serving);
     }
 
     /// Sends heartbeats every period and whenever asked, until shutdown.
@@ -145,7 +167,11 @@ impl Node {
                     let fenced = {
                         let mut st = self.state();
                         st.replica.unanswered();
-                        st.replica.fenced(Instant::now())
+                        let fenced = st.replica.fenced(Instant::now());
+                        if fenced {
+                            self.health.set(false);
+                        }
+                        fenced
                     };
                     if fenced {
                         // Timelines look at the lease when woken: end them

@@ -139,6 +139,8 @@ pub struct Options {
     pub trust: crate::trust::Trust,
     /// Most users, most timeline streams ([`timeline`]).
     pub limits: crate::config::Limits,
+    /// The HTTP port (`/metrics`, `/healthz`), if any.
+    pub http_port: Option<u16>,
 }
 
 /// A directory opened at start-up.
@@ -302,7 +304,24 @@ pub async fn run(
     // HTTP/2 buffered for them do not stay forever, and the session of a
     // course client bound to its connection ends ([`conn::keepalive`]).
     let (ping_every, ping_timeout) = conn::keepalive(node.opts.heartbeat);
-    let server = node
+    let standard = crate::ops::Standard::new(
+        node.health.clone(),
+        &["csce438.SNSService", "tinysns.Replica"],
+    )
+    .await;
+    let http =
+        match crate::ops::start_http(node.opts.http_port, node.health.clone(), None, stop.clone())
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                stop.cancel();
+                node.tasks.close();
+                node.tasks.wait().await;
+                return Err(e);
+            }
+        };
+    let router = node
         .opts
         .trust
         .server()?
@@ -315,7 +334,10 @@ pub async fn run(
             ReplicaServer::new(replication::api::ReplicaApi(node.clone()))
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
-        )
+        );
+    let router = standard.add_to(router)?;
+    node.tasks.spawn(standard.run(stop.clone()));
+    let server = router
         .serve_with_incoming_shutdown(conn::incoming(listener), stop.clone().cancelled_owned());
     let served = crate::config::serve_until(server, &stop).await;
     // However tonic ended, every task ends now.
@@ -323,6 +345,9 @@ pub async fn run(
     node.tasks.close();
     node.tasks.wait().await;
     drop(watcher);
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     served?;
     log::info!(
         "server {} of cluster {} stopped",
@@ -358,6 +383,7 @@ async fn start(opts: Options, stop: &CancellationToken) -> Result<Option<Started
     // Tells this run from earlier ones: a master's report that it took in
     // an earlier run of us does not make us in service.
     info.process = run.0;
+    info.http_port = opts.http_port.map_or(0, u32::from);
     let dir = crate::config::server_dir(&opts.data_dir, opts.cluster, opts.server_id);
     // A reset server (its directory deleted) must not stay master over a
     // slave that has the data (see `empty_directory` in coordinator.proto).

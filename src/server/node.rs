@@ -127,6 +127,9 @@ pub(crate) struct Node {
     pub shutdown: CancellationToken,
     /// Every task the server spawns, so that shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Whether we can do our job now (SPEC §7): set on every heartbeat's
+    /// outcome ([`Node::publish_status`]).
+    pub health: crate::ops::Health,
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (our
@@ -188,6 +191,7 @@ impl Node {
             report,
             shutdown,
             tasks: TaskTracker::new(),
+            health: crate::ops::Health::new(false),
             opts,
         }
     }

@@ -179,6 +179,8 @@ pub struct Options {
     pub trust: crate::trust::Trust,
     /// `max_users`: a push of users past it is refused.
     pub limits: crate::config::Limits,
+    /// The HTTP port (`/metrics`, `/healthz`), if any.
+    pub http_port: Option<u16>,
 }
 
 /// Runs a synchronizer on `listener` until `shutdown` is cancelled, and
@@ -191,7 +193,9 @@ pub async fn run(
     use crate::coordinator::membership;
     let rpc_timeout = (2 * opts.heartbeat).max(Duration::from_millis(500));
     let mut coordinator = membership::client(&opts.coordinator, opts.heartbeat, &opts.trust)?;
-    let info = membership::info(Kind::Synchronizer, opts.id, opts.id, &opts.host, opts.port);
+    let mut info = membership::info(Kind::Synchronizer, opts.id, opts.id, &opts.host, opts.port);
+    info.http_port = opts.http_port.map_or(0, u32::from);
+    let health = crate::ops::Health::new(false);
     let registered = tokio::select! {
         r = membership::register(&mut coordinator, &info, opts.heartbeat, false) => r,
         _ = shutdown.cancelled() => return Ok(()),
@@ -228,6 +232,7 @@ pub async fn run(
             .join("synchronizer")
             .join("positions.txt"),
         trust: opts.trust.clone(),
+        health: health.clone(),
     };
     let pusher = match pusher::Pusher::new(settings, coordinator, tx.clone(), cycles, stop.clone())
     {
@@ -252,17 +257,32 @@ pub async fn run(
         opts.port,
         clusters
     );
-    let server = opts
+    let standard = crate::ops::Standard::new(health.clone(), &["tinysns.Synchronizer"]).await;
+    let http = match crate::ops::start_http(opts.http_port, health, None, stop.clone()).await {
+        Ok(h) => h,
+        Err(e) => {
+            stop.cancel();
+            let _ = (heartbeats.await, pusher.await);
+            return Err(e);
+        }
+    };
+    let router = opts
         .trust
         .server()?
-        .add_service(SynchronizerServer::new(receiver))
-        .serve_with_incoming_shutdown(
-            crate::config::incoming(listener),
-            stop.clone().cancelled_owned(),
-        );
+        .add_service(SynchronizerServer::new(receiver));
+    let router = standard.add_to(router)?;
+    let health_task = tokio::spawn(standard.run(stop.clone()));
+    let server = router.serve_with_incoming_shutdown(
+        crate::config::incoming(listener),
+        stop.clone().cancelled_owned(),
+    );
     let served = crate::config::serve_until(server, &stop).await;
     stop.cancel();
     let ended = (heartbeats.await, pusher.await);
+    let _ = health_task.await;
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     log::info!("synchronizer {} stopped", opts.id);
     served?;
     ended.0?;
@@ -279,6 +299,7 @@ async fn heartbeats(
     cycles: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
+    let metrics = crate::ops::metrics::metrics();
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -289,6 +310,8 @@ async fn heartbeats(
         let req = HeartbeatRequest {
             info: Some(ServerInfo {
                 full_cycles: cycles.load(Ordering::Relaxed),
+                behind: u64::try_from(metrics.sync_behind.get()).unwrap_or(0),
+                lag_ms: (metrics.sync_lag.get() * 1000.0) as u64,
                 ..info.clone()
             }),
             ..Default::default()
@@ -296,8 +319,9 @@ async fn heartbeats(
         tokio::select! {
             _ = stop.cancelled() => return,
             r = coordinator.heartbeat(req) => {
-                if let Err(e) = r {
-                    log::warn!("heartbeat failed: {}", Error::from(e));
+                match r {
+                    Ok(_) => crate::ops::metrics::note_heartbeat_answered(),
+                    Err(e) => log::warn!("heartbeat failed: {}", Error::from(e)),
                 }
             }
         }

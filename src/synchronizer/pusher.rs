@@ -88,6 +88,8 @@ pub(super) struct Settings {
     pub positions: PathBuf,
     /// How peers are reached (TLS) and proved to (the key).
     pub trust: crate::trust::Trust,
+    /// SERVING once the master and every peer are known (SPEC §7).
+    pub health: crate::ops::Health,
 }
 
 /// A peer synchronizer.
@@ -97,6 +99,8 @@ struct Peer {
 }
 
 pub(super) struct Pusher {
+    /// Since when some change has waited for a peer's acknowledgement.
+    behind_since: Option<std::time::Instant>,
     settings: Settings,
     coordinator: CoordinatorClient<PeerChannel>,
     /// The master's directory we read from.
@@ -297,6 +301,7 @@ impl Pusher {
             watch: None,
             cycles,
             shutdown,
+            behind_since: None,
         })
     }
 
@@ -342,7 +347,9 @@ impl Pusher {
             while let Ok(ev) = rx.try_recv() {
                 self.on_event(ev);
             }
+            let round = std::time::Instant::now();
             self.push_dirty().await;
+            self.publish_backlog(round);
             if full {
                 self.cycles.fetch_add(1, Ordering::Relaxed);
             }
@@ -351,6 +358,25 @@ impl Pusher {
             self.save_positions();
         }
         log::debug!("pusher stopped");
+    }
+
+    /// Health, and the backlog the heartbeats and `/metrics` report: how
+    /// many sources still have changes some peer has not acknowledged, and
+    /// since when (the start of the first round that left any).
+    fn publish_backlog(&mut self, round: std::time::Instant) {
+        let complete =
+            self.source.is_some() && self.peers.len() + 1 >= self.partition().clusters as usize;
+        self.settings.health.set(complete);
+        let behind = self.failed.len() + self.dirty.len();
+        if behind == 0 {
+            self.behind_since = None;
+        } else if self.behind_since.is_none() {
+            self.behind_since = Some(round);
+        }
+        let m = crate::ops::metrics::metrics();
+        m.sync_behind.set(i64::try_from(behind).unwrap_or(i64::MAX));
+        m.sync_lag
+            .set(self.behind_since.map_or(0.0, |t| t.elapsed().as_secs_f64()));
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -624,6 +650,7 @@ impl Pusher {
             }
         };
         unless_cancelled(&self.shutdown, call).await?;
+        crate::ops::metrics::metrics().sync_pushes.inc();
         Ok(())
     }
 

@@ -82,7 +82,12 @@ use tonic::transport::{Channel, Endpoint};
 pub type PeerChannel = InterceptedService<Link, AttachKey>;
 
 /// A gRPC server whose every service is behind the key check.
-pub type Server = tonic::transport::Server<tower_layer::Stack<RequireKey, tower_layer::Identity>>;
+pub type Server = tonic::transport::Server<
+    tower_layer::Stack<
+        RequireKey,
+        tower_layer::Stack<crate::ops::rpc::RpcMetrics, tower_layer::Identity>,
+    >,
+>;
 
 /// The trust flags every daemon takes (SPEC §5).
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -192,7 +197,10 @@ impl Trust {
                 .tls_config(t.server.clone())
                 .map_err(|e| Error::Invalid(format!("TLS: {e}")))?;
         }
-        Ok(builder.layer(RequireKey::new(self.inner.key.clone())))
+        // Metrics outermost, so refused calls are counted too.
+        Ok(builder
+            .layer(crate::ops::rpc::RpcMetrics)
+            .layer(RequireKey::new(self.inner.key.clone())))
     }
 }
 

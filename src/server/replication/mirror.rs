@@ -588,6 +588,7 @@ mod tests {
             port: 1,
             heartbeat,
             fsync: true,
+            http_port: None,
             data_dir: data.to_path_buf(),
             trust: crate::trust::Trust::new(crate::trust::ClusterKey::generate(), None),
             limits: crate::config::Limits::default(),
