@@ -270,6 +270,39 @@ pub fn render(t: &TableJson, events: usize) -> String {
     out
 }
 
+/// Asks the coordinator at `host:port` for its table (`GetTable`, a
+/// method open to anyone), within `deadline`.
+pub async fn fetch(
+    host: &str,
+    port: u16,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+    deadline: std::time::Duration,
+) -> Result<TableJson, crate::error::Error> {
+    use crate::proto::tinysns::coordinator_client::CoordinatorClient;
+    let addr = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let ep = crate::trust::endpoint(&addr, tls)?
+        .connect_timeout(deadline)
+        .timeout(deadline);
+    let channel = ep.connect().await.map_err(|e| {
+        crate::error::Error::Unavailable(format!("cannot reach the coordinator at {addr}: {e}"))
+    })?;
+    let list = CoordinatorClient::new(channel)
+        .get_table(crate::proto::tinysns::Empty {})
+        .await
+        .map_err(|s| {
+            crate::error::Error::Unavailable(format!(
+                "the coordinator at {addr} did not give its table: {}",
+                s.message()
+            ))
+        })?
+        .into_inner();
+    Ok(json(&list))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,6 +166,7 @@ impl Slots {
 
     fn take(&self, user: UserId) -> Result<(UserSlot, TotalSlot), Error> {
         self.count().open(user)?;
+        crate::ops::metrics::metrics().open_streams.inc();
         Ok((UserSlot(self.clone(), user), TotalSlot(self.clone())))
     }
 }
@@ -179,6 +180,7 @@ impl Drop for UserSlot {
 impl Drop for TotalSlot {
     fn drop(&mut self) {
         self.0.count().released();
+        crate::ops::metrics::metrics().open_streams.dec();
     }
 }
 

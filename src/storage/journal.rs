@@ -250,6 +250,11 @@ impl Journal {
             return Err(e);
         }
         self.len += text.len() as u64;
+        let m = crate::ops::metrics::metrics();
+        if flush {
+            m.fsyncs.inc();
+        }
+        m.journal_bytes.set(self.len as i64);
         if decided {
             self.decided_len = self.len;
         }
@@ -299,6 +304,7 @@ impl Journal {
         f.sync_data()?;
         self.len = len;
         self.decided_len = self.decided_len.min(len);
+        crate::ops::metrics::metrics().journal_bytes.set(len as i64);
         Ok(())
     }
 
@@ -328,6 +334,7 @@ impl Journal {
         self.len = 0;
         self.decided_len = 0;
         self.generation += 1;
+        crate::ops::metrics::metrics().journal_bytes.set(0);
         self.cut_back = None;
         Ok(())
     }

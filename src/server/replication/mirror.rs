@@ -47,7 +47,7 @@ use super::replica_client;
 use crate::error::Error;
 use crate::model::ServerId;
 use crate::proto::tinysns::replica_client::ReplicaClient;
-use crate::proto::tinysns::{ApplyRequest, WriteOp};
+use crate::proto::tinysns::{ApplyRequest, WriteOp, write_op};
 use crate::server::client_ids::ClientId;
 use crate::server::node::{Node, Pending, State, fresh_incarnation, shutting_down};
 use crate::server::role::SlaveLink;
@@ -138,7 +138,14 @@ impl Node {
             .collect();
         let mark = self.journal().mark();
         let journaled = self.blocking(move |n| Ok(n.journal().append(&ops)?));
+        let metrics = crate::ops::metrics::metrics();
+        let started = std::time::Instant::now();
         let (replicated, journaled) = tokio::join!(self.replicate(&batch, channel), journaled);
+        metrics.mirror_batches.inc();
+        metrics.mirror_ops.inc_by(batch.len() as u64);
+        metrics
+            .mirror_duration
+            .observe(started.elapsed().as_secs_f64());
         let decided = match (replicated, journaled) {
             (Ok(()), Ok(())) => self.decide().await,
             (Err(e), _) | (_, Err(e)) => Err(e),
@@ -165,6 +172,15 @@ impl Node {
         // process finds: they are written first.
         let fresh: Vec<bool> = batch.iter().map(|p| p.done.is_some()).collect();
         self.settle(&batch, &Ok(()), true);
+        let acknowledged = batch.iter().filter(|p| p.done.is_some());
+        let posts = acknowledged
+            .clone()
+            .filter(|p| matches!(p.op.op, Some(write_op::Op::Post(_))))
+            .count();
+        metrics
+            .writes_acknowledged
+            .inc_by(acknowledged.count() as u64);
+        metrics.posts_written.inc_by(posts as u64);
         let mut answers: Vec<_> = batch.iter_mut().filter_map(|p| p.done.take()).collect();
         let durable = self.journal().enabled();
         if durable {

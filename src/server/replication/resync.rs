@@ -48,6 +48,7 @@ impl Node {
         match result {
             Ok(following) => {
                 log::info!("in sync with master {master}");
+                crate::ops::metrics::metrics().resyncs.inc();
                 self.state().replica.resync_done(Some(following));
             }
             Err(e) => {
