@@ -323,11 +323,17 @@ mod tests {
         // tests that run beside this one (a heartbeat sets the role).
         let m = Metrics::new();
         m.posts_written.inc();
+        let method = MethodLabels {
+            method: "/tinysns.SnsService/Login".into(),
+        };
+        m.rpc_requests.get_or_create(&method).inc();
+        m.rpc_duration.get_or_create(&method).observe(0.001);
         m.set_role("master");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry).expect("encodes");
         for name in [
-            "sns_rpc_requests",
+            "sns_rpc_requests_total{method=\"/tinysns.SnsService/Login\"} 1",
+            "sns_rpc_duration_seconds_bucket",
             "sns_posts_written_total",
             "sns_mirror_duration_seconds",
             "sns_role{role=\"master\"} 1",
