@@ -84,7 +84,15 @@ impl Standard {
         let mut b = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::DESCRIPTORS)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name("grpc.health.v1.Health");
+            .with_service_name("grpc.health.v1.Health")
+            // Reflection lists itself, as grpc-go's and grpc-java's do, so
+            // `grpcurl describe` works on it too.
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
         for s in &self.services {
             b = b.with_service_name(*s);
         }

@@ -26,6 +26,7 @@ mod disk_faults;
 mod durability;
 mod failover;
 mod network;
+mod ops;
 mod peer_input;
 mod shared_sessions;
 mod shutdown;

@@ -13,6 +13,7 @@
 //! | [`grpc`] | a server's client API called directly |
 //! | [`peer`] | peer services called directly, with or without the cluster key |
 //! | [`files`] | reading data files; snapshots that prove nothing was written |
+//! | [`ops`] | HTTP, `/metrics` parsed, gRPC health and reflection, headless Chromium on the dashboard |
 //! | [`hosts`] | a system spread over the hosts of a `netlab` lab (one network namespace per process), links to cut |
 
 pub mod client;
@@ -20,6 +21,7 @@ pub mod course;
 pub mod files;
 pub mod grpc;
 pub mod hosts;
+pub mod ops;
 pub mod peer;
 pub mod process;
 pub mod system;

@@ -23,6 +23,9 @@ pub struct System {
     pub sync_ms: u64,
     pub procs: HashMap<String, Proc>,
     pub ports: HashMap<String, u16>,
+    /// Every process's HTTP port (`SNS_HTTP_PORT`: `/metrics`, `/healthz`,
+    /// the coordinator's dashboard), kept across restarts like `ports`.
+    pub http_ports: HashMap<String, u16>,
     /// With TLS: the CA and the certificate every process uses.
     pub tls: Option<tinysns::trust::tls::Made>,
     /// In a lab ([`super::hosts`]): every process on a host of its own,
@@ -100,6 +103,7 @@ impl System {
             sync_ms,
             procs: HashMap::new(),
             ports: HashMap::new(),
+            http_ports: HashMap::new(),
             tls,
             lab,
         };
@@ -254,6 +258,11 @@ impl System {
 
     fn spawn(&mut self, name: &str, mut cmd: Command) {
         let log = std::fs::File::create(self.log_path(name)).expect("log file");
+        let http = *self
+            .http_ports
+            .entry(name.to_string())
+            .or_insert_with(free_port);
+        cmd.env("SNS_HTTP_PORT", http.to_string());
         cmd.stdout(Stdio::null()).stderr(log);
         self.procs.insert(name.to_string(), Proc::spawn(cmd, name));
     }
@@ -327,6 +336,16 @@ impl System {
     pub fn synchronizer_url(&self, id: u32) -> String {
         let name = Self::synchronizer_name(id);
         format!("http://{}:{}", self.addr_of(&name), self.ports[&name])
+    }
+
+    /// The coordinator's gRPC address.
+    pub fn coordinator_url(&self) -> String {
+        format!("http://{}:{}", self.coord_host(), self.coord_port)
+    }
+
+    /// The HTTP address (`http://host:port`) of process `name`.
+    pub fn http_url(&self, name: &str) -> String {
+        format!("http://{}:{}", self.addr_of(name), self.http_ports[name])
     }
 
     /// SIGKILLs a process by name.
