@@ -135,8 +135,8 @@ fn main() -> ExitCode {
         Err(status) => return status,
     };
     match cli.command {
-        Top::Status(c) => return runtime(run(c, false)),
-        Top::Watch(c) => return runtime(run(c, true)),
+        Top::Status(c) => runtime(run(c, false)),
+        Top::Watch(c) => runtime(run(c, true)),
         Top::Tls(Tls::Init { dir, mut hosts }) => {
             if hosts.is_empty() {
                 hosts = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();

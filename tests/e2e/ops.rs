@@ -144,7 +144,7 @@ fn json_table(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-fn server<'a>(t: &'a serde_json::Value, c: u64, s: u64) -> &'a serde_json::Value {
+fn server(t: &serde_json::Value, c: u64, s: u64) -> &serde_json::Value {
     t["servers"]
         .as_array()
         .expect("servers")
