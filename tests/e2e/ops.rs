@@ -14,7 +14,7 @@ const NOT_SERVING: Option<ServingStatus> = Some(ServingStatus::NotServing);
 
 #[test]
 fn health_follows_the_role_through_a_resync_and_a_failover() {
-    let mut sys = System::one_cluster(300);
+    let mut sys = System::one_cluster(500);
     let (master, slave) = (sys.server_url(1, 1), sys.server_url(1, 2));
     wait_until("master and in-service slave SERVING", || {
         health(&master, "") == SERVING && health(&slave, "") == SERVING
