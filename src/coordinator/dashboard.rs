@@ -15,7 +15,7 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// The pages, on the shared table.
 pub(super) fn pages(table: Arc<Mutex<Table>>) -> Pages {
-    Arc::new(move |path: &str| {
+    Arc::new(move |path: &str, format| {
         let table = table.clone();
         match path {
             "/" | "/index.html" => Some(Box::pin(async {
@@ -31,11 +31,7 @@ pub(super) fn pages(table: Arc<Mutex<Table>>) -> Pages {
             "/metrics" => Some(Box::pin(async move {
                 let list = super::service::view(&table).await;
                 set_table_gauges(&list);
-                Page::new(
-                    StatusCode::OK,
-                    crate::ops::metrics::CONTENT_TYPE,
-                    crate::ops::metrics::encode(),
-                )
+                crate::ops::http::metrics_page(format)
             })),
             _ => None,
         }

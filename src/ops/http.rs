@@ -54,8 +54,18 @@ impl Page {
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The pages a daemon adds: `None` for a path it does not serve.
-pub type Pages = Arc<dyn Fn(&str) -> Option<BoxFuture<Page>> + Send + Sync>;
+/// The pages a daemon adds, given the path and the metrics text form the
+/// request asks for: `None` for a path it does not serve.
+pub type Pages = Arc<dyn Fn(&str, metrics::Format) -> Option<BoxFuture<Page>> + Send + Sync>;
+
+/// `/metrics` in `format`.
+pub fn metrics_page(format: metrics::Format) -> Page {
+    Page::new(
+        StatusCode::OK,
+        format.content_type(),
+        metrics::encode(format),
+    )
+}
 
 /// Serves HTTP on `listener` until `stop`, then closes every connection.
 pub async fn serve(
@@ -116,7 +126,12 @@ async fn answer(
     let page = if req.method() != Method::GET && req.method() != Method::HEAD {
         Page::text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n")
     } else {
-        route(req.uri().path(), health, pages).await
+        let accept = req
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let format = metrics::Format::from_accept(accept);
+        route(req.uri().path(), format, health, pages).await
     };
     let head = req.method() == Method::HEAD;
     let body = if head { Bytes::new() } else { page.body };
@@ -128,14 +143,19 @@ async fn answer(
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-async fn route(path: &str, health: &Health, pages: Option<&Pages>) -> Page {
+async fn route(
+    path: &str,
+    format: metrics::Format,
+    health: &Health,
+    pages: Option<&Pages>,
+) -> Page {
     // A daemon's own pages come first: the coordinator reads its table
     // into the gauges before it answers `/metrics`.
-    if let Some(page) = pages.and_then(|p| p(path)) {
+    if let Some(page) = pages.and_then(|p| p(path, format)) {
         return page.await;
     }
     match path {
-        "/metrics" => Page::new(StatusCode::OK, metrics::CONTENT_TYPE, metrics::encode()),
+        "/metrics" => metrics_page(format),
         "/healthz" => {
             if health.serving() {
                 Page::text(StatusCode::OK, "SERVING\n")

@@ -119,8 +119,39 @@ pub fn note_heartbeat_answered() {
     *last = Some(std::time::Instant::now());
 }
 
-/// The Prometheus (OpenMetrics) text of every metric.
-pub fn encode() -> String {
+/// The two text forms a scraper may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0: what Prometheus asks for first (its `Accept`
+    /// header names it), with units and `# EOF`.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4: for everyone else (`curl`, the
+    /// classic parsers of the client libraries), whose counters are typed
+    /// under their `_total` names.
+    Prometheus,
+}
+
+impl Format {
+    /// The form a request's `Accept` header asks for: OpenMetrics when it
+    /// names it, the classic text otherwise (as Prometheus's own exporters
+    /// choose).
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+}
+
+/// The text of every metric, in `format`, both written by the crate.
+pub fn encode(format: Format) -> String {
     let m = metrics();
     if let Some(t) = *LAST_ANSWER.lock().unwrap_or_else(|p| p.into_inner()) {
         m.heartbeat_age.set(t.elapsed().as_secs_f64());
@@ -131,17 +162,23 @@ pub fn encode() -> String {
             f(m);
         }
     }
+    encode_registry(&m.registry, format)
+}
+
+fn encode_registry(registry: &Registry, format: Format) -> String {
+    use prometheus_client::encoding::{prometheus_text, text};
     let mut out = String::new();
+    let written = match format {
+        Format::OpenMetrics => text::encode(&mut out, registry),
+        Format::Prometheus => prometheus_text::encode(&mut out, registry),
+    };
     // Writing to a String cannot fail; a metric that could not be written
     // would be a bug in the crate, and the scrape says so.
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &m.registry) {
+    if let Err(e) = written {
         out = format!("# cannot encode the metrics: {e}\n");
     }
     out
 }
-
-/// The content type of [`encode`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 impl Metrics {
     fn new() -> Metrics {
@@ -329,8 +366,7 @@ mod tests {
         m.rpc_requests.get_or_create(&method).inc();
         m.rpc_duration.get_or_create(&method).observe(0.001);
         m.set_role("master");
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &m.registry).expect("encodes");
+        let text = encode_registry(&m.registry, Format::OpenMetrics);
         for name in [
             "sns_rpc_requests_total{method=\"/tinysns.SnsService/Login\"} 1",
             "sns_rpc_duration_seconds_bucket",
@@ -342,5 +378,29 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
+    }
+
+    #[test]
+    fn both_forms_type_counters_under_the_names_their_parsers_expect() {
+        let m = Metrics::new();
+        m.posts_written.inc();
+        let classic = encode_registry(&m.registry, Format::Prometheus);
+        assert!(
+            classic.contains("# TYPE sns_posts_written_total counter\nsns_posts_written_total 1\n")
+        );
+        assert!(!classic.contains("# EOF"));
+        let open = encode_registry(&m.registry, Format::OpenMetrics);
+        assert!(open.contains("# TYPE sns_posts_written counter\n"));
+        assert!(open.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn prometheus_gets_openmetrics_and_everyone_else_the_classic_text() {
+        // Prometheus 2.x and 3.x send this (with other versions listed).
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,\
+            application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(Format::from_accept(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::from_accept(Some("*/*")), Format::Prometheus);
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
     }
 }

@@ -3,7 +3,9 @@
 //! `snsctl`, and headless Chromium on the dashboard, each through a master
 //! failure.
 
-use crate::harness::ops::{Browser, health, http_get, reflected_services, sample, scrape};
+use crate::harness::ops::{
+    Browser, health, http_get, http_get_with, parse_metrics, reflected_services, sample, scrape,
+};
 use crate::harness::*;
 use std::process::Command;
 use tinysns::proto::tinysns::Role;
@@ -132,6 +134,27 @@ fn metrics_parse_and_count_the_posts_made() {
             .iter()
             .any(|x| x.metric == "sns_rpc_duration_seconds_count"),
         "no latency histogram"
+    );
+    // Prometheus asks for OpenMetrics, and gets it, with the same counts.
+    let prometheus =
+        "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3";
+    let (status, content_type, body) =
+        http_get_with(&format!("{m}/metrics"), Some(prometheus)).expect("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(body.ends_with("# EOF\n"), "no # EOF");
+    let open = parse_metrics(&body);
+    assert_eq!(
+        sample(&open, "sns_posts_written_total", &[]),
+        Some(written + 3.0)
+    );
+    let (_, content_type, _) = http_get_with(&format!("{m}/metrics"), None).expect("/metrics");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
     );
     // The coordinator's readings of its table.
     let coord = scrape(&sys.http_url("coordinator")).expect("the coordinator's /metrics");

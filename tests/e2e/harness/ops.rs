@@ -17,15 +17,22 @@ use tonic_health::pb::health_client::HealthClient;
 /// `GET url` (`http://host:port/path`) over HTTP/1.1: the status and the
 /// body, or `None` when nothing answers.
 pub fn http_get(url: &str) -> Option<(u16, String)> {
+    http_get_with(url, None).map(|(status, _, body)| (status, body))
+}
+
+/// [`http_get`] with an `Accept` header: the status, the `Content-Type`
+/// and the body.
+pub fn http_get_with(url: &str, accept: Option<&str>) -> Option<(u16, String, String)> {
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let mut s = TcpStream::connect(host).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{accept}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut raw = Vec::new();
@@ -33,16 +40,30 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
     let text = String::from_utf8(raw).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
     // hyper sends a body of known length as is (no chunking).
-    Some((status, body.to_string()))
+    Some((status, content_type, body.to_string()))
 }
 
-/// `/metrics` at `http_url`, parsed by `prometheus-parse`.
+/// Parses a Prometheus text (either form) with `prometheus-parse`.
+pub fn parse_metrics(body: &str) -> prometheus_parse::Scrape {
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("a Prometheus text")
+}
+
+/// `/metrics` at `http_url` (asked as `curl` asks: the classic text),
+/// parsed by `prometheus-parse`.
 pub fn scrape(http_url: &str) -> Option<prometheus_parse::Scrape> {
     let (status, body) = http_get(&format!("{http_url}/metrics"))?;
     assert_eq!(status, 200, "/metrics answered {status}: {body}");
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    Some(prometheus_parse::Scrape::parse(lines).expect("a Prometheus text"))
+    Some(parse_metrics(&body))
 }
 
 /// The value of the sample `name` whose labels include `labels`, if any.
