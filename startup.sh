@@ -55,7 +55,7 @@ status() {
     [ -e "$f" ] || continue
     any=1
     pid=$(cat "$f")
-    if kill -0 "$pid" 2>/dev/null; then state=running; else state=dead; fi
+    if alive "$pid"; then state=running; else state=dead; fi
     printf '%-16s pid %-8s %s\n' "$(basename "$f" .pid)" "$pid" "$state"
   done
   [ "$any" = 1 ] || { echo "nothing started"; return; }
@@ -84,9 +84,13 @@ launch() { # name: runs its recorded command in the background
   echo "started $name (pid $!): $(tail -n 1 "$RUN/cmds/$name.sh" | cut -c6-)"
 }
 
+alive() { # pid: true while it runs (a zombie that nobody reaped yet is dead)
+  kill -0 "$1" 2>/dev/null && ! ps -o stat= -p "$1" 2>/dev/null | grep -q '^Z'
+}
+
 running() { # name: true when its recorded pid is alive
   local f="$RUN/pids/$1.pid"
-  [ -e "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+  [ -e "$f" ] && alive "$(cat "$f")"
 }
 
 one() { # action, name
@@ -109,7 +113,7 @@ one() { # action, name
       [ "$action" = kill ] && sig=KILL
       kill -s "$sig" "$pid"
       # Gone before we say so, so that a `start` right after finds it gone.
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
       echo "sent SIG$sig to $name (pid $pid)" ;;
   esac
 }
