@@ -34,7 +34,9 @@
 //! state (ages, the coordinator's table) are taken when `/metrics` is
 //! read. Per-RPC requests, errors (by status code) and latency come from
 //! one tower layer in front of every gRPC service ([`rpc::RpcMetrics`]),
-//! labelled only with this program's own method names. The full list, with
+//! labelled only with this program's own method names. The text is
+//! OpenMetrics when the scraper's `Accept` asks for it (Prometheus does),
+//! the classic 0.0.4 form otherwise ([`metrics::Format`]). The full list, with
 //! what each means, is in `docs/operations.md`.
 //!
 //! # The HTTP port
