@@ -169,12 +169,7 @@ fn link(
     connect_timeout: Duration,
     tls: Option<&ClientTlsConfig>,
 ) -> Result<Link, Error> {
-    // A bare IPv6 address needs brackets in a URI.
-    let addr = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let addr = crate::trust::host_port(host, port);
     let ep = crate::trust::endpoint(&addr, tls)?;
     let timing = match lease {
         Some(lease) => Timing::of(lease / 2).with_deadline(rpc_deadline(lease)),

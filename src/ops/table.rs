@@ -279,11 +279,7 @@ pub async fn fetch(
     deadline: std::time::Duration,
 ) -> Result<TableJson, crate::error::Error> {
     use crate::proto::tinysns::coordinator_client::CoordinatorClient;
-    let addr = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let addr = crate::trust::host_port(host, port);
     let ep = crate::trust::endpoint(&addr, tls)?
         .connect_timeout(deadline)
         .timeout(deadline);

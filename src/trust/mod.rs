@@ -204,6 +204,15 @@ impl Trust {
     }
 }
 
+/// `host:port` as a URI takes it: a bare IPv6 address in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// An endpoint for `addr` (`host:port`), `https` with `tls`.
 pub fn endpoint(
     addr: &str,
