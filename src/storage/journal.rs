@@ -123,6 +123,15 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// Every change of the journal's length goes through here, so that
+    /// `sns_journal_bytes` always says it.
+    fn set_len(&mut self, len: u64) {
+        self.len = len;
+        crate::ops::metrics::metrics()
+            .journal_bytes
+            .set(i64::try_from(len).unwrap_or(i64::MAX));
+    }
+
     /// Opens the journal of `dir` and returns the operations to replay. With
     /// `enabled` false, returns a journal that records only what is owed
     /// (and still replays what an earlier run left).
@@ -156,15 +165,16 @@ impl Journal {
         } else {
             None
         };
-        let journal = Journal {
+        let mut journal = Journal {
             generation: 0,
             cut_back: None,
-            len,
+            len: 0,
             decided_len,
             path,
             durable: enabled,
             file,
         };
+        journal.set_len(len);
         Ok((journal, ops))
     }
 
@@ -249,12 +259,10 @@ impl Journal {
             let _ = f.set_len(self.len);
             return Err(e);
         }
-        self.len += text.len() as u64;
-        let m = crate::ops::metrics::metrics();
         if flush {
-            m.fsyncs.inc();
+            crate::ops::metrics::metrics().fsyncs.inc();
         }
-        m.journal_bytes.set(self.len as i64);
+        self.set_len(self.len + text.len() as u64);
         if decided {
             self.decided_len = self.len;
         }
@@ -302,9 +310,8 @@ impl Journal {
         };
         f.set_len(len)?;
         f.sync_data()?;
-        self.len = len;
+        self.set_len(len);
         self.decided_len = self.decided_len.min(len);
-        crate::ops::metrics::metrics().journal_bytes.set(len as i64);
         Ok(())
     }
 
@@ -331,10 +338,9 @@ impl Journal {
                 _ => {}
             },
         }
-        self.len = 0;
+        self.set_len(0);
         self.decided_len = 0;
         self.generation += 1;
-        crate::ops::metrics::metrics().journal_bytes.set(0);
         self.cut_back = None;
         Ok(())
     }
