@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -54,8 +53,8 @@ struct Coord {
     /// The coordinator's host.
     #[arg(short = 'h', long = "host", default_value = "127.0.0.1")]
     host: String,
-    /// The coordinator's gRPC port.
-    #[arg(short = 'k', long = "port", default_value_t = 9090, value_parser = clap::value_parser!(u16).range(1..))]
+    /// The coordinator's gRPC port (`./startup.sh`'s by default).
+    #[arg(short = 'k', long = "port", default_value_t = 9000, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
     /// The table as JSON (the form of the coordinator's `/api/table`).
     #[arg(long)]

@@ -265,12 +265,12 @@ impl Metrics {
         );
         r.register(
             "mirror_batches",
-            "Batches this master mirrored to its slave and the slave stored",
+            "Batches this master committed: journaled, and stored by its in-service slave if it has one",
             m.mirror_batches.clone(),
         );
         r.register(
             "mirror_ops",
-            "Operations in the batches this master mirrored",
+            "Operations in the batches this master committed",
             m.mirror_ops.clone(),
         );
         r.register_with_unit(

@@ -141,8 +141,6 @@ impl Node {
         let metrics = crate::ops::metrics::metrics();
         let started = std::time::Instant::now();
         let (replicated, journaled) = tokio::join!(self.replicate(&batch, channel), journaled);
-        metrics.mirror_batches.inc();
-        metrics.mirror_ops.inc_by(batch.len() as u64);
         metrics
             .mirror_duration
             .observe(started.elapsed().as_secs_f64());
@@ -172,6 +170,8 @@ impl Node {
         // process finds: they are written first.
         let fresh: Vec<bool> = batch.iter().map(|p| p.done.is_some()).collect();
         self.settle(&batch, &Ok(()), true);
+        metrics.mirror_batches.inc();
+        metrics.mirror_ops.inc_by(batch.len() as u64);
         let acknowledged = batch.iter().filter(|p| p.done.is_some());
         let posts = acknowledged
             .clone()
